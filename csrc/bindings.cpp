@@ -1,0 +1,232 @@
+// pybind11 module medmeta._C: one function per kernel entry. Arguments are raw data
+// pointers (integers from torch's data_ptr() or numpy's ctypes.data), sizes, dtype and
+// metric codes, and the device: index < 0 for the CPU, else a CUDA ordinal and the
+// caller's stream. The GIL is released around every kernel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <vector>
+
+#include "common/cpu.h"
+#include "ops/distance/distance.h"
+#include "ops/inner_update/inner_update.h"
+#include "ops/masked_prototypes/masked_prototypes.h"
+#include "ops/protoloss/protoloss.h"
+#include "ops/prototypes/prototypes.h"
+
+#if defined(MEDMETA_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+namespace py = pybind11;
+using std::int64_t;
+using std::uintptr_t;
+
+namespace medmeta {
+
+namespace {
+std::atomic<int> g_threads{0};
+}
+
+int cpu_num_threads() {
+  const int n = g_threads.load(std::memory_order_relaxed);
+#if defined(MEDMETA_WITH_OPENMP)
+  return n > 0 ? n : omp_get_max_threads();
+#else
+  return n > 0 ? n : 1;
+#endif
+}
+
+void set_cpu_num_threads(int n) { g_threads.store(n, std::memory_order_relaxed); }
+
+}  // namespace medmeta
+
+namespace {
+
+using namespace medmeta;
+
+template <typename P> P* ptr(uintptr_t p) { return reinterpret_cast<P*>(p); }
+
+Device device_of(int index, uintptr_t stream) { return Device{index, stream}; }
+
+#if defined(MEDMETA_WITH_CUDA)
+#define MEDMETA_ON_DEVICE(dev, name, ...) \
+  ((dev).is_cpu() ? name##_cpu(__VA_ARGS__) : name##_cuda((dev), __VA_ARGS__))
+#else
+#define MEDMETA_ON_DEVICE(dev, name, ...) \
+  ((dev).is_cpu() ? name##_cpu(__VA_ARGS__) : fail("this build of medmeta._C has no CUDA kernels"))
+#endif
+
+const char* cpu_isa() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512f";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  return "x86-64 baseline";
+#else
+  return "generic";
+#endif
+}
+
+int cuda_device_count() {
+#if defined(MEDMETA_WITH_CUDA)
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+#else
+  return 0;
+#endif
+}
+
+py::dict build_info() {
+  py::dict d;
+#if defined(MEDMETA_WITH_CUDA)
+  d["cuda"] = true;
+  d["cuda_archs"] = MEDMETA_CUDA_ARCHS;
+  d["cuda_runtime"] = CUDART_VERSION;
+#else
+  d["cuda"] = false;
+  d["cuda_archs"] = "";
+  d["cuda_runtime"] = 0;
+#endif
+#if defined(MEDMETA_WITH_OPENMP)
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+  d["cpu_isa"] = cpu_isa();
+  d["cpu_dtypes"] = py::make_tuple("float32", "float64");
+  d["cuda_dtypes"] = py::make_tuple("float32", "float64", "float16", "bfloat16");
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "medmeta native core: framework-agnostic CPU (OpenMP) and CUDA kernels over raw pointers";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def("build_info", &build_info, "What this build contains: CUDA (and its archs), OpenMP, CPU ISA.");
+  m.def("cuda_device_count", &cuda_device_count, nogil);
+  m.def("num_threads", &cpu_num_threads, "Threads the CPU kernels use.");
+  m.def("set_num_threads", &set_cpu_num_threads, py::arg("n"), "Threads for the CPU kernels (<= 0: OpenMP default).");
+
+  m.def(
+      "distance_forward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t x, uintptr_t y, uintptr_t out, uintptr_t ws, int64_t B,
+         int64_t Q, int64_t N, int64_t D, int metric) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), distance_forward, DType(dt), ptr<const void>(x),
+                          ptr<const void>(y), ptr<void>(out), ptr<void>(ws), B, Q, N, D, Metric(metric));
+      },
+      nogil);
+  m.def(
+      "distance_backward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t x, uintptr_t y, uintptr_t out, uintptr_t gx,
+         uintptr_t gy, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D, int metric) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), distance_backward, DType(dt), ptr<const void>(g),
+                          ptr<const void>(x), ptr<const void>(y), ptr<const void>(out), ptr<void>(gx),
+                          ptr<void>(gy), ptr<void>(ws), B, Q, N, D, Metric(metric));
+      },
+      nogil);
+
+  m.def(
+      "protoloss_forward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t loss, uintptr_t acc,
+         uintptr_t dist, uintptr_t lse, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D, int metric,
+         double inv_t) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), protoloss_forward, DType(dt), ptr<const void>(q),
+                          ptr<const void>(p), ptr<const int64_t>(t), ptr<void>(loss), ptr<void>(acc),
+                          ptr<void>(dist), ptr<void>(lse), ptr<void>(ws), B, Q, N, D, Metric(metric), inv_t);
+      },
+      nogil);
+  m.def(
+      "protoloss_backward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t gl, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t dist,
+         uintptr_t lse, uintptr_t gq, uintptr_t gp, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D,
+         int metric, double inv_t) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), protoloss_backward, DType(dt), ptr<const void>(gl),
+                          ptr<const void>(q), ptr<const void>(p), ptr<const int64_t>(t), ptr<const void>(dist),
+                          ptr<const void>(lse), ptr<void>(gq), ptr<void>(gp), ptr<void>(ws), B, Q, N, D,
+                          Metric(metric), inv_t);
+      },
+      nogil);
+
+  m.def(
+      "prototypes_forward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t emb, uintptr_t labels, uintptr_t w, uintptr_t out,
+         uintptr_t wsum, int64_t B, int64_t S, int64_t N, int64_t D) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), prototypes_forward, DType(dt), ptr<const void>(emb),
+                          ptr<const int64_t>(labels), ptr<const void>(w), ptr<void>(out), ptr<void>(wsum), B, S,
+                          N, D);
+      },
+      nogil);
+  m.def(
+      "prototypes_backward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t emb, uintptr_t labels, uintptr_t w,
+         uintptr_t out, uintptr_t wsum, uintptr_t gemb, uintptr_t gw, int64_t B, int64_t S, int64_t N, int64_t D) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), prototypes_backward, DType(dt), ptr<const void>(g),
+                          ptr<const void>(emb), ptr<const int64_t>(labels), ptr<const void>(w),
+                          ptr<const void>(out), ptr<const void>(wsum), ptr<void>(gemb), ptr<void>(gw), B, S, N, D);
+      },
+      nogil);
+
+  m.def(
+      "masked_prototypes_forward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t feat, uintptr_t masks, uintptr_t out, uintptr_t mass,
+         int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), masked_prototypes_forward, DType(dt), ptr<const void>(feat),
+                          ptr<const void>(masks), ptr<void>(out), ptr<void>(mass), B, S, C, D, HW);
+      },
+      nogil);
+  m.def(
+      "masked_prototypes_backward",
+      [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t feat, uintptr_t masks, uintptr_t out,
+         uintptr_t mass, uintptr_t gfeat, uintptr_t gmasks, int64_t B, int64_t S, int64_t C, int64_t D,
+         int64_t HW) {
+        MEDMETA_ON_DEVICE(device_of(dev, stream), masked_prototypes_backward, DType(dt), ptr<const void>(g),
+                          ptr<const void>(feat), ptr<const void>(masks), ptr<const void>(out),
+                          ptr<const void>(mass), ptr<void>(gfeat), ptr<void>(gmasks), B, S, C, D, HW);
+      },
+      nogil);
+
+  m.def(
+      "inner_update_forward",
+      [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& params,
+         const std::vector<uintptr_t>& grads, const std::vector<uintptr_t>& lrs, const std::vector<uintptr_t>& outs,
+         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar) {
+        const size_t n = params.size();
+        MEDMETA_CHECK(grads.size() == n && lrs.size() == n && outs.size() == n && numels.size() == n &&
+                          lr_numels.size() == n,
+                      "inner_update_forward: all lists must have one entry per tensor");
+        std::vector<UpdateTensor> ts(n);
+        for (size_t k = 0; k < n; ++k)
+          ts[k] = {ptr<const void>(params[k]), ptr<const void>(grads[k]), ptr<const void>(lrs[k]),
+                   ptr<void>(outs[k]),        numels[k],                 lr_numels[k]};
+        MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_forward, DType(dt), ts.data(),
+                          static_cast<int64_t>(n), lr_scalar);
+      },
+      nogil);
+  m.def(
+      "inner_update_backward",
+      [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& grad_outs,
+         const std::vector<uintptr_t>& grads, const std::vector<uintptr_t>& lrs,
+         const std::vector<uintptr_t>& grad_grads, const std::vector<uintptr_t>& grad_lrs,
+         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar) {
+        const size_t n = grad_outs.size();
+        MEDMETA_CHECK(grads.size() == n && lrs.size() == n && grad_grads.size() == n && grad_lrs.size() == n &&
+                          numels.size() == n && lr_numels.size() == n,
+                      "inner_update_backward: all lists must have one entry per tensor");
+        std::vector<UpdateGradTensor> ts(n);
+        for (size_t k = 0; k < n; ++k)
+          ts[k] = {ptr<const void>(grad_outs[k]), ptr<const void>(grads[k]), ptr<const void>(lrs[k]),
+                   ptr<void>(grad_grads[k]),      ptr<void>(grad_lrs[k]),     numels[k],
+                   lr_numels[k]};
+        MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_backward, DType(dt), ts.data(),
+                          static_cast<int64_t>(n), lr_scalar);
+      },
+      nogil);
+}

@@ -1,0 +1,119 @@
+"""Input validation at the Python boundary of the ops.
+
+Messages name the op, the argument, what was expected and what came. Value checks
+(label ranges, empty classes, NaN in small inputs) read data back; on CUDA that is a
+device synchronisation, so :func:`set_value_checks` can turn them off for peak speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from medmeta.ops import _native
+
+_value_checks = True
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the data-reading checks (label ranges, empty classes, NaN) on or off."""
+    global _value_checks
+    _value_checks = bool(enabled)
+
+
+def value_checks_enabled() -> bool:
+    return _value_checks and not torch.compiler.is_compiling()
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def tensor(op: str, name: str, value: object, ndim: int, layout: str) -> torch.Tensor:
+    """``value`` is a tensor with ``ndim`` dimensions (``layout`` names them, e.g. "[B,Q,D]")."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(
+            f"{op}: argument '{name}' must be a torch.Tensor {layout}, got {type(value).__name__}"
+        )
+    if value.dim() != ndim:
+        raise ValueError(
+            f"{op}: argument '{name}' must be a {ndim}-D tensor {layout}, got shape {_shape(value)}"
+        )
+    return value
+
+
+def floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """All tensors share one floating dtype that the kernels of their device support."""
+    first, dtype, device = names[0], tensors[0].dtype, tensors[0].device
+    for name, t in zip(names, tensors, strict=True):
+        if t.device != device:
+            raise ValueError(
+                f"{op}: all tensors must be on one device; '{first}' is on {device} "
+                f"but '{name}' is on {t.device}"
+            )
+        if t.dtype != dtype:
+            raise TypeError(
+                f"{op}: '{name}' has dtype {t.dtype} but '{first}' has {dtype}; they must match"
+            )
+    if device.type == "cpu":
+        allowed = _native.CPU_DTYPES
+    elif device.type == "cuda":
+        allowed = _native.CUDA_DTYPES
+    else:
+        raise ValueError(f"{op}: tensors must be on a CPU or CUDA device, got {device}")
+    if dtype not in allowed:
+        names_ = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{op}: '{first}' must have dtype {names_} on {device.type}, got {dtype}")
+    return dtype
+
+
+def same_size(op: str, what: str, expected: int, name: str, got: int) -> None:
+    if expected != got:
+        raise ValueError(f"{op}: '{name}' must have {what} {expected}, got {got}")
+
+
+def labels(
+    op: str, name: str, value: object, shape: tuple[int, ...], n: int, device: torch.device
+) -> torch.Tensor:
+    """Integer class labels of ``shape`` with values in [0, n), as a contiguous int64 tensor."""
+    layout = "[" + ",".join(str(s) for s in shape) + "]"
+    t = tensor(op, name, value, len(shape), layout)
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(
+            f"{op}: '{name}' must hold integer class indices (int64), got dtype {t.dtype}"
+        )
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{op}: '{name}' must have shape {layout}, got {_shape(t)}")
+    if t.device != device:
+        raise ValueError(f"{op}: '{name}' is on {t.device} but the data is on {device}")
+    t = t.to(torch.int64).contiguous()
+    if value_checks_enabled() and t.numel() > 0:
+        lo, hi = torch.aminmax(t)
+        if lo.item() < 0 or hi.item() >= n:
+            bad = t[(t < 0) | (t >= n)][0].item()
+            raise ValueError(f"{op}: '{name}' must be in [0, {n}), found {bad}")
+    return t
+
+
+def finite(op: str, name: str, t: torch.Tensor) -> None:
+    if value_checks_enabled() and t.numel() > 0 and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{op}: '{name}' contains NaN or infinite values")
+
+
+def positive_float(op: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: '{name}' must be a float, got {type(value).__name__}")
+    v = float(value)
+    if not v > 0 or v == float("inf"):
+        raise ValueError(f"{op}: '{name}' must be a positive finite float, got {value!r}")
+    return v
+
+
+def metric(op: str, value: object) -> int:
+    code = _native.METRIC_CODES.get(value) if isinstance(value, str) else None
+    if code is None:
+        raise ValueError(
+            f"{op}: 'metric' must be one of {tuple(_native.METRIC_CODES)}, got {value!r}"
+        )
+    return code
