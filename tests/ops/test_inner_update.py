@@ -1,0 +1,221 @@
+"""inner_update: the fused multi-tensor step, its gradients and second-order MAML."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import assert_close, rand, randn
+from medmeta import ops
+from medmeta.ops import _reference
+
+T = 3
+SHAPES = [
+    (T, 4, 5),
+    (T, 5),
+    (T, 1),
+    (T, 2, 3, 3, 3),
+    (T, 70000),
+]  # the last spans several work items
+
+
+def make(gen, device, dtype, kind):
+    params = [randn(gen, *s, device=device, requires_grad=True) for s in SHAPES]
+    grads = [randn(gen, *s, device=device, requires_grad=True) for s in SHAPES]
+    if kind == "float":
+        lr = 0.05
+    elif kind == "per-layer":
+        lr = [(rand(gen, device=device) + 0.01).reshape(()).requires_grad_() for _ in SHAPES]
+    elif kind == "per-element":
+        lr = [rand(gen, *s[1:], device=device).requires_grad_() for s in SHAPES]
+    else:  # per task and element
+        lr = [rand(gen, *s, device=device).requires_grad_() for s in SHAPES]
+    cast = [t.detach().to(dtype).requires_grad_() for t in params + grads]
+    lr_cast = lr if isinstance(lr, float) else [a.detach().to(dtype).requires_grad_() for a in lr]
+    return params, grads, lr, cast[: len(SHAPES)], cast[len(SHAPES) :], lr_cast
+
+
+KINDS = ["float", "per-layer", "per-element", "full"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_reference(device_dtype, gen, kind):
+    device, dtype = device_dtype
+    params, grads, lr, p_d, g_d, lr_d = make(gen, device, dtype, kind)
+    out = ops.inner_update(p_d, g_d, lr_d)
+    ref = _reference.inner_update(params, grads, lr)
+    for a, b in zip(out, ref, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape
+        assert_close(a, b, dtype)
+    ups = [randn(gen, *s, device=device) for s in SHAPES]
+    inputs = p_d + g_d + ([] if isinstance(lr_d, float) else lr_d)
+    ref_inputs = params + grads + ([] if isinstance(lr, float) else lr)
+    got = torch.autograd.grad(out, inputs, [u.to(dtype) for u in ups])
+    want = torch.autograd.grad(ref, ref_inputs, ups)
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        assert_close(a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_and_gradgradcheck(device, gen, kind):
+    shapes = [(2, 3, 2), (2, 4)]
+    ps = [randn(gen, *s, device=device, requires_grad=True) for s in shapes]
+    gs = [randn(gen, *s, device=device, requires_grad=True) for s in shapes]
+    if kind == "float":
+        lrs = []
+    elif kind == "per-layer":
+        lrs = [randn(gen, 1, device=device, requires_grad=True) for _ in shapes]
+    elif kind == "per-element":
+        lrs = [randn(gen, *s[1:], device=device, requires_grad=True) for s in shapes]
+    else:
+        lrs = [randn(gen, *s, device=device, requires_grad=True) for s in shapes]
+
+    def fn(*flat):
+        return tuple(
+            ops.inner_update(list(flat[:2]), list(flat[2:4]), list(flat[4:]) if lrs else 0.3)
+        )
+
+    assert torch.autograd.gradcheck(fn, (*ps, *gs, *lrs))
+    assert torch.autograd.gradgradcheck(fn, (*ps, *gs, *lrs))
+
+
+def test_in_place_form(gen):
+    params = [randn(gen, *s) for s in SHAPES]
+    grads = [randn(gen, *s) for s in SHAPES]
+    lr = [rand(gen, *s[1:]) for s in SHAPES]
+    want = _reference.inner_update(params, grads, lr)
+    ptrs = [p.data_ptr() for p in params]
+    with torch.no_grad():
+        out = ops.inner_update_(params, grads, lr)
+    assert [p.data_ptr() for p in out] == ptrs
+    for a, b in zip(params, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_in_place_form_refuses_tracked_params(gen):
+    p = randn(gen, 2, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="under torch.no_grad"):
+        ops.inner_update_([p], [torch.zeros(2, 3, dtype=p.dtype)], 0.1)
+
+
+def _maml_meta_grads(theta, alpha, xs, ys, xq, yq, steps, update):
+    """Second-order MAML meta-gradients of a linear model for T tasks batched as [T, ...]."""
+    tasks = xs.shape[0]
+    params = [theta[0].expand(tasks, *theta[0].shape), theta[1].expand(tasks, *theta[1].shape)]
+    for _ in range(steps):
+        inner = (
+            ((torch.baddbmm(params[1].unsqueeze(1), xs, params[0]) - ys) ** 2)
+            .mean(dim=(1, 2))
+            .sum()
+        )
+        grads = torch.autograd.grad(inner, params, create_graph=True)
+        params = update(params, list(grads), alpha)
+    outer = ((torch.baddbmm(params[1].unsqueeze(1), xq, params[0]) - yq) ** 2).mean()
+    return torch.autograd.grad(outer, [*theta, *alpha])
+
+
+def test_second_order_maml_matches_a_per_task_loop(gen):
+    tasks, d_in, d_out = 4, 5, 3
+    theta = [randn(gen, d_in, d_out, requires_grad=True), randn(gen, d_out, requires_grad=True)]
+    alpha = [
+        torch.tensor(0.1, dtype=torch.float64, requires_grad=True),
+        rand(gen, d_out).requires_grad_(),
+    ]
+    xs, ys = randn(gen, tasks, 6, d_in), randn(gen, tasks, 6, d_out)
+    xq, yq = randn(gen, tasks, 7, d_in), randn(gen, tasks, 7, d_out)
+    fused = _maml_meta_grads(theta, alpha, xs, ys, xq, yq, 2, ops.inner_update)
+
+    # plain autograd, one task at a time
+    total = [torch.zeros_like(t) for t in (*theta, *alpha)]
+    for i in range(tasks):
+        w, b = theta
+        for _ in range(2):
+            inner = ((xs[i] @ w + b - ys[i]) ** 2).mean()
+            gw, gb = torch.autograd.grad(inner, (w, b), create_graph=True)
+            w, b = w - alpha[0] * gw, b - alpha[1] * gb
+        outer = ((xq[i] @ w + b - yq[i]) ** 2).mean() / tasks
+        for acc, g in zip(total, torch.autograd.grad(outer, [*theta, *alpha]), strict=True):
+            acc += g
+    for a, b in zip(fused, total, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_empty_list_and_zero_tasks():
+    assert ops.inner_update([], [], 0.1) == []
+    out = ops.inner_update([torch.zeros(0, 3)], [torch.zeros(0, 3)], 0.1)
+    assert out[0].shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("params", "grads", "lr", "error", "match"),
+    [
+        (
+            [torch.zeros(2, 3)],
+            [],
+            0.1,
+            ValueError,
+            r"'grads' must have one tensor per parameter \(1\), got 0",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 4)],
+            0.1,
+            ValueError,
+            r"'grads\[0\]' must have shape \[2, 3\]",
+        ),
+        (
+            [torch.zeros(2, 3), torch.zeros(3, 3)],
+            [torch.zeros(2, 3), torch.zeros(3, 3)],
+            0.1,
+            ValueError,
+            r"'params\[1\]' has 3 tasks",
+        ),
+        (
+            [torch.zeros(())],
+            [torch.zeros(())],
+            0.1,
+            ValueError,
+            r"'params\[0\]' must be shaped \[T, ...\]",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3)],
+            [torch.zeros(2)],
+            ValueError,
+            r"'lr\[0\]' must have one element",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3)],
+            [torch.tensor(float("nan"))],
+            ValueError,
+            r"'lr\[0\]' contains NaN",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3)],
+            float("inf"),
+            ValueError,
+            r"'lr' must be finite",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3)],
+            "fast",
+            TypeError,
+            r"'lr' must be a float or a list of tensors",
+        ),
+        (
+            [torch.zeros(2, 3)],
+            [torch.zeros(2, 3, dtype=torch.float64)],
+            0.1,
+            TypeError,
+            r"'grads\[0\]' has dtype torch.float64",
+        ),
+        (torch.zeros(2, 3), torch.zeros(2, 3), 0.1, TypeError, r"must be lists of tensors"),
+    ],
+)
+def test_bad_input_errors(params, grads, lr, error, match):
+    with pytest.raises(error, match=match):
+        ops.inner_update(params, grads, lr)
