@@ -95,7 +95,7 @@ def test_in_place_form(gen):
 
 def test_in_place_form_refuses_tracked_params(gen):
     p = randn(gen, 2, 3, requires_grad=True)
-    with pytest.raises(RuntimeError, match="under torch.no_grad"):
+    with pytest.raises(RuntimeError, match=r"under torch\.no_grad"):
         ops.inner_update_([p], [torch.zeros(2, 3, dtype=p.dtype)], 0.1)
 
 
