@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/cpu.h"
+#include "common/validate.h"
 #include "ops/distance/distance.h"
 #include "ops/inner_update/inner_update.h"
 #include "ops/masked_prototypes/masked_prototypes.h"
@@ -114,6 +115,16 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count, nogil);
   m.def("num_threads", &cpu_num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &set_cpu_num_threads, py::arg("n"), "Threads for the CPU kernels (<= 0: OpenMP default).");
+
+  // CPU data checks (indices, or -1 when all values are fine). dt: 0 float32, 1 float64.
+  m.def("first_out_of_range", [](uintptr_t v, int64_t n, int64_t hi) { return first_out_of_range(ptr<const int64_t>(v), n, hi); });
+  m.def("first_not_positive", [](uintptr_t v, int64_t n, int dt) {
+    return dt == 1 ? first_not_positive(ptr<const double>(v), n) : first_not_positive(ptr<const float>(v), n);
+  });
+  m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
+    return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)
+                   : first_negative_or_nonfinite(ptr<const float>(v), n);
+  });
 
   m.def(
       "distance_forward",

@@ -16,18 +16,22 @@ from typing import Any
 import torch
 
 
-def native_function(
-    name: str, forward: Callable, setup_context: Callable, backward: Callable
-) -> Any:
-    """An autograd.Function class with the given static forward / setup_context / backward."""
+def native_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> Any:
+    """An autograd.Function class running ``forward`` then ``setup_context`` on its inputs.
+
+    Built in the classic ``forward(ctx, *args)`` style: the newer style with a separate
+    ``setup_context`` staticmethod costs ~15 us more per call, which matters for episodes.
+    """
+
+    def classic_forward(ctx: Any, *args: Any) -> Any:
+        output = forward(*args)
+        setup_context(ctx, args, output)
+        return output
+
     return type(
         name,
         (torch.autograd.Function,),
-        {
-            "forward": staticmethod(forward),
-            "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(backward),
-        },
+        {"forward": staticmethod(classic_forward), "backward": staticmethod(backward)},
     )
 
 

@@ -8,6 +8,7 @@ device synchronisation, so :func:`set_value_checks` can turn them off for peak s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
 
@@ -87,13 +88,36 @@ def labels(
         raise ValueError(f"{op}: '{name}' must have shape {layout}, got {_shape(t)}")
     if t.device != device:
         raise ValueError(f"{op}: '{name}' is on {t.device} but the data is on {device}")
-    t = t.to(torch.int64).contiguous()
+    if t.dtype != torch.int64:
+        t = t.to(torch.int64)
+    t = t.contiguous()
     if value_checks_enabled() and t.numel() > 0:
-        lo, hi = torch.aminmax(t)
-        if lo.item() < 0 or hi.item() >= n:
-            bad = t[(t < 0) | (t >= n)][0].item()
+        scan = native_cpu(t)
+        if scan is not None:
+            i = scan.first_out_of_range(t.data_ptr(), t.numel(), n)
+            bad = None if i < 0 else int(t.view(-1)[i])
+        else:
+            lo, hi = torch.aminmax(t)
+            bad = None if lo.item() >= 0 and hi.item() < n else t[(t < 0) | (t >= n)][0].item()
+        if bad is not None:
             raise ValueError(f"{op}: '{name}' must be in [0, {n}), found {bad}")
     return t
+
+
+def native_cpu(t: torch.Tensor) -> ModuleType | None:
+    """The native module when ``t`` is a CPU tensor the native scans can read, else None."""
+    if t.device.type != "cpu" or _native.use_reference():
+        return None
+    return _native.lib()
+
+
+def first_not_positive(values: torch.Tensor) -> int:
+    """Flat index of the first value that is not > 0 (zero, negative, NaN), or -1."""
+    scan = native_cpu(values)
+    if scan is not None and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
+        return scan.first_not_positive(values.data_ptr(), values.numel(), _native.DTYPE_CODES[values.dtype])
+    bad = (~(values > 0)).view(-1).nonzero()
+    return int(bad[0]) if len(bad) else -1
 
 
 def finite(op: str, name: str, t: torch.Tensor) -> None:

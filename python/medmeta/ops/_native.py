@@ -53,12 +53,20 @@ def lib() -> ModuleType:
     return _lib if _lib is not None else _load()
 
 
+_backend_env: str | None = None
+_backend_name = "native"
+
+
 def backend() -> str:
     """The backend selected by ``MEDMETA_BACKEND`` (``native``, the default, or ``reference``)."""
-    name = os.environ.get("MEDMETA_BACKEND", "native").strip().lower() or "native"
-    if name not in BACKENDS:
-        raise ValueError(f"MEDMETA_BACKEND must be one of {BACKENDS}, got {name!r}")
-    return name
+    global _backend_env, _backend_name
+    raw = os.environ.get("MEDMETA_BACKEND")
+    if raw != _backend_env:  # parse only when the variable changes
+        name = (raw or "native").strip().lower() or "native"
+        if name not in BACKENDS:
+            raise ValueError(f"MEDMETA_BACKEND must be one of {BACKENDS}, got {name!r}")
+        _backend_env, _backend_name = raw, name
+    return _backend_name
 
 
 def use_reference() -> bool:

@@ -160,9 +160,9 @@ def _check_nonempty(op: str, mass: torch.Tensor, what: str) -> None:
     """Raise naming the first (episode, class) whose total support weight is not positive."""
     if not _checks.value_checks_enabled() or mass.numel() == 0:
         return
-    bad = ~(mass > 0)  # also catches NaN
-    if bool(bad.any()):
-        b, c = (int(i) for i in bad.nonzero()[0])
+    i = _checks.first_not_positive(mass)
+    if i >= 0:
+        b, c = divmod(i, mass.shape[1])
         raise ValueError(
             f"{op}: episode {b}, class {c} has {what} (got {mass[b, c].item():g}); "
             "every class needs at least one support example"
