@@ -1,0 +1,155 @@
+"""Gene expression: AnnData ``.h5ad`` files with a cell-type or condition column.
+
+The file is first opened in backed mode to read ``n_obs x n_vars`` and the ``obs`` table, so
+that a matrix too large to densify is refused (``max_bytes``) before it is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..dataset import ArrayDataset
+from ..errors import DEFAULT_MAX_BYTES, DataError, check_size, missing_extra
+
+__all__ = ["load_h5ad"]
+
+logger = logging.getLogger(__name__)
+
+
+def _anndata() -> Any:
+    try:
+        import anndata
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise missing_extra("anndata", err) from err
+    return anndata
+
+
+def _read(path: str, backed: bool) -> Any:
+    ad = _anndata()
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as err:
+        raise DataError(
+            f"not a readable .h5ad file ({type(err).__name__}: {err}); the file is "
+            "corrupt or truncated",
+            path,
+        ) from err
+
+
+def load_h5ad(
+    path: str | os.PathLike[str],
+    label_key: str,
+    *,
+    layer: str | None = None,
+    use_raw: bool = False,
+    genes: Sequence[str] | None = None,
+    group_key: str | None = None,
+    class_names: Sequence[str] | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+    name: str | None = None,
+) -> ArrayDataset:
+    """Load an AnnData ``.h5ad`` file as cells x genes with a class per cell.
+
+    Args:
+        path: the ``.h5ad`` file.
+        label_key: the ``obs`` column with the cell type / condition. Its categories (in
+            category order for categoricals, else sorted) are the classes.
+        layer: read ``layers[layer]`` instead of ``X``.
+        use_raw: read ``raw.X`` (and ``raw.var_names``) instead of ``X``.
+        genes: keep only these genes, in this order.
+        group_key: an ``obs`` column of donor/sample ids used as ``groups``.
+        class_names: fix the classes in label order; labels outside it raise.
+        max_bytes: refuse matrices whose dense float32 form would exceed this.
+        name: dataset name for ``meta["name"]``.
+
+    Returns:
+        :class:`ArrayDataset` with ``x`` float32 ``[cells, genes]`` and
+        ``meta["gene_names"]``.
+    """
+    p = os.fspath(path)
+    if not os.path.isfile(p):
+        raise DataError("file not found", p)
+    if layer is not None and use_raw:
+        raise DataError("give layer= or use_raw=True, not both", "layer")
+    backed = _read(p, backed=True)
+    try:
+        n_obs, n_vars = int(backed.n_obs), int(backed.n_vars)
+        obs = backed.obs.copy()
+        layers = list(backed.layers.keys()) if layer is not None else []
+    finally:
+        if getattr(backed, "file", None) is not None:
+            backed.file.close()
+    check_size(n_obs * n_vars * 4, max_bytes, p, f"a dense {n_obs} x {n_vars} float32 matrix")
+    for key, what in [(label_key, "label_key"), (group_key, "group_key")]:
+        if key is not None and key not in obs.columns:
+            raise DataError(
+                f"{what} {key!r} is not an obs column; obs columns are {list(obs.columns)}", p
+            )
+    if layer is not None and layer not in layers:
+        raise DataError(f"layer {layer!r} not found; layers are {layers}", p)
+    labels_col = obs[label_key]
+    isna = labels_col.isna().to_numpy()
+    if isna.any():
+        first = int(np.flatnonzero(isna)[0])
+        raise DataError(
+            f"obs column {label_key!r} has {int(isna.sum())} missing labels (first "
+            f"at cell {first}); drop or annotate those cells",
+            p,
+        )
+    if class_names is not None:
+        names = [str(c) for c in class_names]
+    elif hasattr(labels_col, "cat"):
+        used = set(labels_col.astype(str))
+        names = [str(c) for c in labels_col.cat.categories if str(c) in used]
+    else:
+        names = sorted(set(labels_col.astype(str)))
+    lookup = {c: i for i, c in enumerate(names)}
+    values = labels_col.astype(str).to_numpy()
+    unknown = sorted(set(values) - set(lookup))
+    if unknown:
+        raise DataError(f"labels {unknown[:10]} of {label_key!r} are not in class_names", p)
+    y = np.array([lookup[v] for v in values], dtype=np.int64)
+
+    adata = _read(p, backed=False)
+    if use_raw:
+        if adata.raw is None:
+            raise DataError("use_raw=True but the file has no .raw", p)
+        matrix, var_names = adata.raw.X, list(map(str, adata.raw.var_names))
+    elif layer is not None:
+        matrix, var_names = adata.layers[layer], list(map(str, adata.var_names))
+    else:
+        matrix, var_names = adata.X, list(map(str, adata.var_names))
+    if matrix is None:
+        raise DataError("the file has no expression matrix (X is empty)", p)
+    if genes is not None:
+        pos = {g: i for i, g in enumerate(var_names)}
+        missing = [g for g in genes if g not in pos]
+        if missing:
+            raise DataError(f"{len(missing)} requested genes are absent, e.g. {missing[:5]}", p)
+        cols = [pos[g] for g in genes]
+        matrix, var_names = matrix[:, cols], list(genes)
+    x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        cell = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(
+            f"expression matrix has {int(bad.sum())} NaN/infinite values (first in cell {cell})", p
+        )
+    groups = None if group_key is None else obs[group_key].astype(str).to_numpy()
+    meta = {
+        "name": name or os.path.splitext(os.path.basename(p))[0],
+        "format": "h5ad",
+        "label_key": label_key,
+        "gene_names": np.asarray(var_names),
+        "source_matrix": "raw.X" if use_raw else (f"layers[{layer!r}]" if layer else "X"),
+    }
+    return ArrayDataset(x, y, names, groups, meta=meta)
