@@ -9,48 +9,44 @@ namespace medmeta {
 namespace {
 
 template <typename T>
-void forward(const void* x, const void* y, void* out, void* ws, int64_t B, int64_t Q, int64_t N, int64_t D,
-             Metric m) {
-  T* xx = static_cast<T*>(ws);
-  cpu::distances(static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(out), xx, xx + B * Q, B, Q,
-                 N, D, m);
+void forward(const void* x, const void* y, void* out, int64_t B, int64_t Q, int64_t N, int64_t D, Metric m) {
+  cpu::distances(static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(out), B, Q, N, D, m,
+                 [](int64_t, int64_t, int64_t) {});
 }
 
 template <typename T>
-void backward(const void* g, const void* x, const void* y, const void* out, void* gx, void* gy, void* ws,
-              int64_t B, int64_t Q, int64_t N, int64_t D, Metric m) {
-  T* xx = static_cast<T*>(ws);
-  T* yy = xx + B * Q;
-  const T* xt = static_cast<const T*>(x);
-  const T* yt = static_cast<const T*>(y);
-  cpu::norms_or_zero(xt, B * Q, D, m, xx);
-  cpu::norms_or_zero(yt, B * N, D, m, yy);
-  cpu::distance_backward_core(static_cast<const T*>(g), xt, yt, static_cast<const T*>(out), xx, yy,
-                              static_cast<T*>(gx), static_cast<T*>(gy), B, Q, N, D, m);
+void backward(const void* g, const void* x, const void* y, const void* out, void* gx, void* gy, int64_t B,
+              int64_t Q, int64_t N, int64_t D, Metric m) {
+  const T* gt = static_cast<const T*>(g);
+  cpu::distance_backward([gt, N](int64_t r, int64_t n) { return gt[r * N + n]; }, static_cast<const T*>(x),
+                         static_cast<const T*>(y), static_cast<const T*>(out), static_cast<T*>(gx),
+                         static_cast<T*>(gy), B, Q, N, D, m);
+}
+
+[[noreturn]] void bad_dtype(DType dt) {
+  fail(std::string("pairwise_distance on CPU supports float32 and float64, got ") + dtype_name(dt));
 }
 
 }  // namespace
 
-void distance_forward_cpu(DType dt, const void* x, const void* y, void* out, void* workspace, int64_t B,
+void distance_forward_cpu(DType dt, const void* x, const void* y, void* out, void* /*workspace*/, int64_t B,
                           int64_t Q, int64_t N, int64_t D, Metric metric) {
   if (B * Q * N == 0) return;
   switch (dt) {
-    case DType::Float32: return forward<float>(x, y, out, workspace, B, Q, N, D, metric);
-    case DType::Float64: return forward<double>(x, y, out, workspace, B, Q, N, D, metric);
-    default: fail(std::string("pairwise_distance on CPU supports float32 and float64, got ") + dtype_name(dt));
+    case DType::Float32: return forward<float>(x, y, out, B, Q, N, D, metric);
+    case DType::Float64: return forward<double>(x, y, out, B, Q, N, D, metric);
+    default: bad_dtype(dt);
   }
 }
 
 void distance_backward_cpu(DType dt, const void* grad_out, const void* x, const void* y, const void* out,
-                           void* grad_x, void* grad_y, void* workspace, int64_t B, int64_t Q, int64_t N,
+                           void* grad_x, void* grad_y, void* /*workspace*/, int64_t B, int64_t Q, int64_t N,
                            int64_t D, Metric metric) {
   if (B * D == 0) return;
   switch (dt) {
-    case DType::Float32:
-      return backward<float>(grad_out, x, y, out, grad_x, grad_y, workspace, B, Q, N, D, metric);
-    case DType::Float64:
-      return backward<double>(grad_out, x, y, out, grad_x, grad_y, workspace, B, Q, N, D, metric);
-    default: fail(std::string("pairwise_distance on CPU supports float32 and float64, got ") + dtype_name(dt));
+    case DType::Float32: return backward<float>(grad_out, x, y, out, grad_x, grad_y, B, Q, N, D, metric);
+    case DType::Float64: return backward<double>(grad_out, x, y, out, grad_x, grad_y, B, Q, N, D, metric);
+    default: bad_dtype(dt);
   }
 }
 
