@@ -1,0 +1,7 @@
+"""``python -m medmeta``: the same as the ``medmeta`` command."""
+
+import sys
+
+from medmeta.cli import main
+
+sys.exit(main())
