@@ -65,8 +65,12 @@ _LAZY = {
     "load_timeseries_csv": "formats.timeseries",
     "windows_around": "formats.timeseries",
     "sliding_windows": "formats.timeseries",
+    "EpisodeBatch": "episodes",
+    "EpisodeSampler": "episodes",
+    "as_features": "episodes",
+    "split_classes": "episodes",
 }
-_SUBMODULES = ("transforms", "formats", "registry", "dataset", "errors", "windowing")
+_SUBMODULES = ("episodes", "transforms", "formats", "registry", "dataset", "errors", "windowing")
 
 __all__ = [
     "CROSS_DOMAIN_DATASETS",
