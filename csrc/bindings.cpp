@@ -121,6 +121,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("first_not_positive", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_not_positive(ptr<const double>(v), n) : first_not_positive(ptr<const float>(v), n);
   });
+  m.def("first_nonfinite", [](uintptr_t v, int64_t n, int dt) {
+    return dt == 1 ? first_nonfinite(ptr<const double>(v), n) : first_nonfinite(ptr<const float>(v), n);
+  });
   m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)
                    : first_negative_or_nonfinite(ptr<const float>(v), n);

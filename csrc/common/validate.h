@@ -27,4 +27,11 @@ template <typename T> int64_t first_negative_or_nonfinite(const T* v, int64_t n)
   return -1;
 }
 
+// Index of the first value that is NaN or infinite, or -1.
+template <typename T> int64_t first_nonfinite(const T* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (v[i] - v[i] != T(0)) return i;
+  return -1;
+}
+
 }  // namespace medmeta

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 
 
-def native_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> Any:
+def native_function(
+    name: str, forward: Callable, setup_context: Callable, backward: Callable
+) -> Any:
     """An autograd.Function class running ``forward`` then ``setup_context`` on its inputs.
 
     Built in the classic ``forward(ctx, *args)`` style: the newer style with a separate

@@ -115,7 +115,9 @@ def first_not_positive(values: torch.Tensor) -> int:
     """Flat index of the first value that is not > 0 (zero, negative, NaN), or -1."""
     scan = native_cpu(values)
     if scan is not None and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
-        return scan.first_not_positive(values.data_ptr(), values.numel(), _native.DTYPE_CODES[values.dtype])
+        return scan.first_not_positive(
+            values.data_ptr(), values.numel(), _native.DTYPE_CODES[values.dtype]
+        )
     bad = (~(values > 0)).view(-1).nonzero()
     return int(bad[0]) if len(bad) else -1
 

@@ -159,4 +159,6 @@ def pairwise_distance(
     x, y = x.contiguous(), y.contiguous()
     if torch.compiler.is_compiling():
         return _distance_op(x, y, code)
+    if not (torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)):
+        return _forward_native(x, y, code)  # nothing to differentiate: skip autograd
     return _DistanceFunction.apply(x, y, code)

@@ -257,16 +257,37 @@ def _validate(
                 )
     else:
         raise TypeError(f"{op}: 'lr' must be a float or a list of tensors, got {type(lr).__name__}")
-    names = [f"params[{k}]" for k in range(len(params))] + [
-        f"grads[{k}]" for k in range(len(grads))
-    ]
-    names += [f"lr[{k}]" for k in range(len(lrs))]
-    _checks.floating(op, names, [*params, *grads, *lrs])
-    for k, a in enumerate(lrs):
-        _checks.finite(op, f"lr[{k}]", a)
-    contiguous = [t.contiguous() for t in (*params, *grads, *lrs)]
+    tensors = [*params, *grads, *lrs]
+    allowed = _native.CPU_DTYPES if params[0].device.type == "cpu" else _native.CUDA_DTYPES
+    dtypes, devices = {t.dtype for t in tensors}, {t.device for t in tensors}
+    if len(dtypes) != 1 or len(devices) != 1 or params[0].dtype not in allowed:
+        # the slow path only runs to name the offending tensor
+        names = [f"params[{k}]" for k in range(len(params))] + [
+            f"grads[{k}]" for k in range(len(grads))
+        ]
+        _checks.floating(op, [*names, *(f"lr[{k}]" for k in range(len(lrs)))], tensors)
+    if lrs:
+        _check_rates_finite(op, lrs)
     n = len(params)
-    return contiguous[:n], contiguous[n : 2 * n], contiguous[2 * n :], rate
+    tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    return tensors[:n], tensors[n : 2 * n], tensors[2 * n :], rate
+
+
+def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
+    """One scan over all learning-rate tensors (a native loop on CPU, one reduction on CUDA)."""
+    if not _checks.value_checks_enabled():
+        return
+    scan = _checks.native_cpu(lrs[0])
+    if scan is not None:
+        code = _native.DTYPE_CODES[lrs[0].dtype]
+        bad = [
+            k for k, a in enumerate(lrs) if scan.first_nonfinite(a.data_ptr(), a.numel(), code) >= 0
+        ]
+    else:
+        flags = torch.stack([torch.isfinite(a).all() for a in lrs]).tolist()
+        bad = [k for k, ok in enumerate(flags) if not ok]
+    if bad:
+        raise ValueError(f"{op}: 'lr[{bad[0]}]' contains NaN or infinite values")
 
 
 def inner_update(
@@ -293,6 +314,8 @@ def inner_update(
         return _reference.inner_update(params, grads, lrs if lrs else rate)
     if torch.compiler.is_compiling():
         return _update_op(params, grads, lrs, rate)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (*params, *grads, *lrs))):
+        return _forward_native(params, grads, lrs, rate)  # nothing to differentiate
     return list(_UpdateFunction.apply(rate, len(params), len(lrs), *params, *grads, *lrs))
 
 

@@ -249,6 +249,8 @@ def prototypical_loss(
     queries, prototypes = queries.contiguous(), prototypes.contiguous()
     if torch.compiler.is_compiling():
         loss, accuracy, _, _ = _loss_op(queries, prototypes, targets, code, temperature)
+    elif not (torch.is_grad_enabled() and (queries.requires_grad or prototypes.requires_grad)):
+        loss, accuracy, _, _ = _forward_native(queries, prototypes, targets, code, temperature)
     else:
         loss, accuracy, _, _ = _LossFunction.apply(queries, prototypes, targets, code, temperature)
     return loss, accuracy

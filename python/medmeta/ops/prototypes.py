@@ -218,6 +218,11 @@ def prototypes(
     embeddings = embeddings.contiguous()
     if torch.compiler.is_compiling():
         out, wsum = _prototypes_op(embeddings, labels, n_way, weights)
+    elif not (
+        torch.is_grad_enabled()
+        and (embeddings.requires_grad or (weights is not None and weights.requires_grad))
+    ):
+        out, wsum = _forward_native(embeddings, labels, n_way, weights)
     else:
         out, wsum = _PrototypesFunction.apply(embeddings, labels, n_way, weights)
     _check_nonempty(_OP, wsum, "no support example")
@@ -387,6 +392,8 @@ def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tens
     features, masks = features.contiguous(), masks.contiguous()
     if torch.compiler.is_compiling():
         out, mass = _masked_op(features, masks)
+    elif not (torch.is_grad_enabled() and (features.requires_grad or masks.requires_grad)):
+        out, mass = _masked_forward_native(features, masks)
     else:
         out, mass = _MaskedFunction.apply(features, masks)
     _check_nonempty(_MASKED_OP, mass, "zero mask mass")
