@@ -1,0 +1,371 @@
+"""Few-shot evaluation on seeded episodes: accuracy with its 95% CI, balanced accuracy,
+macro-F1, one-vs-rest AUROC, per-class sensitivity/specificity, a confusion matrix over
+dataset classes, and calibration (ECE with reliability-diagram data, NLL, Brier).
+
+Episodes are drawn one at a time from a generator seeded with ``seed``, so the same seed
+gives the same episodes whatever ``batch_size`` or ``device``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta.algorithms.base import MetaLearner
+from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.eval import metrics as M
+from medmeta.eval.calibration import Reliability, brier_score, nll, reliability, softmax
+
+__all__ = [
+    "EpisodePredictions",
+    "EvalResult",
+    "collect_predictions",
+    "evaluate",
+    "iter_episodes",
+    "predict_episodes",
+    "summarize",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class EpisodePredictions:
+    """Query logits of ``E`` episodes (CPU float32).
+
+    Attributes:
+        logits: ``[E, M, N]`` query logits (``M = N * queries``).
+        labels: ``[E, M]`` true episode labels in ``[0, N)``.
+        classes: ``[E, N]`` dataset class id of each episode label.
+        class_names: names of the dataset classes (indexed by class id).
+    """
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    classes: torch.Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def episodes(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def iter_episodes(
+    sampler: EpisodeSampler, episodes: int, batch_size: int
+) -> Iterator[EpisodeBatch]:
+    """``episodes`` episodes of a ``batch_size=1`` sampler, stacked into batches of up to
+    ``batch_size`` (the last one smaller), so the episodes do not depend on ``batch_size``."""
+    if sampler.batch_size != 1:
+        raise ValueError("iter_episodes needs a sampler with batch_size=1")
+    done = 0
+    while done < episodes:
+        parts = [sampler.sample() for _ in range(min(batch_size, episodes - done))]
+        done += len(parts)
+        first = parts[0]
+        yield EpisodeBatch(
+            support_x=torch.cat([p.support_x for p in parts]),
+            support_y=torch.cat([p.support_y for p in parts]),
+            query_x=torch.cat([p.query_x for p in parts]),
+            query_y=torch.cat([p.query_y for p in parts]),
+            classes=torch.cat([p.classes for p in parts]),
+            ways=first.ways,
+            shots=first.shots,
+            queries=first.queries,
+        )
+
+
+def predict_episodes(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    batch_size: int,
+    device: torch.device,
+) -> EpisodePredictions:
+    """Run ``learner.predict`` (in eval mode) on ``episodes`` episodes of ``sampler``.
+
+    Autograd stays enabled: optimisation-based learners adapt by gradient steps inside
+    ``predict``. The outputs are detached.
+    """
+    was_training = learner.training
+    learner.eval()
+    logits, labels, classes = [], [], []
+    try:
+        for batch in iter_episodes(sampler, episodes, batch_size):
+            b = batch.to(device)
+            out = learner.predict(b.support_x, b.support_y, b.query_x)
+            expected = (b.batch_size, b.query_y.shape[1], b.ways)
+            if tuple(out.shape) != expected:
+                raise ValueError(
+                    f"{type(learner).__name__}.predict returned logits of shape "
+                    f"{tuple(out.shape)}, expected [B, Q, N] = {list(expected)}"
+                )
+            logits.append(out.detach().float().cpu())
+            labels.append(batch.query_y)
+            classes.append(batch.classes)
+    finally:
+        learner.train(was_training)
+    return EpisodePredictions(
+        logits=torch.cat(logits),
+        labels=torch.cat(labels),
+        classes=torch.cat(classes),
+        class_names=tuple(sampler.class_names),
+    )
+
+
+def collect_predictions(
+    learner: MetaLearner,
+    dataset: Any,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int = 600,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> EpisodePredictions:
+    """Query logits of ``episodes`` seeded N-way K-shot Q-query episodes of ``dataset``.
+
+    The learner is moved to ``device``. Raises :class:`~medmeta.data.DataError` when the
+    dataset cannot supply such episodes (e.g. ``ways`` above its number of classes).
+    """
+    _check_int("episodes", episodes, 1)
+    _check_int("batch_size", batch_size, 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=1, generator=seed)
+    dev = torch.device(device)
+    learner.to(dev)
+    return predict_episodes(learner, sampler, episodes, batch_size, dev)
+
+
+@dataclass
+class EvalResult:
+    """Metrics of a few-shot evaluation (see :func:`evaluate`).
+
+    Scalar metrics are means over episodes unless noted. ``class_names``/``class_ids`` list
+    the dataset classes that occur in the evaluated data; ``confusion`` (``[C, C]``, rows =
+    true class, columns = predicted class) and ``sensitivity``/``specificity``/``support``
+    (``[C]``) follow that order.
+    """
+
+    accuracy: float
+    ci95: float
+    accuracy_std: float
+    balanced_accuracy: float
+    macro_f1: float
+    auroc: float
+    ece: float
+    nll: float
+    brier: float
+    ways: int
+    shots: int
+    queries: int
+    episodes: int
+    seed: int | None
+    temperature: float | None
+    class_names: list[str]
+    class_ids: list[int]
+    confusion: np.ndarray
+    sensitivity: np.ndarray
+    specificity: np.ndarray
+    support: np.ndarray
+    reliability: Reliability
+    episode_accuracy: np.ndarray = field(repr=False)
+
+    @property
+    def per_class(self) -> dict[str, dict[str, float | int | None]]:
+        """``{class name: {"sensitivity", "specificity", "support"}}`` (None when undefined)."""
+        return {
+            name: {
+                "sensitivity": _num(self.sensitivity[i]),
+                "specificity": _num(self.specificity[i]),
+                "support": int(self.support[i]),
+            }
+            for i, name in enumerate(self.class_names)
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (NaN becomes None)."""
+        return {
+            "accuracy": _num(self.accuracy),
+            "ci95": _num(self.ci95),
+            "accuracy_std": _num(self.accuracy_std),
+            "balanced_accuracy": _num(self.balanced_accuracy),
+            "macro_f1": _num(self.macro_f1),
+            "auroc": _num(self.auroc),
+            "ece": _num(self.ece),
+            "nll": _num(self.nll),
+            "brier": _num(self.brier),
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "episodes": self.episodes,
+            "seed": self.seed,
+            "temperature": self.temperature,
+            "class_names": list(self.class_names),
+            "class_ids": list(self.class_ids),
+            "confusion": self.confusion.astype(int).tolist(),
+            "per_class": self.per_class,
+            "reliability": self.reliability.to_dict(),
+            "episode_accuracy": [float(v) for v in self.episode_accuracy],
+        }
+
+    def summary(self) -> str:
+        """One line: accuracy ± CI and the main secondary metrics."""
+        return (
+            f"{self.ways}-way {self.shots}-shot, {self.episodes} episodes: accuracy "
+            f"{100 * self.accuracy:.2f} ± {100 * self.ci95:.2f}%, balanced "
+            f"{100 * self.balanced_accuracy:.2f}%, macro-F1 {self.macro_f1:.3f}, AUROC "
+            f"{self.auroc:.3f}, ECE {self.ece:.3f}, NLL {self.nll:.3f}, Brier {self.brier:.3f}"
+        )
+
+
+def _num(v: Any) -> float | None:
+    f = float(v)
+    return None if math.isnan(f) else f
+
+
+def summarize(
+    preds: EpisodePredictions,
+    *,
+    shots: int,
+    queries: int,
+    seed: int | None = None,
+    temperature: float | None = None,
+    bins: int = 15,
+) -> EvalResult:
+    """All metrics of :class:`EvalResult` from collected predictions.
+
+    Args:
+        preds: logits ``[E, M, N]``, labels ``[E, M]``, classes ``[E, N]``.
+        shots, queries: recorded in the result.
+        seed: recorded in the result.
+        temperature: divide the logits by it first (``None``: no scaling).
+        bins: ECE bins.
+    """
+    logits = preds.logits.double().numpy()
+    if temperature is not None:
+        logits = logits / _check_temperature(temperature)
+    y = preds.labels.numpy().astype(np.int64)
+    cls = preds.classes.numpy().astype(np.int64)
+    E, _, N = logits.shape
+    probs = softmax(logits)
+    pred = probs.argmax(-1)
+    correct = pred == y
+    ep_acc = correct.mean(-1)
+    acc, ci = M.mean_ci95(ep_acc)
+
+    present = np.unique(cls)
+    remap = np.full(len(preds.class_names), -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    true_ds = remap[np.take_along_axis(cls, y, axis=1)]
+    pred_ds = remap[np.take_along_axis(cls, pred, axis=1)]
+    confusion = M.confusion_matrix(true_ds, pred_ds, len(present))
+    counts = M.class_counts(pred, y, remap[cls], len(present))
+    rel = reliability(probs.max(-1).reshape(-1), correct.reshape(-1), bins)
+    return EvalResult(
+        accuracy=acc,
+        ci95=ci,
+        accuracy_std=float(ep_acc.std()),
+        balanced_accuracy=float(np.nanmean(counts.sensitivity)),
+        macro_f1=float(M.episode_macro_f1(pred, y, N).mean()),
+        auroc=float(np.nanmean(M.episode_macro_auroc(probs, y))),
+        ece=rel.ece,
+        nll=nll(logits, y),
+        brier=brier_score(probs, y),
+        ways=N,
+        shots=shots,
+        queries=queries,
+        episodes=E,
+        seed=seed,
+        temperature=None if temperature is None else float(temperature),
+        class_names=[preds.class_names[c] for c in present],
+        class_ids=[int(c) for c in present],
+        confusion=confusion,
+        sensitivity=counts.sensitivity,
+        specificity=counts.specificity,
+        support=counts.support,
+        reliability=rel,
+        episode_accuracy=ep_acc,
+    )
+
+
+def _check_temperature(t: Any) -> float:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {t!r}")
+    return float(t)
+
+
+def evaluate(
+    learner: MetaLearner,
+    test_set: Any,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    episodes: int = 600,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    temperature: float | None = None,
+    bins: int = 15,
+) -> EvalResult:
+    """Evaluate a learner on ``episodes`` seeded N-way K-shot Q-query episodes of ``test_set``.
+
+    Args:
+        learner: any :class:`~medmeta.algorithms.base.MetaLearner` (moved to ``device``; run
+            in eval mode, its mode restored afterwards).
+        test_set: an :class:`~medmeta.data.ArrayDataset` (typically novel classes from
+            :func:`~medmeta.data.episodes.split_classes`).
+        ways, shots, queries: N, K and Q (queries per class).
+        episodes: number of episodes (600 is the usual protocol).
+        seed: seeds the episodes; the same seed gives the same episodes and numbers.
+        batch_size: episodes per ``predict`` call (memory vs speed; no effect on results
+            beyond floating-point reassociation inside the learner).
+        device: where the learner runs.
+        temperature: divide the logits by it before the softmax (temperature scaling; see
+            :func:`~medmeta.eval.calibration.fit_temperature`).
+        bins: number of ECE bins.
+
+    Returns:
+        :class:`EvalResult`. Accuracy is averaged over episodes with CI ``1.96 std / sqrt(E)``;
+        balanced accuracy is the mean over dataset classes of their pooled sensitivity;
+        macro-F1 and one-vs-rest AUROC (probabilities, midranks) are macro-averaged over an
+        episode's classes, then over episodes; sensitivity/specificity of a class pool the
+        episodes in which it appears; ECE/NLL/Brier pool all queries.
+
+    Raises:
+        DataError: the test set cannot supply such episodes (too few classes or examples).
+        ValueError: bad ``episodes``, ``batch_size``, ``seed`` or ``temperature``.
+    """
+    if temperature is not None:
+        _check_temperature(temperature)
+    preds = collect_predictions(
+        learner,
+        test_set,
+        ways=ways,
+        shots=shots,
+        queries=queries,
+        episodes=episodes,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    result = summarize(
+        preds, shots=shots, queries=queries, seed=seed, temperature=temperature, bins=bins
+    )
+    logger.info("evaluate: %s", result.summary())
+    return result

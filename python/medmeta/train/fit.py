@@ -1,0 +1,508 @@
+"""Episodic meta-training with validation on held-out classes, best-checkpoint selection,
+atomic checkpoints, exact resume, CSV/JSON logs and mixed precision on CUDA."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from medmeta.algorithms.base import MetaLearner, StepResult
+from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.eval.evaluate import predict_episodes
+from medmeta.eval.metrics import mean_ci95
+from medmeta.train.checkpoint import (
+    FORMAT,
+    atomic_save,
+    get_rng_state,
+    load_checkpoint,
+    set_rng_state,
+)
+from medmeta.train.logs import TrainLog, jsonable
+
+__all__ = ["FitResult", "meta_fit"]
+
+logger = logging.getLogger(__name__)
+
+OptimizerArg = (
+    torch.optim.Optimizer | Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+)
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+#: Offset between the training seed and the seed of the validation episodes.
+VAL_SEED_OFFSET = 1
+
+
+@dataclass
+class FitResult:
+    """What :func:`meta_fit` returns.
+
+    Attributes:
+        learner: the trained learner; with a validation set it holds the weights of the
+            best validation step.
+        history: logged rows (see :mod:`medmeta.train.logs`).
+        best_step, best_accuracy, best_ci95: the best validation step and its accuracy with
+            the 95% CI half-width (``None`` without a validation set).
+        last_step: the number of steps trained in total.
+        resumed_from: the step of the checkpoint the run resumed from, if any.
+        out_dir, last_path, best_path, csv_path, json_path: files written (``None`` without
+            ``out_dir``; ``best_path`` also without a validation set).
+    """
+
+    learner: MetaLearner
+    history: list[dict[str, Any]]
+    best_step: int | None
+    best_accuracy: float | None
+    best_ci95: float | None
+    last_step: int
+    resumed_from: int | None = None
+    out_dir: Path | None = None
+    last_path: Path | None = None
+    best_path: Path | None = None
+    csv_path: Path | None = None
+    json_path: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; ``None`` (full precision) off CUDA."""
+    if amp is False or device.type != "cuda":
+        if amp and device.type != "cuda":
+            logger.info("amp=True has no effect on %s; training in full precision", device)
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _uses_default_step(learner: MetaLearner) -> bool:
+    return type(learner).meta_train_step is MetaLearner.meta_train_step
+
+
+def _train_step(
+    learner: MetaLearner,
+    batch: EpisodeBatch,
+    optimizer: torch.optim.Optimizer,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+) -> StepResult:
+    """One meta-update; under autocast (and with loss scaling for fp16) when ``amp_dtype``."""
+    if amp_dtype is None:
+        return learner.meta_train_step(batch, optimizer)
+    if not _uses_default_step(learner):
+        # the method's own update (e.g. Reptile) runs whole under autocast, without scaling
+        with torch.autocast(device.type, dtype=amp_dtype):
+            return learner.meta_train_step(batch, optimizer)
+    learner.train()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=amp_dtype):
+        loss, accuracy = learner.meta_loss(batch)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return StepResult(float(loss.detach().float()), float(accuracy.detach().float().mean()))
+
+
+def _validate(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    seed: int,
+    episodes: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """(accuracy, 95% CI half-width, NLL) on the same ``episodes`` validation episodes."""
+    sampler.generator.manual_seed(seed)
+    preds = predict_episodes(learner, sampler, episodes, batch_size, device)
+    per_episode = (preds.logits.argmax(-1) == preds.labels).double().mean(-1)
+    acc, ci = mean_ci95(per_episode.numpy())
+    loss = torch.nn.functional.cross_entropy(
+        preds.logits.flatten(0, 1).double(), preds.labels.flatten()
+    )
+    return acc, ci, float(loss)
+
+
+def _make_optimizer(
+    learner: MetaLearner, optimizer: OptimizerArg | None, lr: float
+) -> torch.optim.Optimizer:
+    if optimizer is None:
+        return torch.optim.Adam(learner.parameters(), lr=lr)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        ours = {id(p) for p in learner.parameters()}
+        theirs = [p for g in optimizer.param_groups for p in g["params"]]
+        if not theirs or any(id(p) not in ours for p in theirs):
+            raise ValueError("optimizer must optimise the learner's parameters")
+        return optimizer
+    if callable(optimizer):
+        return optimizer(learner.parameters())
+    raise TypeError(
+        f"optimizer must be a torch.optim.Optimizer or a factory of one, got {type(optimizer).__name__}"
+    )
+
+
+def _trajectory_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint (``steps`` may grow)."""
+    keys = ("learner", "learner_class", "ways", "shots", "queries", "meta_batch", "seed",
+            "val_ways", "val_every", "val_episodes", "amp_dtype")  # fmt: skip
+    return jsonable({k: config.get(k) for k in keys})
+
+
+def meta_fit(
+    learner: MetaLearner,
+    train_set: Any,
+    val_set: Any | None = None,
+    *,
+    ways: int,
+    shots: int,
+    queries: int,
+    steps: int,
+    meta_batch: int,
+    seed: int,
+    lr: float = 1e-3,
+    optimizer: OptimizerArg | None = None,
+    scheduler: SchedulerFactory | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    val_every: int = 500,
+    val_episodes: int = 200,
+    val_ways: int | None = None,
+    device: str | torch.device = "cpu",
+    amp: bool | None = None,
+    progress: bool = True,
+    resume: bool = True,
+    log_every: int = 50,
+    checkpoint_every: int | None = None,
+    backbone_spec: Mapping[str, Any] | None = None,
+) -> FitResult:
+    """Meta-train ``learner`` on episodes of ``train_set`` for ``steps`` meta-updates.
+
+    Each step samples ``meta_batch`` N-way K-shot Q-query episodes (``[B, N*K, ...]``
+    support and ``[B, N*Q, ...]`` query tensors) from a sampler seeded with ``seed`` and
+    calls ``learner.meta_train_step``. Every ``val_every`` steps (and at the last step) the
+    learner predicts the same ``val_episodes`` episodes of ``val_set`` (seeded with
+    ``seed + 1``); the step with the best validation accuracy is kept (``best.pt``) and its
+    weights are loaded into the learner at the end.
+
+    With ``out_dir``, ``last.pt`` is written atomically every ``checkpoint_every`` steps
+    (default: ``val_every``) and at the end, together with ``log.csv`` and ``log.json``.
+    With ``resume=True`` an existing ``last.pt`` is restored (weights, optimizer,
+    scheduler, grad scaler, step, sampler generator, torch/numpy/Python RNG states, history)
+    and training continues to ``steps``: the result is bit-identical to an uninterrupted run
+    on the same device and thread settings (CUDA kernels with atomics can break this).
+
+    Training runs in a forked torch RNG seeded with ``seed`` (dropout etc.), so the
+    caller's global torch RNG is left as it was.
+
+    Args:
+        learner: the :class:`~medmeta.algorithms.base.MetaLearner` to train (in place).
+        train_set: meta-training data (an :class:`~medmeta.data.ArrayDataset`).
+        val_set: meta-validation data with classes disjoint from ``train_set`` (optional).
+        ways, shots, queries: N, K and Q of the training (and validation) episodes.
+        steps: total number of meta-updates (>= 1).
+        meta_batch: episodes per meta-update B.
+        seed: seeds the training episodes, the training RNG and the validation episodes.
+        lr: learning rate of the default Adam optimiser.
+        optimizer: an optimiser over the learner's parameters, or a factory
+            ``params -> optimizer`` (default ``Adam(lr)``).
+        scheduler: a factory ``optimizer -> LR scheduler``, stepped after every update.
+        out_dir: folder for checkpoints and logs (nothing written when ``None``).
+        val_every: validate every this many steps.
+        val_episodes: number of validation episodes.
+        val_ways: N of the validation episodes (default ``ways``; validation sets often
+            have fewer classes).
+        device: where to train; the learner is moved there.
+        amp: mixed precision: ``None`` = on CUDA only; bf16 autocast where supported,
+            else fp16 with a ``GradScaler``. No effect on CPU.
+        progress: show a tqdm progress bar.
+        resume: continue from ``out_dir/last.pt`` when it exists (else it is overwritten).
+        log_every: add a history/CSV row (means since the previous row) every this many steps.
+        checkpoint_every: write ``last.pt`` every this many steps.
+        backbone_spec: description of the backbone stored in checkpoints so
+            :func:`~medmeta.train.load_learner` can rebuild it, e.g.
+            ``{"name": "conv4", "input_shape": [3, 28, 28], "kwargs": {"hidden": 32}}``.
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        DataError: the data cannot supply the episodes (e.g. ``ways`` above the number of
+            classes), raised before any training.
+        ValueError: bad arguments, or a checkpoint in ``out_dir`` from different settings.
+        FloatingPointError: the training loss became NaN/inf.
+    """
+    _check_int("steps", steps, 1)
+    _check_int("meta_batch", meta_batch, 1)
+    _check_int("val_every", val_every, 1)
+    _check_int("val_episodes", val_episodes, 1)
+    _check_int("log_every", log_every, 1)
+    checkpoint_every = val_every if checkpoint_every is None else checkpoint_every
+    _check_int("checkpoint_every", checkpoint_every, 1)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not isinstance(learner, MetaLearner):
+        raise TypeError(f"learner must be a MetaLearner, got {type(learner).__name__}")
+    if (
+        isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+        or not (lr > 0 and math.isfinite(lr))
+    ):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+    dev = torch.device(device)
+    amp_dtype = _amp_dtype(amp, dev)
+    train_sampler = EpisodeSampler(
+        train_set, ways, shots, queries, batch_size=meta_batch, generator=seed
+    )
+    val_n = ways if val_ways is None else val_ways
+    val_seed = seed + VAL_SEED_OFFSET
+    val_sampler = (
+        EpisodeSampler(val_set, val_n, shots, queries, batch_size=1, generator=val_seed)
+        if val_set is not None
+        else None
+    )
+    learner.to(dev)
+    opt = _make_optimizer(learner, optimizer, lr)
+    sched = scheduler(opt) if scheduler is not None else None
+    scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
+    if amp_dtype == torch.float16 and not _uses_default_step(learner):
+        logger.warning(
+            "%s has its own meta_train_step: fp16 autocast runs without loss scaling",
+            type(learner).__name__,
+        )
+
+    config: dict[str, Any] = {
+        "learner": learner.spec(),
+        "learner_class": f"{type(learner).__module__}.{type(learner).__qualname__}",
+        "backbone": dict(backbone_spec) if backbone_spec is not None else None,
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "steps": steps,
+        "meta_batch": meta_batch,
+        "seed": seed,
+        "lr": float(lr),
+        "optimizer": type(opt).__name__,
+        "val_ways": val_n if val_set is not None else None,
+        "val_every": val_every,
+        "val_episodes": val_episodes if val_set is not None else None,
+        "device": str(dev),
+        "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        "log_every": log_every,
+        "checkpoint_every": checkpoint_every,
+    }
+
+    out = Path(out_dir) if out_dir is not None else None
+    last_path = out / "last.pt" if out else None
+    best_path = out / "best.pt" if out else None
+    log = TrainLog(out) if out else None
+
+    step = 0
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"step": None, "accuracy": None, "ci95": None}
+    best_state: dict[str, torch.Tensor] | None = None
+    accum: dict[str, Any] = {"loss": 0.0, "accuracy": 0.0, "n": 0, "extra": {}}
+    elapsed = 0.0
+    resumed_from: int | None = None
+    cuda_devices = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()]
+        if dev.type == "cuda"
+        else []
+    )
+
+    def checkpoint(kind: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": kind,
+            "step": step,
+            "learner": {
+                "spec": learner.spec(),
+                "class": config["learner_class"],
+                "state_dict": learner.state_dict(),
+            },
+            "backbone": config["backbone"],
+            "config": config,
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_last() -> None:
+        assert out is not None and log is not None
+        ckpt = checkpoint("last")
+        ckpt.update(
+            optimizer=opt.state_dict(),
+            scheduler=sched.state_dict() if sched is not None else None,
+            scaler=scaler.state_dict() if scaler is not None else None,
+            sampler=train_sampler.state_dict(),
+            rng=get_rng_state(dev),
+            history=history,
+            best=best,
+            accum=accum,
+            elapsed=elapsed_now(),
+        )
+        atomic_save(ckpt, last_path)
+        log.write_json(
+            {"format": "medmeta.trainlog/1", "config": config, "step": step,
+             "finished": step >= steps, "best": best, "history": history}
+        )  # fmt: skip
+
+    t_start = time.perf_counter()
+
+    def elapsed_now() -> float:
+        return elapsed + time.perf_counter() - t_start
+
+    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if dev.type == "cuda":
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        if out is not None and resume and last_path.exists():
+            ckpt = load_checkpoint(last_path)
+            if _trajectory_config(ckpt["config"]) != _trajectory_config(config):
+                raise ValueError(
+                    f"{last_path} was written with other settings "
+                    f"({_trajectory_config(ckpt['config'])}) than this run "
+                    f"({_trajectory_config(config)}); use another out_dir or resume=False"
+                )
+            if ckpt["step"] > steps:
+                raise ValueError(f"{last_path} is at step {ckpt['step']}, beyond steps={steps}")
+            learner.load_state_dict(ckpt["learner"]["state_dict"])
+            opt.load_state_dict(ckpt["optimizer"])
+            if sched is not None and ckpt["scheduler"] is not None:
+                sched.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt["scaler"] is not None:
+                scaler.load_state_dict(ckpt["scaler"])
+            train_sampler.load_state_dict(ckpt["sampler"])
+            set_rng_state(ckpt["rng"], dev)
+            step = resumed_from = int(ckpt["step"])
+            history = [dict(r) for r in ckpt["history"]]
+            best = dict(ckpt["best"])
+            accum = dict(ckpt["accum"])
+            elapsed = float(ckpt["elapsed"])
+            if best["step"] is not None:
+                best_ckpt = load_checkpoint(best_path) if best_path.exists() else None
+                if best_ckpt is not None and best_ckpt["step"] == best["step"]:
+                    best_state = best_ckpt["learner"]["state_dict"]
+                else:
+                    logger.warning(
+                        "%s does not hold the best step %d recorded in %s; the best weights "
+                        "are restored only if a later validation improves on them",
+                        best_path, best["step"], last_path,
+                    )  # fmt: skip
+            log.reset(history)
+            logger.info("resuming from %s at step %d", last_path, step)
+        elif out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            for stale in (last_path, best_path):
+                if stale.exists():
+                    logger.info("starting afresh: removing %s", stale)
+                    stale.unlink()
+            log.reset([])
+
+        t_start = time.perf_counter()
+        bar = tqdm(total=steps, initial=step, disable=not progress, desc="meta-train",
+                   dynamic_ncols=True)  # fmt: skip
+        try:
+            while step < steps:
+                batch = train_sampler.sample().to(dev, non_blocking=True)
+                lr_now = float(opt.param_groups[0]["lr"])
+                result = _train_step(learner, batch, opt, amp_dtype, scaler, dev)
+                if not math.isfinite(result.loss):
+                    raise FloatingPointError(
+                        f"training loss is {result.loss} at step {step + 1}; lower lr or check the data"
+                    )
+                if sched is not None:
+                    sched.step()
+                step += 1
+                accum["loss"] += result.loss
+                accum["accuracy"] += result.accuracy
+                accum["n"] += 1
+                for k, v in result.extra.items():
+                    accum["extra"][k] = accum["extra"].get(k, 0.0) + float(v)
+
+                validate = val_sampler is not None and (step % val_every == 0 or step == steps)
+                row_due = validate or step % log_every == 0 or step == steps
+                val_acc = val_ci = val_loss = None
+                improved = False
+                if validate:
+                    val_acc, val_ci, val_loss = _validate(
+                        learner, val_sampler, val_seed, val_episodes, meta_batch, dev
+                    )
+                    logger.info(
+                        "step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
+                        step, 100 * val_acc, 100 * val_ci, val_episodes,
+                    )  # fmt: skip
+                    if best["accuracy"] is None or val_acc > best["accuracy"]:
+                        improved = True
+                        best = {"step": step, "accuracy": val_acc, "ci95": val_ci}
+                        best_state = {
+                            k: v.detach().clone() for k, v in learner.state_dict().items()
+                        }
+                        if out is not None:
+                            ckpt = checkpoint("best")
+                            ckpt.update(val_accuracy=val_acc, val_ci95=val_ci, val_loss=val_loss)
+                            atomic_save(ckpt, best_path)
+                if row_due:
+                    n = max(accum["n"], 1)
+                    row = {
+                        "step": step,
+                        "loss": accum["loss"] / n,
+                        "accuracy": accum["accuracy"] / n,
+                        "val_accuracy": val_acc,
+                        "val_ci95": val_ci,
+                        "val_loss": val_loss,
+                        "lr": lr_now,
+                        "time": elapsed_now(),
+                        "extra": {k: v / n for k, v in accum["extra"].items()},
+                    }
+                    history.append(row)
+                    accum = {"loss": 0.0, "accuracy": 0.0, "n": 0, "extra": {}}
+                    if log is not None:
+                        log.append(row)
+                    post = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}"}
+                    if best["accuracy"] is not None:
+                        post["best_val"] = f"{best['accuracy']:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                # also after a new best.pt, so that best.pt is never newer than last.pt
+                if out is not None and (improved or step % checkpoint_every == 0 or step == steps):
+                    save_last()
+                bar.update(1)
+        finally:
+            bar.close()
+
+    if val_sampler is not None and best_state is not None:
+        learner.load_state_dict(best_state)
+        logger.info(
+            "loaded the best validation step %d (accuracy %.2f%%)",
+            best["step"],
+            100 * best["accuracy"],
+        )
+    return FitResult(
+        learner=learner,
+        history=history,
+        best_step=best["step"],
+        best_accuracy=best["accuracy"],
+        best_ci95=best["ci95"],
+        last_step=step,
+        resumed_from=resumed_from,
+        out_dir=out,
+        last_path=last_path,
+        best_path=best_path if (out is not None and best["step"] is not None) else None,
+        csv_path=log.csv_path if log else None,
+        json_path=log.json_path if log else None,
+        config=config,
+    )
