@@ -80,3 +80,13 @@ def test_cpu_kernels_follow_torch_thread_count():
         torch.set_num_threads(before)
         ops.pairwise_distance(torch.randn(1, 2, 3), torch.randn(1, 2, 3))
     assert _native.lib().num_threads() == before
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_autocast_promotes_half_inputs_to_float32():
+    q = torch.randn(2, 5, 8, device="cuda", dtype=torch.bfloat16)
+    p = torch.randn(2, 3, 8, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = ops.prototypical_loss(q, p, torch.zeros(2, 5, dtype=torch.int64, device="cuda"))
+    assert loss.dtype == torch.float32

@@ -69,6 +69,16 @@ def floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> 
     return dtype
 
 
+def autocast_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """Under CUDA autocast, half-precision inputs are promoted to float32, as torch does for
+    losses and soft-max; otherwise the tensors are returned unchanged."""
+    first = tensors[0]
+    if first is None or not first.is_cuda or not torch.is_autocast_enabled("cuda"):
+        return tensors
+    low = (torch.float16, torch.bfloat16)
+    return tuple(t.float() if t is not None and t.dtype in low else t for t in tensors)
+
+
 def same_size(op: str, what: str, expected: int, name: str, got: int) -> None:
     if expected != got:
         raise ValueError(f"{op}: '{name}' must have {what} {expected}, got {got}")

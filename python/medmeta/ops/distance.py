@@ -151,6 +151,7 @@ def pairwise_distance(
     code = _checks.metric(_OP, metric)
     x = _checks.tensor(_OP, "x", x, 3, "[B,Q,D]")
     y = _checks.tensor(_OP, "y", y, 3, "[B,N,D]")
+    x, y = _checks.autocast_float32(x, y)
     _checks.floating(_OP, ("x", "y"), (x, y))
     _checks.same_size(_OP, "batch size (dim 0) equal to x's", x.shape[0], "y", y.shape[0])
     _checks.same_size(_OP, "feature size (dim 2) equal to x's", x.shape[2], "y", y.shape[2])

@@ -226,6 +226,7 @@ def prototypical_loss(
     temperature = _checks.positive_float(_OP, "temperature", temperature)
     queries = _checks.tensor(_OP, "queries", queries, 3, "[B,Q,D]")
     prototypes = _checks.tensor(_OP, "prototypes", prototypes, 3, "[B,N,D]")
+    queries, prototypes = _checks.autocast_float32(queries, prototypes)
     _checks.floating(_OP, ("queries", "prototypes"), (queries, prototypes))
     B, Q, D = queries.shape
     _checks.same_size(

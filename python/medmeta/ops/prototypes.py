@@ -194,6 +194,7 @@ def prototypes(
     embeddings = _checks.tensor(_OP, "embeddings", embeddings, 3, "[B,S,D]")
     if isinstance(n_way, bool) or not isinstance(n_way, int) or n_way < 1:
         raise ValueError(f"{_OP}: 'n_way' must be a positive int, got {n_way!r}")
+    embeddings, weights = _checks.autocast_float32(embeddings, weights)
     B, S, _D = embeddings.shape
     if weights is not None:
         weights = _checks.tensor(_OP, "weights", weights, 2, "[B,S]")
@@ -378,6 +379,7 @@ def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tens
     """
     features = _checks.tensor(_MASKED_OP, "features", features, 5, "[B,S,D,H,W]")
     masks = _checks.tensor(_MASKED_OP, "masks", masks, 5, "[B,S,C,H,W]")
+    features, masks = _checks.autocast_float32(features, masks)
     _checks.floating(_MASKED_OP, ("features", "masks"), (features, masks))
     B, S, _, H, W = features.shape
     if (masks.shape[0], masks.shape[1], masks.shape[3], masks.shape[4]) != (B, S, H, W):
