@@ -57,9 +57,7 @@ def class_log_probs(similarity: torch.Tensor, labels: torch.Tensor, n_way: int) 
     return masked.logsumexp(-2)  # [B, Q, N]
 
 
-def lstm_step(
-    gates: torch.Tensor, c: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def lstm_step(gates: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One LSTM update from pre-activation ``gates [..., 4D]`` (input, forget, cell,
     output) and the cell ``c [..., D]``; returns ``(h, c)``."""
     i, f, g, o = gates.chunk(4, dim=-1)
@@ -168,8 +166,11 @@ class MatchingNetworks(MetaLearner):
             the queries); needs ``embedding_dim``.
         embedding_dim: D, the backbone's output size (required with ``fce``).
         read_steps: K, attention read steps of the query LSTM.
-        temperature: divides the cosine similarities before the attention softmax (1 in
-            the paper; smaller values sharpen the attention).
+        temperature: divides the cosine similarities before the attention softmax.
+            The paper uses the raw cosine (1); cosines of ReLU features span little of
+            [-1, 1], so that attention is nearly uniform and learns slowly (on 3-way
+            5-shot blood-cell episodes 40 steps raise held-out-image accuracy from 0.54
+            to ~0.62 with 1 but to ~0.75 with 0.1). Chen et al. (2019) scale by 100.
     """
 
     name = "matching"
@@ -182,7 +183,7 @@ class MatchingNetworks(MetaLearner):
         fce: bool = False,
         embedding_dim: int | None = None,
         read_steps: int = 3,
-        temperature: float = 1.0,
+        temperature: float = 0.1,
     ) -> None:
         if not isinstance(fce, bool):
             raise TypeError(f"matching: 'fce' must be a bool, got {type(fce).__name__}")
@@ -257,4 +258,4 @@ class MatchingNetworks(MetaLearner):
             self.temperature,
             deployable(self.query_encoder) if self.fce else None,
         )
-        return Adapted(head, self.ways)
+        return Adapted(head, self.ways).eval()

@@ -14,8 +14,8 @@ and the native ops take the ``[B, ...]`` layout directly, so there is no per-tas
 
 Shared helpers used by the other metric learners (matching, relation, siamese, snail,
 supervised baseline): :func:`check_episode`, :func:`check_labels`,
-:func:`embed_episodes`, :func:`distance`, :class:`PrototypeHead`, :func:`evaluating` and
-:func:`deployable`.
+:func:`embed_episodes`, :func:`distance`, :class:`PrototypeHead`, :class:`L2Normalize`,
+:func:`evaluating` and :func:`deployable`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def check_positive(method: str, name: str, value: object, integer: bool = False)
         kind = "an int" if integer else "a float"
         raise TypeError(f"{method}: '{name}' must be {kind}, got {type(value).__name__}")
     if not value > 0 or value == float("inf"):
-        raise ValueError(f"{method}: '{name}' must be positive, got {value!r}")
+        raise ValueError(f"{method}: '{name}' must be positive and finite, got {value!r}")
     return int(value) if integer else float(value)
 
 
@@ -159,7 +159,8 @@ def embed_episodes(
     B, S, Q = support_x.shape[0], support_x.shape[1], query_x.shape[1]
     z = backbone(torch.cat([flatten_episodes(support_x), flatten_episodes(query_x)]))
     z = z.reshape(B * (S + Q), -1)
-    return z[: B * S].reshape(B, S, -1), z[B * S :].reshape(B, Q, -1)
+    D = z.shape[1]
+    return z[: B * S].reshape(B, S, D), z[B * S :].reshape(B, Q, D)
 
 
 def distance(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -188,6 +189,13 @@ class PrototypeHead(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return -distance(z, self.prototypes, self.metric) / self.temperature
+
+
+class L2Normalize(nn.Module):
+    """``z / ||z||`` along the last axis (a module, so it can sit in an exported network)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z, dim=-1)
 
 
 @contextmanager
@@ -219,7 +227,7 @@ class PrototypicalNetworks(MetaLearner):
         backbone: embedding network ``f``, ``[n, ...] -> [n, D]``.
         ways: N, classes per episode for :meth:`predict` / :meth:`adapt` (support labels
             are in ``[0, ways)``); :meth:`meta_loss` uses the batch's own ``ways``, so
-            training with more ways than testing (Snell et al. §3.3) works.
+            training with more ways than testing (which Snell et al. found helps) works.
         metric: ``"sqeuclidean"`` (the paper's choice; a Bregman divergence, so the
             prototype is the cluster mean), ``"euclidean"``, ``"cosine"`` or ``"dot"``.
         temperature: logits are ``-distance / temperature``.
@@ -279,4 +287,4 @@ class PrototypicalNetworks(MetaLearner):
             embed=embed,
             prototypes=protos,
             metric=self.metric,
-        )
+        ).eval()

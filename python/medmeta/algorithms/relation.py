@@ -268,4 +268,4 @@ class RelationNetworks(MetaLearner):
         head = RelationHead(
             deployable(self.backbone), deployable(self.relation), classes, self.feature_shape
         )
-        return Adapted(head, self.ways)
+        return Adapted(head, self.ways).eval()

@@ -16,7 +16,10 @@ each episode's support + query examples (labels known), built from one
   hardest negative of each anchor; Hermans, Beyer & Leibe 2017) or over all valid
   triplets (``mining="all"``).
 
-d is the Euclidean distance of (by default L2-normalised) embeddings. Prediction uses
+d is the Euclidean distance of (by default L2-normalised) embeddings. (Koch et al. score
+a pair with a learned weighted L1 distance and a logistic output trained by
+cross-entropy; the margin losses here are the common metric-learning alternatives and
+give an embedding that a distance classifier can use directly.) Prediction uses
 the support set as the gallery: logits are ``-d`` to each class prototype
 (``classifier="prototype"``) or to each class's nearest support example
 (``classifier="nearest"``, the paper's one-shot nearest-neighbour rule).
@@ -31,6 +34,7 @@ from torch import nn
 from medmeta import ops
 from medmeta.algorithms.base import Adapted, MetaLearner, register
 from medmeta.algorithms.protonet import (
+    L2Normalize,
     PrototypeHead,
     check_choice,
     check_episode,
@@ -45,13 +49,6 @@ from medmeta.algorithms.protonet import (
 from medmeta.data.episodes import EpisodeBatch
 
 _SQRT_EPS = 1e-12  # d = sqrt(d^2 + eps): finite gradients at d = 0
-
-
-class L2Normalize(nn.Module):
-    """``z / ||z||`` along the last axis."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return F.normalize(z, dim=-1)
 
 
 def contrastive_loss(dist: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
@@ -87,9 +84,7 @@ def triplet_loss(
     return losses.sum((1, 2, 3)) / triplets.sum((1, 2, 3)).clamp_min(1)
 
 
-def nearest_class_distance(
-    dist: torch.Tensor, labels: torch.Tensor, n_way: int
-) -> torch.Tensor:
+def nearest_class_distance(dist: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """Distance of each query to the nearest support example of each class:
     ``dist [B, Q, S]``, ``labels [B, S] -> [B, Q, N]``."""
     member = F.one_hot(labels, n_way).to(torch.bool)  # [B, S, N]
@@ -223,7 +218,7 @@ class SiameseNetwork(MetaLearner):
                 embed=embed,
                 prototypes=protos,
                 metric="euclidean",
-            )
+            ).eval()
         labels = check_labels(self.name, "support_y", support_y[None], self.ways, every_class=True)
         head = NearestNeighbourHead(zs[0], labels[0], self.ways)
-        return Adapted(nn.Sequential(embed, head), self.ways)
+        return Adapted(nn.Sequential(embed, head), self.ways).eval()
