@@ -44,7 +44,7 @@ ALGORITHMS: dict[str, tuple[dict[str, Any], float]] = {
     "matching": ({}, 1.0),
     "relation": ({}, 1.0),
     "siamese": ({}, 1.0),
-    "mann": ({}, 1.0),
+    "snail": ({}, 1.0),
     "maml": ({}, 0.5),
     "fomaml": ({}, 0.5),
     "reptile": ({}, 1.0),
@@ -200,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    previous = out / "protocols-cpu.json"
+    if previous.exists():  # keep earlier runs of the algorithms not run now
+        ran = {r["algorithm"] for r in report["results"]}
+        kept = [r for r in json.loads(previous.read_text())["results"] if r["algorithm"] not in ran]
+        report["results"] = kept + report["results"]
     (out / "protocols-cpu.json").write_text(json.dumps(report, indent=2))
     (out / "protocols-cpu.md").write_text(markdown(report))
     print(markdown(report))
