@@ -102,6 +102,7 @@ def _learner(
         "num_classes": train.num_classes,
         "embedding_dim": embedding_dim(backbone, (3, SIZE, SIZE)),
         "feature_shape": (64, SIZE // 16, SIZE // 16),
+        "feature_dim": embedding_dim(backbone, (3, SIZE, SIZE)),
     }
     accepted = inspect.signature(algorithms.base._REGISTRY[name]).parameters
     kwargs = {k: v for k, v in shape_args.items() if k in accepted} | dict(hparams)
