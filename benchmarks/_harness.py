@@ -1,0 +1,662 @@
+"""Device-agnostic timing, agreement checks, environment capture and reporting.
+
+Nothing here prints: the suites' CLIs own the progress and summary output.
+
+Timing model: every formulation of one benchmark point is warmed up, calibrated
+(calls per sample so a sample is long enough to time precisely, samples so the whole
+measurement takes about ``target_s``), then sampled round-robin with the other
+formulations of the same point, so that background load (other processes on a shared
+machine) hits all of them alike. A sample is timed with ``time.perf_counter`` on the CPU
+and with CUDA events (after a ``torch.cuda.synchronize``) on a GPU; the reported figure
+is the median per-call time with its interquartile range.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# glibc's allocator hands large freed blocks back to the OS, so repeated calls page-fault
+# their buffers again; these values (see /work/shared/peers/README.md) keep them mapped.
+MALLOC_ENV: dict[str, str] = {
+    "MALLOC_MMAP_THRESHOLD_": "4000000000",
+    "MALLOC_TRIM_THRESHOLD_": "4000000000",
+}
+
+# Peak memory bandwidth by GPU name fragment (bytes/s), for the bandwidth fraction.
+PEAK_BANDWIDTH: dict[str, float] = {
+    "H100": 3.35e12,  # H100 SXM HBM3 (the PCIe card is 2.0e12)
+    "H200": 4.8e12,
+    "A100": 2.0e12,
+}
+
+KIND_OURS = "medmeta"  # the op under test, default settings (value checks on)
+KIND_OURS_VARIANT = "medmeta-variant"  # e.g. value checks off: reported, never a baseline
+KIND_TORCH = "torch"  # general pure-PyTorch formulation: candidate for "best torch"
+KIND_TORCH_STRUCTURED = "torch-structured"  # pure torch but assumes an input layout
+KIND_PEER = "peer"  # another library (KeOps, easyfsl)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+class Clock:
+    """Times blocks of calls on one device: perf_counter on CPU, CUDA events on a GPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        """Wait for all queued device work."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def time_block(self, fn: Callable[[], Any], calls: int) -> float:
+        """Seconds taken by ``calls`` back-to-back calls of ``fn`` (device work included)."""
+        if self.cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return time.perf_counter() - t0
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long and how often to measure."""
+
+    target_s: float = 0.2  # wall time of one formulation's measurement (0.1-0.3 s)
+    warmup_s: float = 0.02  # minimum warm-up time per formulation...
+    warmup_calls: int = 3  # ...and minimum warm-up calls
+    min_block_s: float = 2e-4  # a timed sample holds enough calls to last this long
+    min_samples: int = 5
+    max_samples: int = 400
+    rounds: int = 3  # round-robin passes over the formulations
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-call time statistics of one formulation at one point."""
+
+    median_s: float
+    q1_s: float
+    q3_s: float
+    samples: int
+    calls_per_sample: int
+
+    @property
+    def iqr_s(self) -> float:
+        return self.q3_s - self.q1_s
+
+
+def _warm_up(fn: Callable[[], Any], clock: Clock, cfg: TimingConfig) -> float:
+    """Run ``fn`` until warm; returns the fastest single-call time seen (seconds)."""
+    best, spent, calls = math.inf, 0.0, 0
+    while calls < cfg.warmup_calls or spent < cfg.warmup_s:
+        t = clock.time_block(fn, 1)
+        best, spent, calls = min(best, t), spent + t, calls + 1
+        if spent > 10 * cfg.target_s:  # a very slow call: enough warm-up
+            break
+    return max(best, 1e-9)
+
+
+def _quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        v = values[0]
+        return v, v, v
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def measure_group(
+    fns: Mapping[str, Callable[[], Any]], clock: Clock, cfg: TimingConfig = TimingConfig()
+) -> dict[str, Measurement]:
+    """Time every function of ``fns`` (all computing the same thing) round-robin.
+
+    Each function is warmed up and calibrated separately, then the samples of all of
+    them are interleaved over ``cfg.rounds`` rounds.
+    """
+    plan: dict[str, tuple[int, int]] = {}
+    for name, fn in fns.items():
+        per_call = _warm_up(fn, clock, cfg)
+        calls = max(1, math.ceil(cfg.min_block_s / per_call))
+        samples = round(cfg.target_s / (calls * per_call))
+        plan[name] = (calls, min(cfg.max_samples, max(cfg.min_samples, samples)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(cfg.rounds):
+            for name, fn in fns.items():
+                calls, samples = plan[name]
+                share = samples * (r + 1) // cfg.rounds - samples * r // cfg.rounds
+                for _ in range(share):
+                    times[name].append(clock.time_block(fn, calls) / calls)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    out = {}
+    for name, ts in times.items():
+        q1, med, q3 = _quartiles(ts)
+        out[name] = Measurement(med, q1, q3, len(ts), plan[name][0])
+    return out
+
+
+# --------------------------------------------------------------------------- contention
+
+
+def _busy_cpu_seconds() -> float | None:
+    """Machine-wide busy CPU seconds so far (all processes; steal counted as busy)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+class Contention:
+    """CPUs' worth of work done by *other* processes between :meth:`start` and :meth:`stop`.
+
+    A shared machine (other engineers compiling) distorts multi-threaded timings badly;
+    this measures it so noisy points can be flagged or re-measured. None where /proc/stat
+    is unavailable.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = self._busy0 = self._own0 = None
+
+    def start(self) -> Contention:
+        self._t0, self._busy0, self._own0 = (
+            time.perf_counter(),
+            _busy_cpu_seconds(),
+            _own_cpu_seconds(),
+        )
+        return self
+
+    def stop(self) -> float | None:
+        busy1 = _busy_cpu_seconds()
+        if busy1 is None or self._busy0 is None or self._t0 is None or self._own0 is None:
+            return None
+        wall = time.perf_counter() - self._t0
+        others = (busy1 - self._busy0) - (_own_cpu_seconds() - self._own0)
+        return max(0.0, others / max(wall, 1e-6))
+
+
+def wait_until_quiet(threshold: float, max_wait_s: float, probe_s: float = 0.25) -> float:
+    """Sleep until other processes use less than ``threshold`` CPUs (or ``max_wait_s``
+    passes); returns the seconds waited."""
+    waited = 0.0
+    while True:
+        c = Contention().start()
+        time.sleep(probe_s)
+        load = c.stop()
+        if load is None or load < threshold or waited >= max_wait_s:
+            return waited
+        time.sleep(1.0)
+        waited += 1.0 + probe_s
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 * 2**20) -> float:
+    """Measured device-memory copy bandwidth in bytes/s (read + write counted)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    clock = Clock(device)
+    cfg = TimingConfig(target_s=0.2, min_samples=5)
+    m = measure_group({"copy": lambda: dst.copy_(src)}, clock, cfg)["copy"]
+    return 2 * src.numel() * src.element_size() / m.median_s
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def flatten_tensors(value: Any) -> list[torch.Tensor]:
+    """Tensors of a (nested) tuple/list of tensors, in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in flatten_tensors(v)]
+    raise TypeError(f"expected tensors, got {type(value).__name__}")
+
+
+def disagreement(
+    expected: Any,
+    got: Any,
+    rtol: float = 1e-3,
+    atol_rel: float = 1e-4,
+    atol_abs: Sequence[float | None] | None = None,
+) -> str | None:
+    """Why ``got`` does not match ``expected`` (None when every tensor is allclose).
+
+    Per tensor, the absolute tolerance is ``atol_rel * max|expected|`` (scale-aware, for
+    float32 cancellation in expansions such as |x|²+|y|²-2x·y), or ``atol_abs[i]`` where
+    given and not None (e.g. one query of an accuracy).
+    """
+    a, b = flatten_tensors(expected), flatten_tensors(got)
+    if len(a) != len(b):
+        return f"{len(b)} outputs instead of {len(a)}"
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        if tuple(x.shape) != tuple(y.shape):
+            return f"output {i}: shape {list(y.shape)} instead of {list(x.shape)}"
+        x64, y64 = x.detach().double(), y.detach().double()
+        scale = float(x64.abs().max()) if x64.numel() else 0.0
+        fixed = atol_abs[i] if atol_abs is not None else None
+        atol = fixed if fixed is not None else atol_rel * scale + 1e-12
+        if not torch.allclose(y64, x64, rtol=rtol, atol=atol):
+            err = float((y64 - x64).abs().max())
+            return f"output {i}: max abs error {err:.3g} (scale {scale:.3g}, atol {atol:.3g}, rtol {rtol})"
+    return None
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def malloc_env_missing() -> dict[str, str]:
+    """The :data:`MALLOC_ENV` settings absent from this process's environment."""
+    return {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _file_digest(path: Path) -> dict[str, Any]:
+    data = path.read_bytes()
+    mtime = _dt.datetime.fromtimestamp(path.stat().st_mtime, _dt.timezone.utc)
+    return {
+        "path": str(path),
+        "sha256_16": hashlib.sha256(data).hexdigest()[:16],
+        "mtime_utc": mtime.isoformat(timespec="seconds"),
+    }
+
+
+def environment(
+    device: torch.device, threads: int, command: Sequence[str], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a result depends on: hardware, versions, settings, the exact command."""
+    import medmeta
+    import medmeta.ops
+
+    repo = Path(__file__).resolve().parent.parent
+    native = sorted(Path(medmeta.__file__).parent.glob("_C*.so"))
+    env: dict[str, Any] = {
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command),
+        "device_type": device.type,
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+        ),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "torch_num_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "medmeta": getattr(medmeta, "__version__", "unknown"),
+        "medmeta_native_library": _file_digest(native[0]) if native else None,
+        "git_commit": _git(repo, "rev-parse", "HEAD"),
+        "git_dirty_files": len((_git(repo, "status", "--porcelain") or "").splitlines()),
+        "env": {
+            k: v
+            for k, v in sorted(os.environ.items())
+            if k.startswith(
+                ("MALLOC_", "OMP_", "MKL_", "KMP_", "MEDMETA_", "CUDA_VISIBLE", "PYTHONPATH")
+            )
+        },
+        "load_average_start": list(os.getloadavg()),
+        "backend_info": medmeta.ops.backend_info(torch.empty(0, device=device)),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env["cuda"] = {
+            "torch_cuda": torch.version.cuda,
+            "capability": f"{props.major}.{props.minor}",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "sm_count": props.multi_processor_count,
+            "driver": _nvidia_driver(),
+        }
+    env.update(extra)
+    return env
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def peak_bandwidth(device_name: str) -> float | None:
+    """Nominal peak memory bandwidth (bytes/s) of a known GPU, else None."""
+    for key, bw in PEAK_BANDWIDTH.items():
+        if key in device_name:
+            return bw
+    return None
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Record:
+    """One (op, pass, shape, formulation) measurement."""
+
+    op: str
+    pass_: str
+    series: str
+    x: int
+    shape: dict[str, Any]
+    formulation: str
+    kind: str
+    status: str  # "ok", "disagrees: ...", "not available: ...", "error: ..."
+    median_s: float | None = None
+    q1_s: float | None = None
+    q3_s: float | None = None
+    iqr_s: float | None = None
+    samples: int | None = None
+    calls_per_sample: int | None = None
+    bytes: int | None = None  # minimal bytes moved by one call (model, see the suite)
+    gbps: float | None = None  # bytes / median time, 1e9 B/s
+    ratio_vs_medmeta: float | None = None  # this time / medmeta's (>1: medmeta faster)
+    others_cpu: float | None = None  # CPUs used by other processes while this point ran
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+
+@dataclass
+class Point:
+    """One (op, pass, series, x): medmeta against the best general torch formulation."""
+
+    op: str
+    pass_: str
+    series: str
+    x: int
+    shape: dict[str, Any]
+    medmeta_s: float
+    medmeta_q1_s: float
+    medmeta_q3_s: float
+    best_torch: str | None
+    best_torch_s: float | None
+    best_torch_q1_s: float | None
+    best_torch_q3_s: float | None
+    speedup: float | None  # best torch time / medmeta time (>1: medmeta faster)
+    clearly_slower: bool  # medmeta's first quartile above the best torch's third
+    ratios: dict[str, float] = field(default_factory=dict)  # formulation -> t / t_medmeta
+    medmeta_gbps: float | None = None
+    others_cpu: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        return d
+
+
+def finish_records(records: list[Record]) -> None:
+    """Fill ``ratio_vs_medmeta`` of a point's records from its medmeta record."""
+    ours = {
+        (r.op, r.pass_, r.series, r.x): r.median_s
+        for r in records
+        if r.kind == KIND_OURS and r.status == "ok"
+    }
+    for r in records:
+        t = ours.get((r.op, r.pass_, r.series, r.x))
+        if t and r.median_s:
+            r.ratio_vs_medmeta = r.median_s / t
+
+
+def points_of(records: Iterable[Record]) -> list[Point]:
+    """Group records into points (in first-seen order) and pick the best torch formulation."""
+    groups: dict[tuple, list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.op, r.pass_, r.series, r.x), []).append(r)
+    points = []
+    for (op, pass_, series, x), rs in groups.items():
+        ours = next((r for r in rs if r.kind == KIND_OURS and r.status == "ok"), None)
+        if ours is None:
+            continue
+        torch_ok = [r for r in rs if r.kind == KIND_TORCH and r.status == "ok"]
+        best = min(torch_ok, key=lambda r: r.median_s) if torch_ok else None
+        points.append(
+            Point(
+                op=op,
+                pass_=pass_,
+                series=series,
+                x=x,
+                shape=ours.shape,
+                medmeta_s=ours.median_s,
+                medmeta_q1_s=ours.q1_s,
+                medmeta_q3_s=ours.q3_s,
+                best_torch=best.formulation if best else None,
+                best_torch_s=best.median_s if best else None,
+                best_torch_q1_s=best.q1_s if best else None,
+                best_torch_q3_s=best.q3_s if best else None,
+                speedup=best.median_s / ours.median_s if best else None,
+                clearly_slower=bool(best and ours.q1_s > best.q3_s),
+                ratios={
+                    r.formulation: r.ratio_vs_medmeta
+                    for r in rs
+                    if r.kind != KIND_OURS and r.ratio_vs_medmeta is not None
+                },
+                medmeta_gbps=ours.gbps,
+                others_cpu=ours.others_cpu,
+            )
+        )
+    return points
+
+
+def _geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def summarize(points: Sequence[Point]) -> list[dict[str, Any]]:
+    """Per (op, pass): worst and median speedup over the best torch formulation, and the
+    worst/median ratio against every other formulation."""
+    by_key: dict[tuple[str, str], list[Point]] = {}
+    for p in points:
+        if p.speedup is not None:
+            by_key.setdefault((p.op, p.pass_), []).append(p)
+    out = []
+    for (op, pass_), ps in by_key.items():
+        worst = min(ps, key=lambda p: p.speedup)
+        names = sorted({n for p in ps for n in p.ratios})
+        per_formulation = {}
+        for n in names:
+            vals = [p.ratios[n] for p in ps if n in p.ratios]
+            per_formulation[n] = {
+                "points": len(vals),
+                "worst": min(vals),
+                "median": statistics.median(vals),
+                "geomean": _geomean(vals),
+            }
+        out.append(
+            {
+                "op": op,
+                "pass": pass_,
+                "points": len(ps),
+                "worst_speedup": worst.speedup,
+                "worst_at": {"series": worst.series, "x": worst.x, "shape": worst.shape},
+                "worst_best_torch": worst.best_torch,
+                "median_speedup": statistics.median(p.speedup for p in ps),
+                "geomean_speedup": _geomean([p.speedup for p in ps]),
+                "slower_points": sum(p.speedup < 1 for p in ps),
+                "clearly_slower_points": sum(p.clearly_slower for p in ps),
+                "best_torch_counts": _counts(p.best_torch for p in ps),
+                "vs_formulation": per_formulation,
+            }
+        )
+    return out
+
+
+def _counts(names: Iterable[str | None]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for n in names:
+        if n is not None:
+            out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (non-finite floats as null)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(dict(payload)), indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def plot_speedups(
+    points: Sequence[Point],
+    path: Path,
+    title: str,
+    x_labels: Mapping[str, str],
+    panel_order: Sequence[tuple[str, str]],
+) -> None:
+    """One panel per (op, pass): medmeta's speedup over the best torch formulation against
+    the sweep variable, one line per series, with a reference line at 1×."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    panels = [k for k in panel_order if any((p.op, p.pass_) == k for p in points)]
+    ncols = 2
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.6 * nrows + 0.8), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (op, pass_) in zip(axes.flat, panels, strict=False):
+        ps = [p for p in points if p.op == op and p.pass_ == pass_ and p.speedup]
+        series = list(dict.fromkeys(p.series for p in ps))
+        all_y = [p.speedup for p in ps]
+        for i, s in enumerate(series):
+            sp = sorted((p for p in ps if p.series == s), key=lambda p: p.x)
+            ax.plot(
+                [p.x for p in sp],
+                [p.speedup for p in sp],
+                marker="osD^v<>ph*"[i % 10],
+                linestyle="-" if i < 10 else "--",
+                label=s,
+            )
+        ax.axhline(1.0, color="black", linewidth=1.2)
+        ax.axhspan(1e-3, 1.0, color="tab:red", alpha=0.06, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_yscale("log")
+        lo, hi = min([*all_y, 0.8]), max([*all_y, 1.25])
+        ax.set_ylim(lo / 1.3, hi * 1.3)
+        _speedup_ticks(ax, lo / 1.3, hi * 1.3)
+        if ps:
+            worst = min(ps, key=lambda p: p.speedup)
+            ax.text(
+                0.01,
+                0.02,
+                f"worst {worst.speedup:.2f}× vs {worst.best_torch} ({worst.series}, x={worst.x})",
+                transform=ax.transAxes,
+                fontsize=7,
+                color="dimgray",
+            )
+        ax.set_title(f"{op} — {pass_}", fontsize=11)
+        ax.set_xlabel(x_labels.get(op, "size"))
+        ax.set_ylabel("speedup vs best torch (×)")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
+    fig.suptitle(title, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _speedup_ticks(ax: Any, lo: float, hi: float) -> None:
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    candidates = [0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 30, 50, 100, 200, 500]
+    ticks = [t for t in candidates if lo <= t <= hi]
+    ax.yaxis.set_major_locator(FixedLocator(ticks))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def fmt_shape(shape: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

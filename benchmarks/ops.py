@@ -1,0 +1,1581 @@
+"""Benchmark of the native episode ops against the best pure-PyTorch formulations.
+
+    python -m benchmarks ops [--device cpu|cuda] [--quick] [--threads 2] [--out benchmarks/results]
+    python -m benchmarks.ops ...                      (same)
+
+For every op, forward and forward+backward, at episode shapes that cover B 1-256,
+N 5-20, K 1-10, Q 15-75, D 64-1600 (and realistic parameter lists for the inner update),
+medmeta is timed beside the PyTorch formulations a user would otherwise write, on the
+same input tensors, after checking that every formulation's output (and, for
+forward+backward, every input gradient) agrees with medmeta's.
+
+Writes ``ops-<device>.json`` (environment, one record per op/pass/shape/formulation, the
+per-point comparison and the per-op summary), ``ops-<device>.png`` (speedup of medmeta over
+the best torch formulation against size, one panel per op and pass) and ``ops-<device>.md``
+(summary tables and the targets). See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import _harness as H
+
+FWD = "forward"
+FWD_BWD = "forward+backward"
+PASSES = (FWD, FWD_BWD)
+
+OPS = ("pairwise_distance", "prototypical_loss", "prototypes", "masked_prototypes", "inner_update")
+X_LABELS = {op: "B (episodes)" for op in OPS} | {"inner_update": "T (tasks)"}
+
+BROADCAST_MAX_ELEMENTS = 2**23  # the [B,Q,N,D] broadcast formulation only below this
+EASYFSL_MAX_B = 32  # easyfsl's single-episode loop, run over B episodes, only up to here
+
+LOOP_FORMULATIONS = (  # the per-tensor loops of the inner update (the ≥5× GPU target)
+    "loop: p - lr*g",
+    "loop: torch.add(p, g, alpha=-lr)",
+    "loop: p - a*g",
+    "loop: torch.addcmul(p, g, a, value=-1)",
+    "loop: p.add_(g, alpha=-lr)",
+)
+
+
+# --------------------------------------------------------------------------- problem model
+
+
+@dataclass
+class Formulation:
+    """One way of computing the op on a problem's inputs."""
+
+    name: str
+    kind: str  # one of the H.KIND_* constants
+    fn: Callable[[], Any] | None  # returns the outputs (tensor or nested list/tuple)
+    why_not: str = ""  # why fn is None ("not available: ..." / "skipped: ...")
+    passes: tuple[str, ...] = PASSES
+
+
+@dataclass
+class Problem:
+    """The inputs of one benchmark point and the formulations that compute the same thing.
+
+    ``diff_inputs`` are leaf tensors: they get ``requires_grad`` for the forward+backward
+    pass (which differentiates the first ``n_diff_outputs`` outputs with respect to them)
+    and lose it for the forward pass.
+    """
+
+    op: str
+    series: str
+    x: int
+    shape: dict[str, Any]
+    formulations: list[Formulation]
+    diff_inputs: list[torch.Tensor]
+    n_diff_outputs: int
+    bytes: dict[str, int]  # minimal bytes moved per call, per pass
+    passes: tuple[str, ...] = PASSES
+    atol_abs: list[float | None] | None = None  # per forward output, see H.disagreement
+    check: Callable[[str], Any] | None = None  # name -> outputs on fresh inputs (in-place ops)
+    grad_outputs: list[torch.Tensor] | None = None  # fixed upstream gradients (made lazily)
+
+
+def _checks_off(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with medmeta's data-reading value checks disabled for the call."""
+    import medmeta.ops as mm
+
+    def run() -> Any:
+        mm.set_value_checks(False)
+        try:
+            return fn()
+        finally:
+            mm.set_value_checks(True)
+
+    return run
+
+
+def _ours(fn: Callable[[], Any], checks_off: bool) -> list[Formulation]:
+    out = [Formulation("medmeta", H.KIND_OURS, fn)]
+    if checks_off:
+        out.append(Formulation("medmeta [checks off]", H.KIND_OURS_VARIANT, _checks_off(fn)))
+    return out
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+@dataclass
+class Peers:
+    """Optional libraries: a callable or the reason it is not available."""
+
+    keops_lazy: Any = None  # pykeops.torch.LazyTensor
+    keops_why: str = ""
+    easyfsl_prototypes: Callable[..., torch.Tensor] | None = None
+    easyfsl_why: str = ""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pykeops": "available" if self.keops_lazy else f"not available: {self.keops_why}",
+            "easyfsl": "available"
+            if self.easyfsl_prototypes
+            else f"not available: {self.easyfsl_why}",
+        }
+
+
+def _short(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def load_peers(device: torch.device, keops: bool) -> Peers:
+    """Import the peer libraries that are installed; KeOps is smoke-tested (it JIT-compiles)."""
+    peers = Peers()
+    if not keops:
+        peers.keops_why = "disabled (--no-keops, or --quick without --keops)"
+    else:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                import pykeops
+                from pykeops.torch import LazyTensor
+
+                pykeops.set_verbose(False)
+                a = torch.randn(1, 3, 1, 2, device=device)
+                b = torch.randn(1, 1, 4, 2, device=device)
+                (LazyTensor(a).sqdist(LazyTensor(b))).sum(dim=2)
+            peers.keops_lazy = LazyTensor
+        except Exception as e:  # import or JIT compile failure: reported, never fatal
+            peers.keops_why = _short(e)
+    try:
+        from easyfsl.methods.utils import compute_prototypes
+
+        peers.easyfsl_prototypes = compute_prototypes
+    except Exception as e:
+        peers.easyfsl_why = _short(e)
+    return peers
+
+
+# --------------------------------------------------------------------------- distances
+
+
+def _sq_baddbmm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """|x|² + |y|² - 2 x·y with one baddbmm, clamped at 0."""
+    xx = x.pow(2).sum(-1, keepdim=True)
+    yy = y.pow(2).sum(-1).unsqueeze(1)
+    return torch.baddbmm(xx + yy, x, y.transpose(1, 2), alpha=-2).clamp_min(0)
+
+
+def _cos_bmm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - cos via normalised rows and one bmm (norm floor 1e-8 as medmeta)."""
+    xn = F.normalize(x, dim=-1, eps=1e-8)
+    yn = F.normalize(y, dim=-1, eps=1e-8)
+    return 1 - torch.bmm(xn, yn.transpose(1, 2))
+
+
+def torch_distances(metric: str) -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The general pure-torch formulations of one metric, by name."""
+    if metric == "sqeuclidean":
+        return {
+            "baddbmm expansion": _sq_baddbmm,
+            "torch.cdist ** 2": lambda x, y: torch.cdist(x, y).square(),
+            "broadcast (x-y)²": lambda x, y: (x[:, :, None] - y[:, None]).pow(2).sum(-1),
+        }
+    if metric == "euclidean":
+        return {
+            "baddbmm expansion + sqrt": lambda x, y: _sq_baddbmm(x, y).sqrt(),
+            "torch.cdist": torch.cdist,
+            "broadcast (x-y)² + sqrt": lambda x, y: (
+                (x[:, :, None] - y[:, None]).pow(2).sum(-1).sqrt()
+            ),
+        }
+    if metric == "cosine":
+        return {
+            "normalize + bmm": _cos_bmm,
+            "F.cosine_similarity (broadcast)": lambda x, y: (
+                1 - F.cosine_similarity(x[:, :, None], y[:, None], dim=-1, eps=1e-8)
+            ),
+        }
+    if metric == "dot":
+        return {"bmm": lambda x, y: -torch.bmm(x, y.transpose(1, 2))}
+    raise ValueError(metric)
+
+
+def _keops_sqdist(lazy: Any, x: torch.Tensor, y: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """Dense [B,Q,N] squared distances from KeOps: sum_j d(x_i, y_j) e_j (e_j one-hot)."""
+    d = lazy(x[:, :, None, :]).sqdist(lazy(y[:, None, :, :]))
+    return (d * lazy(eye)).sum(dim=2)
+
+
+@dataclass(frozen=True)
+class EpisodeShape:
+    """Queries [B,Q,D] against prototypes [B,N,D] under ``metric``."""
+
+    B: int
+    Q: int
+    N: int
+    D: int
+    metric: str = "sqeuclidean"
+
+    @property
+    def x(self) -> int:
+        return self.B
+
+    passes = PASSES
+
+    def series(self) -> str:
+        m = "" if self.metric == "sqeuclidean" else f"{self.metric} "
+        return f"{m}N={self.N} Q={self.Q} D={self.D}"
+
+    def shape(self) -> dict[str, Any]:
+        return {"B": self.B, "Q": self.Q, "N": self.N, "D": self.D, "metric": self.metric}
+
+
+def _episode_tensors(
+    s: EpisodeShape, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prototypes, queries clustered around them (rows of norm ~1) and the query targets."""
+    protos = torch.randn(s.B, s.N, s.D, device=device, dtype=dtype) / math.sqrt(s.D)
+    targets = torch.randint(0, s.N, (s.B, s.Q), device=device)
+    centres = torch.gather(protos, 1, targets.unsqueeze(-1).expand(-1, -1, s.D))
+    noise = torch.randn(s.B, s.Q, s.D, device=device, dtype=dtype) / math.sqrt(s.D)
+    return centres + 0.8 * noise, protos, targets
+
+
+def distance_problem(
+    s: EpisodeShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+) -> Problem:
+    import medmeta.ops as mm
+
+    x, y, _ = _episode_tensors(s, device, dtype)
+    del checks_off  # pairwise_distance reads no data for its checks: nothing to turn off
+    forms = _ours(lambda: mm.pairwise_distance(x, y, s.metric), checks_off=False)
+    big = s.B * s.Q * s.N * s.D > BROADCAST_MAX_ELEMENTS
+    for name, f in torch_distances(s.metric).items():
+        if "broadcast" in name and big:
+            why = f"skipped: B·Q·N·D > {BROADCAST_MAX_ELEMENTS} (a [B,Q,N,D] temporary)"
+            forms.append(Formulation(name, H.KIND_TORCH, None, why))
+        else:
+            forms.append(Formulation(name, H.KIND_TORCH, lambda f=f: f(x, y)))
+    if s.metric == "sqeuclidean":
+        if peers.keops_lazy is None:
+            forms.append(
+                Formulation("pykeops", H.KIND_PEER, None, f"not available: {peers.keops_why}")
+            )
+        else:
+            eye = torch.eye(s.N, device=device, dtype=dtype).expand(s.B, 1, s.N, s.N).contiguous()
+            forms.append(
+                Formulation(
+                    "pykeops", H.KIND_PEER, lambda: _keops_sqdist(peers.keops_lazy, x, y, eye)
+                )
+            )
+    io_fwd = _nbytes(x, y) + s.B * s.Q * s.N * x.element_size()
+    io_bwd = s.B * s.Q * s.N * x.element_size() + 2 * _nbytes(x, y)
+    return Problem(
+        "pairwise_distance",
+        s.series(),
+        s.B,
+        s.shape(),
+        forms,
+        [x, y],
+        1,
+        {FWD: io_fwd, FWD_BWD: io_fwd + io_bwd},
+    )
+
+
+# --------------------------------------------------------------------------- fused loss
+
+
+def _loss_from_distances(
+    dist: torch.Tensor, targets: torch.Tensor, temperature: float, how: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss [B], accuracy [B]) from distances [B,Q,N] by a composite of torch ops."""
+    B, Q, N = dist.shape
+    logits = dist * (-1.0 / temperature)
+    flat, t = logits.reshape(B * Q, N), targets.reshape(B * Q)
+    if how == "nll":
+        nll = F.nll_loss(flat.log_softmax(-1), t, reduction="none")
+    else:
+        nll = F.cross_entropy(flat, t, reduction="none")
+    accuracy = (logits.argmax(-1) == targets).to(dist.dtype).mean(-1)
+    return nll.view(B, Q).mean(-1), accuracy
+
+
+def torch_losses(metric: str) -> dict[str, tuple[Callable, str]]:
+    """Composite loss formulations: name -> (distance function, "nll" | "ce")."""
+    if metric == "sqeuclidean":
+        d = torch_distances(metric)
+        return {
+            "baddbmm → log_softmax → nll_loss": (d["baddbmm expansion"], "nll"),
+            "baddbmm → F.cross_entropy": (d["baddbmm expansion"], "ce"),
+            "cdist² → F.cross_entropy": (d["torch.cdist ** 2"], "ce"),
+        }
+    if metric == "cosine":
+        return {
+            "normalize·bmm → log_softmax → nll_loss": (_cos_bmm, "nll"),
+            "normalize·bmm → F.cross_entropy": (_cos_bmm, "ce"),
+        }
+    (name, dist), *_ = torch_distances(metric).items()
+    return {
+        f"{name} → log_softmax → nll_loss": (dist, "nll"),
+        f"{name} → F.cross_entropy": (dist, "ce"),
+    }
+
+
+def loss_problem(
+    s: EpisodeShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+) -> Problem:
+    import medmeta.ops as mm
+
+    del peers
+    q, p, t = _episode_tensors(s, device, dtype)
+    temperature = 1.0
+    forms = _ours(lambda: mm.prototypical_loss(q, p, t, s.metric, temperature), checks_off)
+    for name, (dist, how) in torch_losses(s.metric).items():
+        forms.append(
+            Formulation(
+                name,
+                H.KIND_TORCH,
+                lambda dist=dist, how=how: _loss_from_distances(dist(q, p), t, temperature, how),
+            )
+        )
+    io_fwd = _nbytes(q, p, t) + 2 * s.B * q.element_size()
+    io_bwd = 2 * _nbytes(q, p) + _nbytes(t)
+    return Problem(
+        "prototypical_loss",
+        s.series(),
+        s.B,
+        s.shape(),
+        forms,
+        [q, p],
+        1,
+        {FWD: io_fwd, FWD_BWD: io_fwd + io_bwd},
+        atol_abs=[None, 1.0 / s.Q + 1e-6],  # accuracy: one query may flip on a near-tie
+    )
+
+
+# --------------------------------------------------------------------------- prototypes
+
+
+@dataclass(frozen=True)
+class SupportShape:
+    """Support embeddings [B, S=N·K, D], labels grouped by class (K shots each)."""
+
+    B: int
+    N: int
+    K: int
+    D: int
+
+    @property
+    def x(self) -> int:
+        return self.B
+
+    passes = PASSES
+
+    def series(self) -> str:
+        return f"N={self.N} K={self.K} D={self.D}"
+
+    def shape(self) -> dict[str, Any]:
+        return {"B": self.B, "N": self.N, "K": self.K, "S": self.N * self.K, "D": self.D}
+
+
+def _protos_one_hot_bmm(emb: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    assign = F.one_hot(labels, n).to(emb.dtype)  # [B,S,N]
+    sums = torch.bmm(assign.transpose(1, 2), emb)
+    return sums / assign.sum(1).unsqueeze(-1)
+
+
+def _protos_index_add(emb: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    B, S, D = emb.shape
+    idx = (labels + n * torch.arange(B, device=labels.device).unsqueeze(1)).reshape(-1)
+    sums = emb.new_zeros(B * n, D).index_add(0, idx, emb.reshape(B * S, D))
+    counts = torch.bincount(idx, minlength=B * n).to(emb.dtype)
+    return (sums / counts.unsqueeze(1)).view(B, n, D)
+
+
+def _protos_scatter_add(emb: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:
+    B, S, D = emb.shape
+    sums = emb.new_zeros(B, n, D).scatter_add(1, labels.unsqueeze(-1).expand(B, S, D), emb)
+    counts = emb.new_zeros(B, n).scatter_add_(1, labels, emb.new_ones(B, S))
+    return sums / counts.unsqueeze(-1)
+
+
+def _protos_reshape_mean(emb: torch.Tensor, n: int) -> torch.Tensor:
+    """Only valid when every episode's support is grouped by class with equal shots."""
+    B, S, D = emb.shape
+    return emb.view(B, n, S // n, D).mean(2)
+
+
+def prototypes_problem(
+    s: SupportShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+) -> Problem:
+    import medmeta.ops as mm
+
+    S = s.N * s.K
+    emb = torch.randn(s.B, S, s.D, device=device, dtype=dtype)
+    labels = torch.arange(s.N, device=device).repeat_interleave(s.K).expand(s.B, S).contiguous()
+    forms = _ours(lambda: mm.prototypes(emb, labels, s.N), checks_off)
+    forms += [
+        Formulation("one-hot bmm", H.KIND_TORCH, lambda: _protos_one_hot_bmm(emb, labels, s.N)),
+        Formulation("index_add", H.KIND_TORCH, lambda: _protos_index_add(emb, labels, s.N)),
+        Formulation("scatter_add", H.KIND_TORCH, lambda: _protos_scatter_add(emb, labels, s.N)),
+        Formulation(
+            "view(B,N,K,D).mean (class-grouped only)",
+            H.KIND_TORCH_STRUCTURED,
+            lambda: _protos_reshape_mean(emb, s.N),
+        ),
+    ]
+    cp = peers.easyfsl_prototypes
+    if cp is None:
+        forms.append(
+            Formulation(
+                "easyfsl (loop over B)", H.KIND_PEER, None, f"not available: {peers.easyfsl_why}"
+            )
+        )
+    elif s.B > EASYFSL_MAX_B:
+        forms.append(
+            Formulation("easyfsl (loop over B)", H.KIND_PEER, None, f"skipped: B > {EASYFSL_MAX_B}")
+        )
+    else:
+        forms.append(
+            Formulation(
+                "easyfsl (loop over B)",
+                H.KIND_PEER,
+                lambda: torch.stack([cp(emb[b], labels[b]) for b in range(s.B)]),
+            )
+        )
+    out_bytes = s.B * s.N * s.D * emb.element_size()
+    return Problem(
+        "prototypes",
+        s.series(),
+        s.B,
+        s.shape(),
+        forms,
+        [emb],
+        1,
+        {
+            FWD: _nbytes(emb, labels) + out_bytes,
+            FWD_BWD: 2 * (_nbytes(emb, labels) + out_bytes),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- masked prototypes
+
+
+@dataclass(frozen=True)
+class MaskShape:
+    """Features [B,S,D,H,W] and binary masks [B,S,C,H,W] (few-shot segmentation)."""
+
+    B: int
+    S: int
+    C: int
+    D: int
+    HW: int
+
+    @property
+    def x(self) -> int:
+        return self.B
+
+    passes = PASSES
+
+    def series(self) -> str:
+        return f"S={self.S} C={self.C} D={self.D} {self.HW}×{self.HW}"
+
+    def shape(self) -> dict[str, Any]:
+        return {"B": self.B, "S": self.S, "C": self.C, "D": self.D, "H": self.HW, "W": self.HW}
+
+
+def _masked_einsum(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("bsdhw,bschw->bcd", f, m) / m.sum(dim=(1, 3, 4)).unsqueeze(-1)
+
+
+def _masked_bmm_per_shot(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """One [C,HW]x[HW,D] product per (episode, shot), no copies, then a sum over shots."""
+    B, S, D, H, W = f.shape
+    C = m.shape[2]
+    pooled = torch.bmm(m.reshape(B * S, C, H * W), f.reshape(B * S, D, H * W).transpose(1, 2))
+    return pooled.view(B, S, C, D).sum(1) / m.sum(dim=(1, 3, 4)).unsqueeze(-1)
+
+
+def _masked_bmm_flat(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """One [C,S·HW]x[S·HW,D] product per episode (transposes copy the inputs)."""
+    B, S, D, H, W = f.shape
+    C = m.shape[2]
+    ff = f.transpose(1, 2).reshape(B, D, S * H * W)
+    mf = m.transpose(1, 2).reshape(B, C, S * H * W)
+    return torch.bmm(mf, ff.transpose(1, 2)) / mf.sum(-1, keepdim=True)
+
+
+def masked_problem(
+    s: MaskShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+) -> Problem:
+    import medmeta.ops as mm
+
+    del peers
+    f = torch.randn(s.B, s.S, s.D, s.HW, s.HW, device=device, dtype=dtype)
+    m = (torch.rand(s.B, s.S, s.C, s.HW, s.HW, device=device) < 0.4).to(dtype)
+    forms = _ours(lambda: mm.masked_prototypes(f, m), checks_off)
+    forms += [
+        Formulation("einsum", H.KIND_TORCH, lambda: _masked_einsum(f, m)),
+        Formulation("bmm per shot + sum", H.KIND_TORCH, lambda: _masked_bmm_per_shot(f, m)),
+        Formulation(
+            "bmm over S·H·W (transposed copies)", H.KIND_TORCH, lambda: _masked_bmm_flat(f, m)
+        ),
+    ]
+    out_bytes = s.B * s.C * s.D * f.element_size()
+    return Problem(
+        "masked_prototypes",
+        s.series(),
+        s.B,
+        s.shape(),
+        forms,
+        [f],  # masks are labels: no gradient
+        1,
+        {FWD: _nbytes(f, m) + out_bytes, FWD_BWD: 2 * (_nbytes(f, m) + out_bytes)},
+    )
+
+
+# --------------------------------------------------------------------------- inner update
+
+
+def conv4_shapes(channels: int = 64, in_channels: int = 3, n_way: int = 5) -> list[tuple[int, ...]]:
+    """Parameter shapes of Conv4 (4 × conv3x3/bias/BN) with a linear head on 5×5 maps."""
+    shapes: list[tuple[int, ...]] = []
+    c_in = in_channels
+    for _ in range(4):
+        shapes += [(channels, c_in, 3, 3), (channels,), (channels,), (channels,)]
+        c_in = channels
+    return [*shapes, (n_way, channels * 25), (n_way,)]
+
+
+def resnet12_shapes(
+    widths: Sequence[int] = (64, 160, 320, 640), n_way: int = 5
+) -> list[tuple[int, ...]]:
+    """Parameter shapes of ResNet-12 (4 residual blocks of 3 conv3x3 + 1x1 shortcut, BN)."""
+    shapes: list[tuple[int, ...]] = []
+    c_in = 3
+    for c in widths:
+        shapes += [(c, c_in, 3, 3), (c,), (c,), (c, c, 3, 3), (c,), (c,), (c, c, 3, 3), (c,), (c,)]
+        shapes += [(c, c_in, 1, 1), (c,), (c,)]
+        c_in = c
+    return [*shapes, (n_way, widths[-1]), (n_way,)]
+
+
+MODELS: dict[str, Callable[[], list[tuple[int, ...]]]] = {
+    "Conv4-64": conv4_shapes,
+    "ResNet-12": resnet12_shapes,
+}
+
+
+@dataclass(frozen=True)
+class UpdateShape:
+    """P parameter tensors of ``model`` stacked over T tasks; ``rate`` is the lr form."""
+
+    model: str
+    T: int
+    rate: str = "float"  # "float" | "per-layer" (MAML++) | "per-element" (Meta-SGD)
+    in_place: bool = False
+
+    @property
+    def x(self) -> int:
+        return self.T
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        return (FWD,) if self.in_place else PASSES
+
+    def series(self) -> str:
+        rate = {"float": "float lr", "per-layer": "per-layer lr", "per-element": "per-element lr"}
+        return f"{self.model}, {rate[self.rate]}" + (", in-place" if self.in_place else "")
+
+    def shape(self, numel: int) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "T": self.T,
+            "rate": self.rate,
+            "in_place": self.in_place,
+            "tensors": len(MODELS[self.model]()),
+            "MB_per_list": round(numel * 4 / 1e6, 1),
+        }
+
+
+def update_problem(
+    s: UpdateShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+) -> Problem:
+    del peers
+    shapes = MODELS[s.model]()
+    params = [torch.randn(s.T, *sh, device=device, dtype=dtype) for sh in shapes]
+    grads = [0.1 * torch.randn(s.T, *sh, device=device, dtype=dtype) for sh in shapes]
+    lr = 0.01
+    if s.rate == "float":
+        lrs: list[torch.Tensor] = []
+    elif s.rate == "per-layer":
+        lrs = [torch.full((1,), lr, device=device, dtype=dtype) for _ in shapes]
+    else:
+        lrs = [lr * torch.rand(sh, device=device, dtype=dtype) for sh in shapes]
+    numel = sum(p.numel() for p in params)
+    item = params[0].element_size()
+    if s.in_place:
+        return _in_place_update_problem(s, params, grads, lr, numel, checks_off)
+    forms = _update_forms(params, grads, lrs, lr, checks_off)
+    lr_bytes = _nbytes(*lrs)
+    fwd = 3 * numel * item + lr_bytes
+    # backward: grad wrt params is the incoming gradient itself; wrt grads -lr·g_out
+    # (read g_out, write); wrt tensor rates also reads the grads and writes the rate grads
+    bwd = 2 * numel * item + ((numel * item + 2 * lr_bytes) if lrs else 0)
+    return Problem(
+        "inner_update",
+        s.series(),
+        s.T,
+        s.shape(numel),
+        forms,
+        [*params, *grads, *lrs],
+        len(params),
+        {FWD: fwd, FWD_BWD: fwd + bwd},
+    )
+
+
+def _update_forms(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    lrs: list[torch.Tensor],
+    lr: float,
+    checks_off: bool,
+) -> list[Formulation]:
+    import medmeta.ops as mm
+
+    pairs = list(zip(params, grads, strict=True))
+    if not lrs:
+        forms = _ours(lambda: mm.inner_update(params, grads, lr), checks_off=False)
+        return [
+            *forms,
+            Formulation("loop: p - lr*g", H.KIND_TORCH, lambda: [p - lr * g for p, g in pairs]),
+            Formulation(
+                "loop: torch.add(p, g, alpha=-lr)",
+                H.KIND_TORCH,
+                lambda: [torch.add(p, g, alpha=-lr) for p, g in pairs],
+            ),
+            Formulation(
+                "torch._foreach_add(alpha=-lr)",
+                H.KIND_TORCH,
+                lambda: torch._foreach_add(params, grads, alpha=-lr),
+            ),
+        ]
+    triples = list(zip(params, grads, lrs, strict=True))
+    return [
+        *_ours(lambda: mm.inner_update(params, grads, lrs), checks_off),
+        Formulation("loop: p - a*g", H.KIND_TORCH, lambda: [p - a * g for p, g, a in triples]),
+        Formulation(
+            "loop: torch.addcmul(p, g, a, value=-1)",
+            H.KIND_TORCH,
+            lambda: [torch.addcmul(p, g, a, value=-1) for p, g, a in triples],
+        ),
+        Formulation(
+            "torch._foreach_mul + _foreach_sub",
+            H.KIND_TORCH,
+            lambda: torch._foreach_sub(params, torch._foreach_mul(grads, lrs)),
+        ),
+        Formulation(
+            "torch._foreach_addcmul(value=-1)",
+            H.KIND_TORCH,
+            lambda: torch._foreach_addcmul(params, grads, lrs, value=-1),
+        ),
+    ]
+
+
+def _in_place_update_problem(
+    s: UpdateShape,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    lr: float,
+    numel: int,
+    checks_off: bool,
+) -> Problem:
+    """First-order in-place step; every formulation updates its own copy of the params."""
+    import medmeta.ops as mm
+
+    def loop(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        for p, g in zip(ps, grads, strict=True):
+            p.add_(g, alpha=-lr)
+        return ps
+
+    def foreach(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        torch._foreach_add_(ps, grads, alpha=-lr)
+        return ps
+
+    steps: dict[str, tuple[str, Callable[[list[torch.Tensor]], Any]]] = {
+        "medmeta": (H.KIND_OURS, lambda ps: mm.inner_update_(ps, grads, lr)),
+        "loop: p.add_(g, alpha=-lr)": (H.KIND_TORCH, loop),
+        "torch._foreach_add_(alpha=-lr)": (H.KIND_TORCH, foreach),
+    }
+    if checks_off:
+        steps["medmeta [checks off]"] = (
+            H.KIND_OURS_VARIANT,
+            lambda ps: _checks_off(lambda: mm.inner_update_(ps, grads, lr))(),
+        )
+    forms = []
+    for name, (kind, step) in steps.items():
+        own = [p.clone() for p in params]
+        forms.append(Formulation(name, kind, lambda step=step, own=own: step(own), passes=(FWD,)))
+
+    def check(name: str) -> Any:
+        return steps[name][1]([p.clone() for p in params])
+
+    return Problem(
+        "inner_update",
+        s.series(),
+        s.T,
+        s.shape(numel),
+        forms,
+        [],
+        0,
+        {FWD: 3 * numel * params[0].element_size()},
+        passes=(FWD,),
+        check=check,
+    )
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def grid(quick: bool) -> list[tuple[Callable[..., Problem], Any]]:
+    """The benchmark points (problem builder, shape spec), in run order."""
+    if quick:
+        episodes = [EpisodeShape(1, 15, 5, 64), EpisodeShape(8, 75, 5, 256)]
+        return [
+            *[(distance_problem, s) for s in [*episodes, EpisodeShape(4, 15, 5, 64, "cosine")]],
+            *[(loss_problem, s) for s in episodes],
+            *[
+                (prototypes_problem, s)
+                for s in (SupportShape(1, 5, 1, 64), SupportShape(8, 5, 5, 256))
+            ],
+            *[
+                (masked_problem, s)
+                for s in (MaskShape(1, 1, 2, 64, 16), MaskShape(2, 5, 2, 32, 16))
+            ],
+            *[
+                (update_problem, s)
+                for s in (
+                    UpdateShape("Conv4-64", 1),
+                    UpdateShape("Conv4-64", 4, "per-element"),
+                    UpdateShape("Conv4-64", 2, in_place=True),
+                )
+            ],
+        ]
+    dist_shapes = [
+        *(EpisodeShape(b, 15, 5, 64) for b in (1, 8, 32, 128, 256)),
+        *(EpisodeShape(b, 75, 5, 1600) for b in (1, 8, 32, 128)),
+        *(EpisodeShape(b, 60, 20, 640) for b in (1, 32, 256)),
+    ]
+    other_metrics = [
+        EpisodeShape(b, 75, 5, 1600, m) for m in ("euclidean", "cosine", "dot") for b in (1, 32)
+    ]
+    support = [
+        *(SupportShape(b, 5, 1, 64) for b in (1, 8, 32, 128, 256)),
+        *(SupportShape(b, 5, 5, 1600) for b in (1, 8, 32, 128)),
+        *(SupportShape(b, 20, 10, 640) for b in (1, 8, 32, 128)),
+    ]
+    masks = [
+        *(MaskShape(b, 1, 2, 512, 32) for b in (1, 4, 16)),
+        *(MaskShape(b, 5, 2, 64, 64) for b in (1, 4, 16)),
+        *(MaskShape(b, 5, 5, 256, 16) for b in (1, 8, 32)),
+    ]
+    updates = [
+        *(UpdateShape("Conv4-64", t) for t in (1, 4, 16, 32)),
+        *(UpdateShape("Conv4-64", t, "per-layer") for t in (1, 32)),
+        *(UpdateShape("Conv4-64", t, "per-element") for t in (1, 8, 32)),
+        *(UpdateShape("ResNet-12", t) for t in (1, 2)),
+        *(UpdateShape("Conv4-64", t, in_place=True) for t in (1, 32)),
+        *(UpdateShape("ResNet-12", t, in_place=True) for t in (1, 2)),
+    ]
+    return [
+        *[(distance_problem, s) for s in [*dist_shapes, *other_metrics]],
+        *[
+            (loss_problem, s)
+            for s in [
+                *dist_shapes,
+                EpisodeShape(1, 75, 5, 1600, "cosine"),
+                EpisodeShape(32, 75, 5, 1600, "cosine"),
+            ]
+        ],
+        *[(prototypes_problem, s) for s in support],
+        *[(masked_problem, s) for s in masks],
+        *[(update_problem, s) for s in updates],
+    ]
+
+
+BUILDERS: dict[Callable[..., Problem], str] = {
+    distance_problem: "pairwise_distance",
+    loss_problem: "prototypical_loss",
+    prototypes_problem: "prototypes",
+    masked_problem: "masked_prototypes",
+    update_problem: "inner_update",
+}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _pass_callable(problem: Problem, fn: Callable[[], Any], pass_: str) -> Callable[[], Any]:
+    """The callable timed for ``pass_``: the forward, or the forward and the input gradients."""
+    if pass_ == FWD:
+        return fn
+    grad_outputs = problem.grad_outputs
+
+    def forward_backward() -> tuple[torch.Tensor, ...]:
+        outs = H.flatten_tensors(fn())[: problem.n_diff_outputs]
+        return torch.autograd.grad(outs, problem.diff_inputs, grad_outputs)
+
+    return forward_backward
+
+
+def _prepare_pass(problem: Problem, pass_: str) -> None:
+    """Set requires_grad of the inputs for ``pass_``; make the fixed upstream gradients."""
+    for t in problem.diff_inputs:
+        t.requires_grad_(pass_ == FWD_BWD)
+    if pass_ == FWD_BWD and problem.grad_outputs is None:
+        outs = _first_outputs(problem)[: problem.n_diff_outputs]
+        gen = torch.Generator(device=outs[0].device).manual_seed(1234)
+        problem.grad_outputs = [
+            torch.randn(o.shape, generator=gen, device=o.device, dtype=o.dtype) for o in outs
+        ]
+
+
+def _first_outputs(problem: Problem) -> list[torch.Tensor]:
+    """Outputs of the first formulation that runs (medmeta's, unless it fails)."""
+    error: Exception | None = None
+    for f in problem.formulations:
+        if f.fn is None:
+            continue
+        try:
+            with torch.no_grad():
+                return H.flatten_tensors(f.fn())
+        except Exception as e:  # e.g. no CUDA kernels in this build: try the next one
+            error = error or e
+    raise RuntimeError(f"no formulation of {problem.op} runs: {error}")
+
+
+def _run_once(problem: Problem, form: Formulation, call: Callable[[], Any]) -> Any:
+    """One call for the agreement check (on fresh inputs for in-place problems)."""
+    if problem.check is not None:
+        return problem.check(form.name)
+    return call()
+
+
+@dataclass
+class QuietPolicy:
+    """How to cope with other processes on a shared machine: wait for them to calm down
+    (up to ``max_wait_s`` per point) and re-measure a point taken while they used more
+    than ``threshold`` CPUs (``retries`` times, keeping the least disturbed measurement),
+    while the run's total waiting stays under ``budget_s``."""
+
+    threshold: float = 0.3
+    max_wait_s: float = 0.0
+    retries: int = 0
+    budget_s: float = 180.0
+    waited_s: float = 0.0
+    remeasured: int = 0
+
+    def wait(self) -> None:
+        allowed = min(self.max_wait_s, self.budget_s - self.waited_s)
+        if allowed > 0:
+            self.waited_s += H.wait_until_quiet(self.threshold, allowed)
+
+
+def check_point(
+    problem: Problem, pass_: str, clock: H.Clock
+) -> tuple[dict[str, H.Record], dict[str, Callable[[], Any]]]:
+    """Run every formulation once and compare it with medmeta (outputs for the forward,
+    input gradients for forward+backward). Returns all records (status filled in) and
+    the callables that agree, medmeta's first."""
+    _prepare_pass(problem, pass_)
+    records: dict[str, H.Record] = {}
+    calls: dict[str, Callable[[], Any]] = {}
+    expected: Any = None
+    for f in problem.formulations:
+        if pass_ not in f.passes:
+            continue
+        rec = H.Record(
+            problem.op, pass_, problem.series, problem.x, problem.shape, f.name, f.kind, "ok"
+        )
+        records[f.name] = rec
+        if f.fn is None:
+            rec.status = f.why_not
+            continue
+        call = _pass_callable(problem, f.fn, pass_)
+        try:
+            got = _run_once(problem, f, call)
+            clock.sync()
+        except Exception as e:
+            rec.status = f"error: {_short(e)}"
+            continue
+        if f.kind == H.KIND_OURS:
+            expected = got
+        elif expected is not None:
+            atol_abs = problem.atol_abs if pass_ == FWD else None
+            why = H.disagreement(expected, got, atol_abs=atol_abs)
+            if why:
+                rec.status = f"disagrees with medmeta: {why}"
+                continue
+        calls[f.name] = call
+    return records, calls
+
+
+def time_point(
+    calls: dict[str, Callable[[], Any]], clock: H.Clock, cfg: H.TimingConfig, quiet: QuietPolicy
+) -> tuple[dict[str, H.Measurement], float | None]:
+    """Measure ``calls`` round-robin; returns the measurements and the CPUs other
+    processes used meanwhile (the least disturbed of ``1 + quiet.retries`` attempts)."""
+    best: tuple[dict[str, H.Measurement], float | None] | None = None
+    for attempt in range(1 + quiet.retries):
+        if attempt:
+            quiet.remeasured += 1
+        quiet.wait()
+        contention = H.Contention().start()
+        measured = H.measure_group(calls, clock, cfg)
+        others = contention.stop()
+        if best is None or (others is not None and best[1] is not None and others < best[1]):
+            best = (measured, others)
+        if others is None or others < quiet.threshold:
+            break
+    assert best is not None
+    return best
+
+
+def run_point(
+    problem: Problem, pass_: str, clock: H.Clock, cfg: H.TimingConfig, quiet: QuietPolicy
+) -> list[H.Record]:
+    """Check every formulation against medmeta, then time those that agree."""
+    records, calls = check_point(problem, pass_, clock)
+    measured, others = time_point(calls, clock, cfg, quiet)
+    for name, m in measured.items():
+        rec = records[name]
+        rec.median_s, rec.q1_s, rec.q3_s, rec.iqr_s = m.median_s, m.q1_s, m.q3_s, m.iqr_s
+        rec.samples, rec.calls_per_sample = m.samples, m.calls_per_sample
+        rec.bytes = problem.bytes[pass_]
+        rec.gbps = rec.bytes / m.median_s / 1e9
+    for rec in records.values():
+        rec.others_cpu = others
+    return list(records.values())
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def evaluate_targets(
+    points: Sequence[H.Point], device_type: str, peak_bw: float | None, copy_bw: float
+) -> list[dict[str, Any]]:
+    """The issue's targets, each with met / missed and by how much."""
+    out: list[dict[str, Any]] = []
+    keys = list(dict.fromkeys((p.op, p.pass_) for p in points))
+    if device_type == "cpu":
+        for op, pass_ in keys:
+            ps = [p for p in points if (p.op, p.pass_) == (op, pass_) and p.speedup]
+            if not ps:
+                continue
+            worst = min(ps, key=lambda p: p.speedup)
+            slower = [p for p in ps if p.speedup < 1]
+            clearly = [p for p in ps if p.clearly_slower]
+            detail = (
+                f"worst {worst.speedup:.2f}× at {worst.series} {X_LABELS[op][0]}={worst.x} "
+                f"(vs {worst.best_torch}); {len(slower)}/{len(ps)} points slower"
+                f" ({len(clearly)} beyond the IQRs)"
+            )
+            if slower:
+                detail += f"; missed: medmeta takes up to {1 / worst.speedup:.2f}× the best time"
+            out.append(
+                {
+                    "target": f"CPU: {op} {pass_} not slower than the best torch formulation at any size",
+                    "met": not slower,
+                    "detail": detail,
+                }
+            )
+        return out
+    for op in ("prototypical_loss", "prototypes"):
+        ps = [p for p in points if p.op == op and p.pass_ == FWD_BWD and p.x >= 32 and p.speedup]
+        if ps:
+            worst = min(ps, key=lambda p: p.speedup)
+            out.append(
+                {
+                    "target": f"GPU: {op} forward+backward ≥ 2× the best torch formulation at B ≥ 32",
+                    "met": worst.speedup >= 2,
+                    "detail": f"worst {worst.speedup:.2f}× at {worst.series} B={worst.x} (vs {worst.best_torch}); "
+                    f"median {statistics.median(p.speedup for p in ps):.2f}× over {len(ps)} points",
+                }
+            )
+    upd = [p for p in points if p.op == "inner_update"]
+    vs_foreach = [
+        (p, r) for p in upd for n, r in p.ratios.items() if n.startswith("torch._foreach_add")
+    ]
+    if vs_foreach:
+        p, r = min(vs_foreach, key=lambda pr: pr[1])
+        out.append(
+            {
+                "target": "GPU: inner_update ≥ on par with torch._foreach_add",
+                "met": r >= 1.0,
+                "detail": f"worst {r:.2f}× at {p.series} {p.pass_} T={p.x}",
+            }
+        )
+    vs_loop = []
+    for p in upd:
+        loops = [r for n, r in p.ratios.items() if n in LOOP_FORMULATIONS]
+        if loops:
+            vs_loop.append((p, min(loops)))
+    if vs_loop:
+        p, r = min(vs_loop, key=lambda pr: pr[1])
+        out.append(
+            {
+                "target": "GPU: inner_update ≥ 5× the (fastest) per-tensor loop",
+                "met": r >= 5.0,
+                "detail": f"worst {r:.2f}× at {p.series} {p.pass_} T={p.x}",
+            }
+        )
+    large = [p for p in upd if p.pass_ == FWD and p.medmeta_gbps and p.shape["MB_per_list"] >= 10]
+    if large and peak_bw:
+        p = min(large, key=lambda p: p.medmeta_gbps)
+        frac = p.medmeta_gbps * 1e9 / peak_bw
+        out.append(
+            {
+                "target": "GPU: inner_update forward > 60% of the memory-bandwidth limit at large sizes (≥ 10 MB per list)",
+                "met": frac > 0.6,
+                "detail": f"worst {p.medmeta_gbps:.0f} GB/s = {100 * frac:.0f}% of {peak_bw / 1e12:.2f} TB/s peak "
+                f"({100 * p.medmeta_gbps * 1e9 / copy_bw:.0f}% of the measured copy {copy_bw / 1e12:.2f} TB/s) at {p.series} T={p.x}",
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """The ``ops-<device>.md`` summary."""
+    env, summary, targets = payload["environment"], payload["summary"], payload["targets"]
+    points = [_point_from_json(p) for p in payload["points"]]
+    gpu = env["device_type"] == "cuda"
+    lines = [
+        f"# medmeta ops benchmark — {env['device_type']}",
+        "",
+        f"- Device: **{env['device_name']}**; CPU {env['cpu_model']} ({env['cpu_count']} cores), "
+        f"{env['threads']} threads; torch {env['torch']}, medmeta {env['medmeta']}, Python {env['python']}",
+        f"- Date {env['date_utc']}; git {str(env.get('git_commit'))[:10]} ({env.get('git_dirty_files')} dirty files); "
+        f"load average at start/end {_loads(env)}",
+        f"- Command: `{_command(env)}`",
+        f"- Environment: {', '.join(f'{k}={v}' for k, v in env['env'].items()) or '(none)'}",
+        f"- medmeta value checks: **on** (the default) for `medmeta`; `medmeta [checks off]` is reported beside it. "
+        f"Peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items())}",
+        "- float32. Speedup = time of the best general pure-PyTorch formulation / time of medmeta "
+        "(> 1: medmeta faster), at each point; median of round-robin samples, IQR in the JSON. "
+        "Peers (KeOps, easyfsl), the class-grouped-only `view().mean` and medmeta variants are "
+        "compared but never count as the best torch formulation.",
+    ]
+    c = env.get("contention")
+    if c:
+        lines.append(
+            f"- Other processes: waited {c['waited_s']} s for quiet, re-measured {c['remeasured_points']} "
+            f"times; {c['points_still_disturbed']} points timed while others used ≥ {c['threshold_cpus']} CPU "
+            "(`others_cpu` in the JSON)"
+        )
+    if env.get("resumed_from"):
+        r = env["resumed_from"]
+        lines.append(
+            f"- {r['reused_points']} undisturbed points reused from {r['path']} ({r['date_utc']})"
+        )
+    if not gpu:
+        lines.append("- CPU run: ratios only (absolute times are in the JSON, not reported here).")
+    lines += ["", "## medmeta vs the best torch formulation", ""]
+    rows = []
+    for s in summary:
+        at = s["worst_at"]
+        rows.append(
+            [
+                s["op"],
+                s["pass"],
+                s["points"],
+                f"**{H.fmt_ratio(s['worst_speedup'])}**",
+                f"{at['series']} {X_LABELS.get(s['op'], 'x')[0]}={at['x']}",
+                s["worst_best_torch"],
+                f"**{H.fmt_ratio(s['median_speedup'])}**",
+                f"{s['slower_points']} ({s['clearly_slower_points']})",
+            ]
+        )
+    lines.append(
+        H.markdown_table(
+            [
+                "op",
+                "pass",
+                "points",
+                "worst",
+                "worst at",
+                "best torch there",
+                "median",
+                "slower (beyond IQR)",
+            ],
+            rows,
+        )
+    )
+    lines += ["", "## Targets", ""]
+    lines.append(
+        H.markdown_table(
+            ["target", "met", "detail"],
+            [[t["target"], "yes" if t["met"] else "**no**", t["detail"]] for t in targets],
+        )
+    )
+    lines += ["", "## medmeta vs each formulation (time of it / time of medmeta)", ""]
+    kinds = {r["formulation"]: r["kind"] for r in payload["records"]}
+    rows = []
+    for s in summary:
+        for name, v in s["vs_formulation"].items():
+            rows.append(
+                [
+                    s["op"],
+                    s["pass"],
+                    name,
+                    kinds.get(name, ""),
+                    v["points"],
+                    H.fmt_ratio(v["median"]),
+                    H.fmt_ratio(v["worst"]),
+                ]
+            )
+    lines.append(
+        H.markdown_table(["op", "pass", "formulation", "kind", "points", "median", "worst"], rows)
+    )
+    slow = [p for p in points if p.speedup is not None and p.speedup < 1]
+    lines += ["", "## Points where medmeta is slower than the best torch formulation", ""]
+    if not slow:
+        lines.append("None.")
+    else:
+        header = ["op", "pass", "shape", "best torch", "speedup", "beyond IQR", "others' CPU"]
+        if gpu:
+            header += ["medmeta ms", "best torch ms"]
+        rows = []
+        for p in sorted(slow, key=lambda p: p.speedup):
+            row = [
+                p.op,
+                p.pass_,
+                H.fmt_shape(p.shape),
+                p.best_torch,
+                H.fmt_ratio(p.speedup),
+                "yes" if p.clearly_slower else "no",
+                "—" if p.others_cpu is None else f"{p.others_cpu:.2f}",
+            ]
+            if gpu:
+                row += [f"{1e3 * p.medmeta_s:.3f}", f"{1e3 * p.best_torch_s:.3f}"]
+            rows.append(row)
+        lines.append(H.markdown_table(header, rows))
+    problems = [
+        r
+        for r in payload["records"]
+        if r["status"] not in ("ok",) and not r["status"].startswith("skipped")
+    ]
+    if problems:
+        lines += ["", "## Formulations not timed", ""]
+        seen: dict[tuple[str, str, str], int] = {}
+        for r in problems:
+            key = (r["op"], r["formulation"], r["status"])
+            seen[key] = seen.get(key, 0) + 1
+        lines.append(
+            H.markdown_table(
+                ["op", "formulation", "status", "points"], [[*k, n] for k, n in seen.items()]
+            )
+        )
+    if gpu:
+        lines += ["", "## Absolute times (GPU)", ""]
+        rows = [
+            [
+                p.op,
+                p.pass_,
+                H.fmt_shape(p.shape),
+                f"{1e3 * p.medmeta_s:.4f}",
+                p.best_torch,
+                f"{1e3 * p.best_torch_s:.4f}" if p.best_torch_s else "—",
+                f"{p.medmeta_gbps:.0f}" if p.medmeta_gbps else "—",
+            ]
+            for p in points
+        ]
+        lines.append(
+            H.markdown_table(
+                ["op", "pass", "shape", "medmeta ms", "best torch", "its ms", "medmeta GB/s"], rows
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _loads(env: dict[str, Any]) -> str:
+    start = env.get("load_average_start") or []
+    end = env.get("load_average_end") or []
+    return (
+        f"{start[0] if start else float('nan'):.2f} / {end[0] if end else float('nan'):.2f} (1-min)"
+    )
+
+
+def _command(env: dict[str, Any]) -> str:
+    prefix = " ".join(
+        f"{k}={v}" for k, v in env["env"].items() if k.startswith(("MALLOC_", "PYTHONPATH"))
+    )
+    return (prefix + " " if prefix else "") + " ".join(env["command"])
+
+
+def _point_from_json(d: dict[str, Any]) -> H.Point:
+    d = dict(d)
+    d["pass_"] = d.pop("pass")
+    return H.Point(**d)
+
+
+def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
+    """JSON, plot and markdown for one run; returns the paths written."""
+    H.write_json(stem.with_suffix(".json"), payload)
+    env = payload["environment"]
+    points = [_point_from_json(p) for p in payload["points"]]
+    title = (
+        f"medmeta ops: speedup over the best pure-PyTorch formulation "
+        f"({env['device_name']}, {env['threads']} threads, torch {env['torch']})"
+    )
+    order = [(op, pass_) for op in OPS for pass_ in PASSES]
+    paths = [stem.with_suffix(".json")]
+    try:
+        H.plot_speedups(points, stem.with_suffix(".png"), title, X_LABELS, order)
+        paths.append(stem.with_suffix(".png"))
+    except ImportError as e:
+        payload.setdefault("notes", []).append(f"no plot: {_short(e)}")
+    stem.with_suffix(".md").write_text(markdown_report(payload))
+    paths.append(stem.with_suffix(".md"))
+    return paths
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--threads", type=int, default=2, help="torch (and medmeta) CPU threads")
+    ap.add_argument("--quick", action="store_true", help="a few small sizes, short timings (CI)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--tag", default=None, help="file-name suffix (default: 'quick' with --quick)")
+    ap.add_argument(
+        "--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS)
+    )
+    ap.add_argument(
+        "--target-time",
+        type=float,
+        default=None,
+        help="seconds per measurement (default 0.2, quick 0.03)",
+    )
+    ap.add_argument(
+        "--keops",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="include pykeops (default: on unless --quick)",
+    )
+    ap.add_argument(
+        "--checks-off",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time medmeta with value checks off",
+    )
+    ap.add_argument(
+        "--no-malloc-env",
+        action="store_true",
+        help=f"do not re-run with {' '.join(H.MALLOC_ENV)} set on CPU",
+    )
+    ap.add_argument(
+        "--quiet-threshold",
+        type=float,
+        default=0.3,
+        help="CPUs other processes may use before a point counts as disturbed (default 0.3)",
+    )
+    ap.add_argument(
+        "--max-wait",
+        type=float,
+        default=None,
+        help="seconds to wait per point for other processes to calm down (default 20, quick 0)",
+    )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="re-measurements of a disturbed point (default 2, quick 0)",
+    )
+    ap.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="reuse the undisturbed points of this earlier JSON (same device, threads and "
+        "native library) and measure only the rest",
+    )
+    ap.add_argument(
+        "--replot", type=Path, default=None, help="only rewrite the plot and summary of this JSON"
+    )
+    return ap.parse_args(list(argv))
+
+
+def _entry(prog: str) -> list[str]:
+    """The ``-m ...`` words that start this CLI (for re-running it with a new environment)."""
+    words = prog.split()
+    return words[1:] if words and words[0].startswith("python") else ["-m", "benchmarks.ops"]
+
+
+def _progress(recs: Sequence[H.Record], seconds: float) -> str:
+    """One progress line: medmeta's speedup over the best torch formulation at a point."""
+    r0 = recs[0]
+    ours = next((r for r in recs if r.kind == H.KIND_OURS and r.median_s), None)
+    torch_ok = [r for r in recs if r.kind == H.KIND_TORCH and r.median_s]
+    others = "" if r0.others_cpu is None else f" others {r0.others_cpu:.2f} CPU"
+    head = f"[{seconds:4.1f}s{others}] {r0.op:17s} {r0.pass_:16s} {r0.series:34s} x={r0.x:<4d}"
+    if ours is None or not torch_ok:
+        return (
+            head
+            + "  (no comparison: "
+            + "; ".join(f"{r.formulation}: {r.status}" for r in recs if r.status != "ok")
+            + ")"
+        )
+    best = min(torch_ok, key=lambda r: r.median_s)
+    bad = [
+        f"{r.formulation}: {r.status}"
+        for r in recs
+        if r.status != "ok" and not r.status.startswith(("skipped", "not available"))
+    ]
+    return (
+        head
+        + f"  {best.median_s / ours.median_s:6.2f}× vs {best.formulation}"
+        + (f"   !! {bad}" if bad else "")
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """CLI entry point; returns the exit status."""
+    prog = prog or "python -m benchmarks.ops"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv, prog)
+    if args.replot is not None:
+        payload = json.loads(args.replot.read_text())
+        for path in write_outputs(payload, args.replot.with_suffix("")):
+            print(f"wrote {path}")
+        return 0
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
+    missing = H.malloc_env_missing()
+    if device.type == "cpu" and missing and not args.no_malloc_env:
+        print(
+            f"re-running with {' '.join(f'{k}={v}' for k, v in missing.items())} (glibc allocator, see README)"
+        )
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *_entry(prog), *argv], {**os.environ, **missing})
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        print(f"unknown ops {sorted(unknown)}; known: {', '.join(OPS)}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    target = args.target_time or (0.03 if args.quick else 0.2)
+    cfg = H.TimingConfig(
+        target_s=target, rounds=2 if args.quick else 3, min_samples=3 if args.quick else 5
+    )
+    quiet = QuietPolicy(
+        threshold=args.quiet_threshold,
+        max_wait_s=args.max_wait if args.max_wait is not None else (0.0 if args.quick else 20.0),
+        retries=args.retries if args.retries is not None else (0 if args.quick else 2),
+    )
+    keops = (not args.quick) if args.keops is None else args.keops
+    command = [sys.executable, *_entry(prog), *argv]
+    return run(args, device, ops, cfg, quiet, keops, command)
+
+
+def run(
+    args: argparse.Namespace,
+    device: torch.device,
+    ops: Sequence[str],
+    cfg: H.TimingConfig,
+    quiet: QuietPolicy,
+    keops: bool,
+    command: list[str],
+) -> int:
+    dtype = torch.float32
+    clock = H.Clock(device)
+    peers = load_peers(device, keops)
+    copy_bw = H.copy_bandwidth(device)
+    env = H.environment(
+        device,
+        args.threads,
+        command,
+        {
+            "peers": peers.status(),
+            "peers_status_json": _peers_status_json(),
+            "dtype": "float32",
+            "value_checks": "on (medmeta); off only in 'medmeta [checks off]'",
+            "timing": {
+                **cfg.__dict__,
+                "clock": "cuda events" if clock.cuda else "time.perf_counter",
+            },
+            "measured_copy_bandwidth_gbps": copy_bw / 1e9,
+            "nominal_peak_bandwidth_gbps": _nominal_peak_gbps(device),
+        },
+    )
+    print(
+        f"medmeta ops benchmark on {env['device_name']} ({args.threads} threads); peers: {peers.status()}"
+    )
+    if env["backend_info"]["backend"] != "native":
+        print(f"warning: MEDMETA_BACKEND={env['backend_info']['backend']}: not the native kernels")
+    reuse: dict[tuple[str, str, str, int], list[H.Record]] = {}
+    if args.resume is not None:
+        try:
+            reuse, env["resumed_from"] = load_clean_points(args.resume, env, quiet.threshold)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"cannot resume from {args.resume}: {e}", file=sys.stderr)
+            return 2
+        print(f"reusing {len(reuse)} undisturbed points of {args.resume}")
+    records: list[H.Record] = []
+    started = time.perf_counter()
+    for build, spec in grid(args.quick):
+        op = BUILDERS[build]
+        if op not in ops:
+            continue
+        todo = [p for p in spec.passes if (op, p, spec.series(), spec.x) not in reuse]
+        problem = _build(build, spec, device, dtype, peers, args.checks_off) if todo else None
+        for pass_ in spec.passes:
+            t0 = time.perf_counter()
+            recs = reuse.get((op, pass_, spec.series(), spec.x))
+            if recs is None:
+                assert problem is not None
+                recs = run_point(problem, pass_, clock, cfg, quiet)
+            records += recs
+            line = _progress(recs, time.perf_counter() - t0)
+            print(
+                line + ("   (reused)" if problem is None or pass_ not in todo else ""), flush=True
+            )
+        del problem
+    env["load_average_end"] = list(os.getloadavg())
+    env["wall_s"] = round(time.perf_counter() - started, 1)
+    disturbed = {
+        (r.op, r.pass_, r.series, r.x)
+        for r in records
+        if r.others_cpu is not None and r.others_cpu >= quiet.threshold
+    }
+    env["contention"] = {
+        "threshold_cpus": quiet.threshold,
+        "max_wait_per_point_s": quiet.max_wait_s,
+        "retries": quiet.retries,
+        "waited_s": round(quiet.waited_s, 1),
+        "remeasured_points": quiet.remeasured,
+        "points_still_disturbed": len(disturbed),
+        "note": "others_cpu per record: CPUs used by other processes while the point was timed",
+    }
+    payload = _payload(env, records, device)
+    tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
+    stem = args.out / (f"ops-{device.type}" + (f"-{tag}" if tag else ""))
+    for path in write_outputs(payload, stem):
+        print(f"wrote {path}")
+    print()
+    for s in payload["summary"]:
+        print(
+            f"{s['op']:18s} {s['pass']:16s} worst {s['worst_speedup']:5.2f}× (vs {s['worst_best_torch']}) "
+            f"median {s['median_speedup']:5.2f}×  slower at {s['slower_points']}/{s['points']}"
+        )
+    bad = [r for r in records if r.status.startswith(("error", "disagrees"))]
+    for r in bad:
+        print(f"!! {r.op} {r.pass_} {r.series} x={r.x} {r.formulation}: {r.status}")
+    return 1 if any(r.kind == H.KIND_OURS for r in bad) else 0
+
+
+def _build(
+    build: Callable[..., Problem],
+    spec: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    peers: Peers,
+    checks_off: bool,
+) -> Problem:
+    torch.manual_seed(0)
+    return build(spec, device, dtype, peers, checks_off)
+
+
+def _nominal_peak_gbps(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    bw = H.peak_bandwidth(torch.cuda.get_device_name(device))
+    return bw / 1e9 if bw else None
+
+
+def _peers_status_json() -> Any:
+    path = Path(sys.prefix) / "peers_status.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_clean_points(
+    path: Path, env: dict[str, Any], threshold: float
+) -> tuple[dict[tuple[str, str, str, int], list[H.Record]], dict[str, Any]]:
+    """The points of an earlier run that no other process disturbed, keyed by
+    (op, pass, series, x), and a note on where they came from. Refuses a run made on
+    another device, thread count or native library."""
+    old = json.loads(path.read_text())
+    old_env = old["environment"]
+    for key in ("device_name", "threads", "medmeta_native_library", "torch"):
+        if old_env.get(key) != env.get(key):
+            raise ValueError(f"{key} differs: {old_env.get(key)!r} there, {env.get(key)!r} now")
+    groups: dict[tuple[str, str, str, int], list[H.Record]] = {}
+    for d in old["records"]:
+        d = dict(d)
+        d["pass_"] = d.pop("pass")
+        r = H.Record(**d)
+        groups.setdefault((r.op, r.pass_, r.series, r.x), []).append(r)
+    clean = {
+        k: rs
+        for k, rs in groups.items()
+        if all(r.others_cpu is not None and r.others_cpu < threshold for r in rs)
+        and any(r.kind == H.KIND_OURS and r.status == "ok" for r in rs)
+    }
+    note = {"path": str(path), "date_utc": old_env["date_utc"], "reused_points": len(clean)}
+    return clean, note
+
+
+def _payload(env: dict[str, Any], records: list[H.Record], device: torch.device) -> dict[str, Any]:
+    H.finish_records(records)
+    points = H.points_of(records)
+    copy_bw = env["measured_copy_bandwidth_gbps"] * 1e9
+    peak = H.peak_bandwidth(env["device_name"]) if device.type == "cuda" else None
+    return {
+        "schema": "medmeta-bench-ops/1",
+        "environment": env,
+        "definitions": {
+            "ratio_vs_medmeta": "median time of the formulation / median time of medmeta (value checks on); > 1 means medmeta is faster",
+            "speedup": "median time of the fastest general pure-torch formulation (kind 'torch') / medmeta's",
+            "clearly_slower": "medmeta's first quartile is above the best torch formulation's third quartile",
+            "bytes": "minimal bytes one call must move (inputs read once, outputs written once; backward re-reads inputs); gbps = bytes / median",
+            "kinds": {
+                H.KIND_OURS: "medmeta, default settings",
+                H.KIND_OURS_VARIANT: "medmeta with value checks off",
+                H.KIND_TORCH: "general pure-PyTorch formulation (candidate for best torch)",
+                H.KIND_TORCH_STRUCTURED: "pure PyTorch, valid only for class-grouped equal-shot supports",
+                H.KIND_PEER: "another library",
+            },
+        },
+        "records": [r.to_json() for r in records],
+        "points": [p.to_json() for p in points],
+        "summary": H.summarize(points),
+        "targets": evaluate_targets(points, device.type, peak, copy_bw),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
