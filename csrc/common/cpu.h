@@ -86,6 +86,20 @@ MEDMETA_INLINE void dot4_row(const T* __restrict x0, const T* __restrict x1, con
   out[3] = s3;
 }
 
+// Two dot products sharing the loads of y: <x0,y>, <x1,y>.
+template <typename T>
+MEDMETA_INLINE void dot2_row(const T* __restrict x0, const T* __restrict x1, const T* __restrict y, int64_t n,
+                             T* out) {
+  T s0 = 0, s1 = 0;
+  MEDMETA_SIMD_REDUCE(s0, s1)
+  for (int64_t i = 0; i < n; ++i) {
+    s0 += x0[i] * y[i];
+    s1 += x1[i] * y[i];
+  }
+  out[0] = s0;
+  out[1] = s1;
+}
+
 // y += a * x
 template <typename T> MEDMETA_INLINE void axpy_row(T a, const T* __restrict x, T* __restrict y, int64_t n) {
   MEDMETA_SIMD

@@ -28,17 +28,32 @@ MEDMETA_CPU_CLONES void mass_rows(const T* masks, T* mass, int64_t S, int64_t C,
 }
 
 // Tasks t = (b, d): out[b, c, d] = sum_{s,p} feat[b,s,d,p] * masks[b,s,c,p] / mass[b,c].
+// Each feature row is read once for up to four classes (the masks stay in L1).
 template <typename T>
 MEDMETA_CPU_CLONES void forward_tasks(const T* feat, const T* masks, const T* mass, T* out, int64_t S, int64_t C,
                                       int64_t D, int64_t HW, int64_t t0, int64_t t1) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t b = t / D, d = t % D;
-    for (int64_t c = 0; c < C; ++c) {
-      T s = 0;
-      for (int64_t i = 0; i < S; ++i)
-        s += dot_row(feat + ((b * S + i) * D + d) * HW, masks + ((b * S + i) * C + c) * HW, HW);
-      const T m = mass[b * C + c];
-      out[(b * C + c) * D + d] = m != T(0) ? s / m : T(0);
+    for (int64_t c = 0; c < C;) {
+      const int64_t width = C - c >= 4 ? 4 : (C - c >= 2 ? 2 : 1);
+      T sums[4] = {0, 0, 0, 0};
+      for (int64_t i = 0; i < S; ++i) {
+        const T* f = feat + ((b * S + i) * D + d) * HW;
+        const T* m = masks + ((b * S + i) * C + c) * HW;
+        T part[4];
+        if (width == 4)
+          dot4_row(m, m + HW, m + 2 * HW, m + 3 * HW, f, HW, part);
+        else if (width == 2)
+          dot2_row(m, m + HW, f, HW, part);
+        else
+          part[0] = dot_row(f, m, HW);
+        for (int64_t k = 0; k < width; ++k) sums[k] += part[k];
+      }
+      for (int64_t k = 0; k < width; ++k) {
+        const T total = mass[b * C + c + k];
+        out[(b * C + c + k) * D + d] = total != T(0) ? sums[k] / total : T(0);
+      }
+      c += width;
     }
   }
 }
