@@ -8,6 +8,8 @@ import sys
 # suite name -> module with a ``main(argv, prog) -> int`` entry point
 SUITES: dict[str, str] = {
     "ops": "benchmarks.ops",
+    "maml_gradients": "benchmarks.maml_gradients",
+    "protocols": "benchmarks.protocols",
 }
 
 
