@@ -132,11 +132,6 @@ def first_not_positive(values: torch.Tensor) -> int:
     return int(bad[0]) if len(bad) else -1
 
 
-def finite(op: str, name: str, t: torch.Tensor) -> None:
-    if value_checks_enabled() and t.numel() > 0 and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{op}: '{name}' contains NaN or infinite values")
-
-
 def positive_float(op: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: '{name}' must be a float, got {type(value).__name__}")

@@ -169,6 +169,28 @@ def _check_nonempty(op: str, mass: torch.Tensor, what: str) -> None:
         )
 
 
+def _check_weights(weights: torch.Tensor) -> None:
+    """Weights must be finite and non-negative: one native scan on CPU, torch reductions else."""
+    if not _checks.value_checks_enabled() or weights.numel() == 0:
+        return
+    scan = _checks.native_cpu(weights)
+    if scan is not None:
+        i = scan.first_negative_or_nonfinite(
+            weights.data_ptr(), weights.numel(), _native.DTYPE_CODES[weights.dtype]
+        )
+        if i < 0:
+            return
+        bad = float(weights.view(-1)[i])
+        finite = bad - bad == 0
+    else:
+        finite = bool(torch.isfinite(weights).all())
+        if finite and not bool((weights < 0).any()):
+            return
+    if not finite:
+        raise ValueError(f"{_OP}: 'weights' contains NaN or infinite values")
+    raise ValueError(f"{_OP}: 'weights' must be non-negative")
+
+
 def prototypes(
     embeddings: torch.Tensor, labels: torch.Tensor, n_way: int, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -203,10 +225,8 @@ def prototypes(
             raise ValueError(
                 f"{_OP}: 'weights' must have shape [{B}, {S}] like labels, got {list(weights.shape)}"
             )
-        _checks.finite(_OP, "weights", weights)
-        if _checks.value_checks_enabled() and bool((weights < 0).any()):
-            raise ValueError(f"{_OP}: 'weights' must be non-negative")
         weights = weights.contiguous()
+        _check_weights(weights)
     else:
         _checks.floating(_OP, ("embeddings",), (embeddings,))
     labels = _checks.labels(_OP, "labels", labels, (B, S), n_way, embeddings.device)
