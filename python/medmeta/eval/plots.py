@@ -4,6 +4,9 @@ diagram and per-class sensitivity/specificity.
 matplotlib is imported only when a plot is drawn, and only its object-oriented API with the
 Agg canvas is used (no pyplot, no change of the global backend). Each function writes one
 PNG and returns its path.
+
+``plot_embedding_map`` draws coordinates that the caller projected (e.g. by PCA with
+:func:`medmeta.report.embedding.pca_map`), so this module stays free of the projection.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_embedding_map",
+    "plot_latency",
     "plot_learning_curves",
     "plot_per_class",
     "plot_reliability_diagram",
@@ -171,9 +176,11 @@ def plot_reliability_diagram(
     fig = _figure(5, 6)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
     ax.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
-    gap = np.where(count > 0, np.nan_to_num(conf) - acc, 0.0)
-    ax.bar(centers, gap, bottom=acc, width=width, color="tab:red", alpha=0.35,
-           edgecolor="tab:red", label="gap to confidence")  # fmt: skip
+    # the gap between accuracy and confidence, hatched so that an under-confident bin
+    # (accuracy above confidence) does not paint over its accuracy bar
+    conf_shown = np.where(count > 0, np.nan_to_num(conf), acc)
+    ax.bar(centers, np.abs(conf_shown - acc), bottom=np.minimum(acc, conf_shown), width=width,
+           fill=False, hatch="///", edgecolor="tab:red", label="gap to confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -211,4 +218,131 @@ def plot_per_class(result: EvalResult, path: PathLike, *, title: str | None = No
     ax.legend(loc="upper center", ncol=2, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "per-class sensitivity and specificity")
+    return _save(fig, path)
+
+
+def _class_colors(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def plot_embedding_map(
+    points: np.ndarray,
+    path: PathLike,
+    *,
+    labels: np.ndarray | None = None,
+    prototypes: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    misclassified: np.ndarray | None = None,
+    axis_labels: tuple[str, str] = ("dimension 1", "dimension 2"),
+    method: str = "PCA",
+    title: str | None = None,
+) -> Path:
+    """Scatter of 2-D embedding coordinates coloured by class, prototypes as stars.
+
+    Args:
+        points: ``[m, 2]`` map coordinates of the embeddings.
+        path: the PNG to write.
+        labels: ``[m]`` int class labels in ``[0, N)`` (one colour when ``None``).
+        prototypes: ``[N, 2]`` map coordinates of the class prototypes.
+        class_names: names of the N classes for the legend (``class i`` when ``None``).
+        misclassified: ``[m]`` bool, points drawn with a black ring.
+        axis_labels: x and y axis titles (e.g. with the explained variance).
+        method: the projection's name, shown in the title (e.g. ``"PCA"``).
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must have shape [m, 2], got {pts.shape}")
+    m = len(pts)
+    y = np.zeros(m, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if y.shape != (m,):
+        raise ValueError(f"labels must have shape [m] = [{m}], got {y.shape}")
+    protos = None if prototypes is None else np.asarray(prototypes, dtype=np.float64)
+    if protos is not None and (protos.ndim != 2 or protos.shape[1] != 2):
+        raise ValueError(f"prototypes must have shape [N, 2], got {protos.shape}")
+    n_cls = max(
+        int(y.max()) + 1 if m else 0,
+        0 if protos is None else len(protos),
+        0 if class_names is None else len(class_names),
+        1,
+    )
+    names = list(class_names or []) + [f"class {i}" for i in range(len(class_names or []), n_cls)]
+    colors = _class_colors(n_cls)
+    fig = _figure(7.5, 5.6)
+    ax = fig.subplots()
+    for c in range(n_cls):
+        sel = y == c
+        if sel.any():
+            label = names[c] if labels is not None else "embeddings"
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=28, color=colors[c], alpha=0.75,
+                       edgecolors="none", label=label)  # fmt: skip
+    if misclassified is not None:
+        wrong = np.asarray(misclassified, dtype=bool).reshape(-1)
+        if wrong.any():
+            ax.scatter(pts[wrong, 0], pts[wrong, 1], s=60, facecolors="none",
+                       edgecolors="black", linewidths=1.0, label="misclassified")  # fmt: skip
+    if protos is not None:
+        for c, (px, py) in enumerate(protos):
+            ax.scatter([px], [py], s=340, marker="*", color=colors[c], edgecolors="black",
+                       linewidths=1.2, zorder=3)  # fmt: skip
+        # one legend entry for all stars, in neutral grey
+        ax.scatter([], [], s=200, marker="*", color="lightgray", edgecolors="black",
+                   linewidths=1.2, label="prototype (class mean)")  # fmt: skip
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or f"Embeddings and prototypes ({method}, 2-D)")
+    return _save(fig, path)
+
+
+def plot_latency(
+    rows: Sequence[Mapping[str, Any]], path: PathLike, *, title: str | None = None
+) -> Path:
+    """Median latency (bars) and 99th percentile (whiskers) per runtime and batch size.
+
+    Args:
+        rows: ``{"runtime": str, "batch": int, "p50_ms": float, "p99_ms": float}`` each
+            (``p99_ms`` optional).
+        path: the PNG to write.
+    """
+    rows = [r for r in rows if r.get("p50_ms") is not None and not _isnan(r["p50_ms"])]
+    runtimes = list(dict.fromkeys(str(r["runtime"]) for r in rows))
+    batches = list(dict.fromkeys(r.get("batch") for r in rows))
+    colors = _class_colors(max(len(runtimes), 1))
+    height = 0.8 / max(len(runtimes), 1)
+    fig = _figure(8, max(2.6, 0.42 * len(rows) + 1.6))
+    ax = fig.subplots()
+    p50 = np.asarray([float(r["p50_ms"]) for r in rows]) if rows else np.ones(1)
+    labelled: set[int] = set()
+    for r in rows:
+        g, k = batches.index(r.get("batch")), runtimes.index(str(r["runtime"]))
+        ypos = g + (k - (len(runtimes) - 1) / 2) * height
+        mid = float(r["p50_ms"])
+        hi = r.get("p99_ms")
+        err = None
+        if hi is not None and not _isnan(hi) and float(hi) >= mid:
+            err = [[0.0], [float(hi) - mid]]
+        label = None if k in labelled else str(r["runtime"])
+        labelled.add(k)
+        ax.barh(ypos, mid, height=height * 0.9, color=colors[k], xerr=err, capsize=3,
+                label=label)  # fmt: skip
+        end = mid if err is None else mid + err[1][0]
+        ax.text(end, ypos, f"  {mid:.3g} ms", va="center", ha="left", fontsize=8)
+    ax.set_yticks(range(len(batches)), [f"batch {b}" for b in batches])
+    ax.invert_yaxis()
+    if p50.max() / max(p50.min(), 1e-12) > 30:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlim(right=ax.get_xlim()[1] * (3.0 if ax.get_xscale() == "log" else 1.2))
+    ax.set_xlabel("latency per batch (ms): bar = median, whisker = 99th percentile")
+    ax.grid(axis="x", alpha=0.3)
+    if rows:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or "Inference latency")
     return _save(fig, path)

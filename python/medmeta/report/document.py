@@ -1,0 +1,443 @@
+"""The report's content as plain blocks (sections of paragraphs, tables, figures...),
+built once from :class:`~medmeta.report.data.ReportData` and rendered to HTML and Markdown
+by :mod:`medmeta.report.html` and :mod:`medmeta.report.markdown`, so both formats carry the
+same text and numbers. Blocks hold unescaped text; each renderer escapes it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medmeta.eval.evaluate import EvalResult
+from medmeta.report.data import ReportData
+from medmeta.report.embedding import EmbeddingMap
+from medmeta.report.formatting import (
+    MISSING,
+    capitalize,
+    field_label,
+    field_value,
+    fmt_ci,
+    fmt_float,
+    fmt_ms,
+    fmt_pct,
+    is_missing,
+)
+
+__all__ = [
+    "Bullets",
+    "Code",
+    "Document",
+    "Figure",
+    "FigureGrid",
+    "KeyValues",
+    "Paragraph",
+    "Section",
+    "Table",
+    "Tile",
+    "Tiles",
+    "build_document",
+]
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+    muted: bool = False
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    pairs: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Table:
+    """``header`` ``[C]``, ``rows`` ``[R][C]``; ``numeric[c]`` right-aligns column c.
+
+    ``groups`` (optional) spans header cells: ``[(label, width), ...]`` covering the C
+    columns (empty label: no group). HTML draws them as a second header row; Markdown, which
+    has one header row, prefixes the group label to each column's header.
+    """
+
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+    caption: str | None = None
+    groups: list[tuple[str, int]] | None = None
+
+    def flat_header(self) -> list[str]:
+        """The header with group labels prefixed (``"3-way 5-shot: Sensitivity"``)."""
+        if not self.groups:
+            return list(self.header)
+        out, i = [], 0
+        for label, width in self.groups:
+            for h in self.header[i : i + width]:
+                out.append(f"{label}: {h}" if label else h)
+            i += width
+        return out + list(self.header[i:])
+
+
+@dataclass(frozen=True)
+class Figure:
+    """``src``: path relative to the report folder."""
+
+    src: str
+    caption: str
+    alt: str
+    number: int
+
+
+@dataclass(frozen=True)
+class FigureGrid:
+    """Figures shown side by side where the page is wide enough."""
+
+    figures: list[Figure]
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+
+
+@dataclass(frozen=True)
+class Tile:
+    label: str
+    value: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Tiles:
+    tiles: list[Tile]
+
+
+Block = Paragraph | Bullets | KeyValues | Table | Figure | FigureGrid | Code | Tiles
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    title: str
+    subtitle: str
+    sections: list[Section]
+
+
+GLOSSARY = [
+    "Accuracy: share of query images given the right class, averaged over episodes; "
+    "± is the 95% confidence interval of that mean (1.96 standard errors).",
+    "Sensitivity of a class: of the images truly of that class, the share recognised as it "
+    "(recall). Specificity: of the images of other classes, the share not given that class.",
+    "Balanced accuracy: mean sensitivity over classes (not inflated by frequent classes).",
+    "Macro-F1: mean over classes of the harmonic mean of precision and sensitivity.",
+    "AUROC: probability that the model scores a random image of a class above a random image "
+    "of another class (one-vs-rest, averaged); 0.5 is chance, 1.0 perfect ranking.",
+    "ECE (expected calibration error): average gap between the model's confidence and its "
+    "accuracy; 0 means a stated 80% confidence is right 80% of the time. "
+    "NLL and Brier score: lower is better.",
+]
+
+
+class _Figures:
+    """Numbers figures in order of appearance."""
+
+    def __init__(self, plots: Mapping[str, str]) -> None:
+        self.plots = plots
+        self.count = 0
+
+    def get(self, name: str, caption: str, alt: str) -> Figure | None:
+        if name not in self.plots:
+            return None
+        self.count += 1
+        return Figure(self.plots[name], caption, alt, self.count)
+
+
+def _chance(r: EvalResult) -> str:
+    return fmt_pct(1.0 / r.ways, 1) if r.ways else MISSING
+
+
+def _summary_tiles(data: ReportData) -> list[Tile]:
+    tiles: list[Tile] = []
+    for name, r in list(data.evaluations)[-2:]:
+        tiles.append(
+            Tile(
+                f"Accuracy, {name}",
+                fmt_ci(r.accuracy, r.ci95),
+                f"95% CI over {r.episodes} episodes; chance {_chance(r)}",
+            )
+        )
+    if data.evaluations:
+        name, r = list(data.evaluations)[-1]
+        tiles.append(
+            Tile(f"AUROC, {name}", fmt_float(r.auroc), "0.5 = chance, 1.0 = perfect ranking")
+        )
+    ad = data.adaptation or {}
+    if not is_missing(ad.get("accuracy")):
+        shots = ad.get("shots")
+        label = f"New {shots}-shot task" if shots is not None else "New task"
+        note = f"{ad['queries']} query images" if "queries" in ad else ""
+        tiles.append(Tile(label, fmt_pct(ad["accuracy"]), note))
+    ex = data.export or {}
+    if "edge_agreement" in ex and not is_missing(ex["edge_agreement"]):
+        note = "ONNX" + (f", opset {ex['opset']}" if "opset" in ex else "")
+        tiles.append(Tile("Edge runtime agreement", fmt_pct(ex["edge_agreement"]), note))
+    return tiles
+
+
+def _training_text(history: Sequence[Mapping[str, Any]]) -> str | None:
+    rows = [r for r in history if not is_missing(r.get("loss"))]
+    if not rows:
+        return None
+    last = rows[-1]
+    text = (
+        f"Meta-training ran to step {last['step']}: final training loss {fmt_float(last['loss'])}"
+    )
+    if not is_missing(last.get("accuracy")):
+        text += f", training-episode accuracy {fmt_pct(last['accuracy'], 1)}"
+    val = [r for r in history if not is_missing(r.get("val_accuracy"))]
+    if val:
+        best = max(val, key=lambda r: float(r["val_accuracy"]))
+        text += (
+            f"; best validation accuracy {fmt_ci(best['val_accuracy'], best.get('val_ci95'))} "
+            f"at step {best['step']}"
+        )
+    return text + "."
+
+
+def _metrics_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
+    header = ["Evaluation", "Episodes", "Accuracy (95% CI)", "Chance", "Balanced accuracy",
+              "Macro-F1", "AUROC", "ECE", "NLL", "Brier"]  # fmt: skip
+    rows = [
+        [
+            name,
+            str(r.episodes),
+            fmt_ci(r.accuracy, r.ci95),
+            _chance(r),
+            fmt_pct(r.balanced_accuracy),
+            fmt_float(r.macro_f1),
+            fmt_float(r.auroc),
+            fmt_float(r.ece),
+            fmt_float(r.nll),
+            fmt_float(r.brier),
+        ]
+        for name, r in evals
+    ]
+    return Table(header, rows, [False] + [True] * 9, "Metrics on episodes of held-out classes")
+
+
+def _per_class_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
+    classes: list[str] = []
+    for _, r in evals:
+        classes += [c for c in r.class_names if c not in classes]
+    header = ["Class"]
+    groups = [("", 1)]
+    for name, _ in evals:
+        header += ["Sensitivity", "Specificity"]
+        groups.append((name, 2))
+    header.append("Query images")
+    groups.append((evals[-1][0], 1))
+    rows = []
+    for c in classes:
+        row = [c]
+        for _, r in evals:
+            stats = r.per_class.get(c)
+            row += (
+                [fmt_pct(stats["sensitivity"], 1), fmt_pct(stats["specificity"], 1)]
+                if stats
+                else [MISSING, MISSING]
+            )
+        last = evals[-1][1].per_class.get(c)
+        row.append(str(last["support"]) if last else MISSING)
+        rows.append(row)
+    return Table(
+        header,
+        rows,
+        [False] + [True] * (len(header) - 1),
+        "Per-class sensitivity and specificity",
+        groups,
+    )
+
+
+def _latency_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    baseline = str(rows[0]["runtime"])
+    base_at = {
+        r.get("batch"): float(r["p50_ms"])
+        for r in rows
+        if str(r["runtime"]) == baseline and not is_missing(r.get("p50_ms"))
+    }
+    header = ["Runtime", "Batch", "Median (p50)", "99th percentile", "Median per image",
+              f"Speed-up vs {baseline}"]  # fmt: skip
+    out = []
+    for r in rows:
+        batch, p50 = r.get("batch"), r.get("p50_ms")
+        per_image = (
+            fmt_ms(float(p50) / batch)
+            if isinstance(batch, int) and batch > 0 and not is_missing(p50)
+            else MISSING
+        )
+        base = base_at.get(batch)
+        speed = (
+            f"{base / float(p50):.2f}×"
+            if base is not None and not is_missing(p50) and float(p50) > 0
+            else MISSING
+        )
+        out.append([str(r["runtime"]), str(batch if batch is not None else MISSING),
+                    fmt_ms(p50), fmt_ms(r.get("p99_ms")), per_image, speed])  # fmt: skip
+    return Table(header, out, [False, True, True, True, True, True], "Inference latency")
+
+
+def _fields(d: Mapping[str, Any]) -> KeyValues:
+    return KeyValues([(field_label(k), field_value(k, v)) for k, v in d.items() if v is not None])
+
+
+def _map_caption(data: ReportData, emb_map: EmbeddingMap | None) -> str:
+    assert data.embeddings is not None
+    n, dim = data.embeddings.shape
+    text = f"{n} query embeddings projected to 2-D by PCA"
+    if emb_map is not None:
+        ex = emb_map.explained
+        text += f" ({100 * ex[0]:.0f}% + {100 * ex[1]:.0f}% of the variance)"
+        if len(emb_map.points) < n:
+            text += f", {len(emb_map.points)} of them shown"
+    text += "."
+    if data.prototypes is not None:
+        text += (
+            " Stars are the class prototypes (means of the support embeddings), mapped the "
+            "same way."
+        )
+    if data.embedding_predictions is not None:
+        text += " Ringed points are misclassified."
+    return text + f" The map only approximates distances in the {dim}-dimensional embedding space."
+
+
+def build_document(
+    data: ReportData, plots: Mapping[str, str], emb_map: EmbeddingMap | None = None
+) -> Document:
+    """The report's sections from checked ``data``.
+
+    Args:
+        data: the report data (see :func:`~medmeta.report.data.check_report_data`).
+        plots: ``{name: path relative to the report folder}`` of the drawn figures
+            (``learning_curves``, ``confusion_matrix``, ``per_class``, ``reliability``,
+            ``embedding_map``, ``latency``); missing names are left out.
+        emb_map: the 2-D map of the embeddings (for its caption).
+    """
+    figs = _Figures(plots)
+    sections: list[Section] = []
+
+    summary = Section("summary", "Summary")
+    tiles = _summary_tiles(data)
+    if tiles:
+        summary.blocks.append(Tiles(tiles))
+    if data.summary:
+        summary.blocks.append(KeyValues([(capitalize(k), v) for k, v in data.summary]))
+    sections.append(summary)
+
+    if data.history:
+        sec = Section("training", "Meta-training")
+        text = _training_text(data.history)
+        if text:
+            sec.blocks.append(Paragraph(text))
+        fig = figs.get(
+            "learning_curves",
+            "Learning curves: training loss (left); accuracy on training episodes and on "
+            "validation episodes of held-out classes with its 95% CI (right).",
+            "learning curves",
+        )
+        if fig:
+            sec.blocks.append(fig)
+        sections.append(sec)
+
+    if data.evaluations:
+        evals = list(data.evaluations)
+        last_name, last = evals[-1]
+        sec = Section("evaluation", "Evaluation on held-out classes")
+        sec.blocks.append(
+            Paragraph(
+                "Each episode is a small classification task on cell types never seen during "
+                "meta-training: a few labelled examples per class (support), then new images "
+                "to classify (queries)."
+            )
+        )
+        sec.blocks.append(_metrics_table(evals))
+        sec.blocks.append(_per_class_table(evals))
+        grid: list[Figure] = []
+        for name, caption, alt in (
+            ("confusion_matrix",
+             f"Confusion matrix ({last_name}): rows are the true class, columns the predicted "
+             "class; each cell shows the share of the true class and, in brackets, the count.",
+             "confusion matrix"),
+            ("per_class",
+             f"Sensitivity and specificity of each class ({last_name}).",
+             "per-class sensitivity and specificity"),
+            ("reliability",
+             f"Reliability diagram ({last_name}, ECE {fmt_float(last.ece)}): accuracy of the "
+             "predictions in each confidence bin against the diagonal of perfect calibration; "
+             "below, the share of predictions per bin.",
+             "reliability diagram"),
+        ):  # fmt: skip
+            fig = figs.get(name, caption, alt)
+            if fig:
+                grid.append(fig)
+        if grid:
+            sec.blocks.append(FigureGrid(grid))
+        sec.blocks.append(Bullets(GLOSSARY, "How to read these numbers"))
+        sections.append(sec)
+
+    has_map = "embedding_map" in plots and data.embeddings is not None
+    if data.adaptation or has_map:
+        sec = Section("adaptation", "Adaptation to a new task")
+        if data.adaptation:
+            sec.blocks.append(_fields(data.adaptation))
+        if has_map:
+            fig = figs.get(
+                "embedding_map", _map_caption(data, emb_map), "2-D PCA map of embeddings"
+            )
+            if fig:
+                sec.blocks.append(fig)
+        sections.append(sec)
+
+    if data.export:
+        sections.append(Section("export", "Export and edge runtime", [_fields(data.export)]))
+
+    if data.latency:
+        sec = Section("latency", "Latency", [_latency_table(data.latency)])
+        fig = figs.get(
+            "latency",
+            "Latency per batch: bars show the median, whiskers reach the 99th percentile.",
+            "latency chart",
+        )
+        if fig:
+            sec.blocks.append(fig)
+        sections.append(sec)
+
+    if data.notes:
+        sections.append(Section("notes", "Notes and caveats", [Bullets(list(data.notes))]))
+
+    repro = Section("reproducibility", "Reproducibility")
+    if data.command:
+        repro.blocks.append(Code(data.command))
+    if data.versions:
+        repro.blocks.append(KeyValues(list(data.versions.items())))
+    repro.blocks.append(
+        Paragraph(
+            "The numbers of this report are in report.json next to it; figures are in plots/.",
+            muted=True,
+        )
+    )
+    sections.append(repro)
+
+    subtitle = f"Report created {data.created}" if data.created else ""
+    return Document(data.title, subtitle, sections)
