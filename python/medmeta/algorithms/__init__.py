@@ -18,6 +18,24 @@ from medmeta.algorithms import (  # noqa: F401  (importing registers each method
     reptile,
     siamese,
 )
-from medmeta.algorithms.base import Adapted, MetaLearner, StepResult, available, create, register
+from medmeta.algorithms.base import (
+    Adapted,
+    MetaLearner,
+    StepResult,
+    available,
+    build,
+    create,
+    register,
+    shape_arguments,
+)
 
-__all__ = ["Adapted", "MetaLearner", "StepResult", "available", "create", "register"]
+__all__ = [
+    "Adapted",
+    "MetaLearner",
+    "StepResult",
+    "available",
+    "build",
+    "create",
+    "register",
+    "shape_arguments",
+]

@@ -17,6 +17,7 @@ Learners are created by name with :func:`create` and rebuilt from checkpoints wi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -139,6 +140,72 @@ def create(name: str, backbone: nn.Module, ways: int, **hparams: Any) -> MetaLea
     return _REGISTRY[name](backbone, ways, **hparams)
 
 
+def shape_arguments(
+    backbone: nn.Module, input_shape: Sequence[int], num_classes: int | None = None
+) -> dict[str, Any]:
+    """The shape arguments methods may need, computed by running ``backbone`` once on zeros.
+
+    ``embedding_dim`` / ``feature_dim`` (D of the embeddings), ``input_shape``, ``num_classes``
+    (when given) and, for a backbone ending in ``Flatten`` (e.g. Conv4),
+    ``feature_shape`` ``(C, H, W)`` of its last feature maps (Relation Networks' conv module).
+    """
+    from medmeta.nn.layers import Flatten
+
+    was_training = backbone.training
+    backbone.eval()
+    p = next(backbone.parameters(), None)
+    probe = torch.zeros(2, *input_shape, dtype=p.dtype if p is not None else None,
+                        device=p.device if p is not None else None)  # fmt: skip
+    args: dict[str, Any] = {"input_shape": [int(s) for s in input_shape]}
+    try:
+        with torch.no_grad():
+            children = list(backbone.children())
+            if (
+                children
+                and isinstance(children[-1], Flatten)
+                and isinstance(backbone, nn.Sequential)
+            ):
+                maps = probe
+                for layer in children[:-1]:
+                    maps = layer(maps)
+                if maps.dim() == 4:
+                    args["feature_shape"] = [int(s) for s in maps.shape[1:]]
+                dim = int(maps[0].numel())
+            else:
+                dim = int(backbone(probe).shape[-1])
+    finally:
+        backbone.train(was_training)
+    args["embedding_dim"] = args["feature_dim"] = dim
+    if num_classes is not None:
+        args["num_classes"] = int(num_classes)
+    return args
+
+
+def build(
+    name: str,
+    backbone: nn.Module,
+    ways: int,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int | None = None,
+    **hparams: Any,
+) -> MetaLearner:
+    """:func:`create` with the shape arguments the method takes filled in from the backbone
+    (see :func:`shape_arguments`); explicit ``hparams`` win.
+
+    ``num_classes`` (the number of training classes) is needed by the supervised baseline.
+    """
+    import inspect
+
+    _import_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    accepted = inspect.signature(_REGISTRY[name]).parameters
+    shapes = shape_arguments(backbone, input_shape, num_classes)
+    if "num_classes" in accepted and "num_classes" not in hparams and num_classes is None:
+        raise ValueError(f"{name} needs num_classes (the number of training classes)")
+    kwargs = {k: v for k, v in shapes.items() if k in accepted}
+    return create(name, backbone, ways, **(kwargs | hparams))
 
 
 def _import_all() -> None:

@@ -270,7 +270,9 @@ def _describe(info: DatasetInfo) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, prog: str = "medmeta datasets"
+) -> int:
     """``medmeta datasets [NAME] [--all] [--license]``: list datasets or describe one.
 
     Writes to ``out`` (default: standard output) and returns the exit status.
@@ -281,7 +283,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         out.write(text + "\n")
 
     parser = argparse.ArgumentParser(
-        prog="medmeta datasets", description="List or describe medmeta's real datasets."
+        prog=prog, description="List or describe medmeta's real datasets."
     )
     parser.add_argument("name", nargs="?", help="describe this dataset")
     parser.add_argument(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from medmeta.algorithms.base import MetaLearner
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
@@ -92,15 +93,18 @@ def predict_episodes(
     episodes: int,
     batch_size: int,
     device: torch.device,
+    progress: bool = False,
 ) -> EpisodePredictions:
     """Run ``learner.predict`` (in eval mode) on ``episodes`` episodes of ``sampler``.
 
     Autograd stays enabled: optimisation-based learners adapt by gradient steps inside
-    ``predict``. The outputs are detached.
+    ``predict``. The outputs are detached. ``progress`` shows a tqdm bar over episodes.
     """
     was_training = learner.training
     learner.eval()
     logits, labels, classes = [], [], []
+    bar = tqdm(total=episodes, desc="evaluate", unit="episode", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
     try:
         for batch in iter_episodes(sampler, episodes, batch_size):
             b = batch.to(device)
@@ -114,7 +118,9 @@ def predict_episodes(
             logits.append(out.detach().float().cpu())
             labels.append(batch.query_y)
             classes.append(batch.classes)
+            bar.update(batch.batch_size)
     finally:
+        bar.close()
         learner.train(was_training)
     return EpisodePredictions(
         logits=torch.cat(logits),
@@ -135,6 +141,7 @@ def collect_predictions(
     seed: int = 0,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> EpisodePredictions:
     """Query logits of ``episodes`` seeded N-way K-shot Q-query episodes of ``dataset``.
 
@@ -148,7 +155,7 @@ def collect_predictions(
     sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=1, generator=seed)
     dev = torch.device(device)
     learner.to(dev)
-    return predict_episodes(learner, sampler, episodes, batch_size, dev)
+    return predict_episodes(learner, sampler, episodes, batch_size, dev, progress)
 
 
 @dataclass
@@ -246,6 +253,7 @@ def summarize(
     seed: int | None = None,
     temperature: float | None = None,
     bins: int = 15,
+    progress: bool = False,
 ) -> EvalResult:
     """All metrics of :class:`EvalResult` from collected predictions.
 
@@ -322,6 +330,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     temperature: float | None = None,
     bins: int = 15,
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate a learner on ``episodes`` seeded N-way K-shot Q-query episodes of ``test_set``.
 
@@ -339,6 +348,7 @@ def evaluate(
         temperature: divide the logits by it before the softmax (temperature scaling; see
             :func:`~medmeta.eval.calibration.fit_temperature`).
         bins: number of ECE bins.
+        progress: show a tqdm progress bar over the episodes.
 
     Returns:
         :class:`EvalResult`. Accuracy is averaged over episodes with CI ``1.96 std / sqrt(E)``;
@@ -363,6 +373,7 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        progress=progress,
     )
     result = summarize(
         preds, shots=shots, queries=queries, seed=seed, temperature=temperature, bins=bins
