@@ -165,15 +165,21 @@ def embed_episodes(
 
 def distance(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
     """Plain-torch distances ``x [n, D]``, ``y [N, D] -> [n, N]`` with the semantics of
-    :func:`medmeta.ops.pairwise_distance` (used by deployable heads: exports to ONNX)."""
-    dot = x @ y.t()
+    :func:`medmeta.ops.pairwise_distance` (used by deployable heads: exports to ONNX).
+
+    Squared distances are summed from the differences, not expanded as
+    ``|x|^2 + |y|^2 - 2 x.y``: the expansion cancels catastrophically when a query is near
+    a prototype, so two runtimes that sum in different orders (eager PyTorch and
+    onnxruntime) would disagree by ~1e-5 in probability; the differences agree to float32
+    rounding. A deployed head sees few prototypes, so the ``[n, N, D]`` temporary is small.
+    """
     if metric == "dot":
-        return -dot
-    xx = (x * x).sum(-1, keepdim=True)
-    yy = (y * y).sum(-1).unsqueeze(0)
+        return -(x @ y.t())
     if metric == "cosine":
-        return 1 - dot / (xx.sqrt().clamp_min(COSINE_EPS) * yy.sqrt().clamp_min(COSINE_EPS))
-    sq = (xx + yy - 2 * dot).clamp_min(0)
+        xx = (x * x).sum(-1, keepdim=True)
+        yy = (y * y).sum(-1).unsqueeze(0)
+        return 1 - (x @ y.t()) / (xx.sqrt().clamp_min(COSINE_EPS) * yy.sqrt().clamp_min(COSINE_EPS))
+    sq = (x.unsqueeze(1) - y.unsqueeze(0)).square().sum(-1)
     return sq if metric == "sqeuclidean" else sq.sqrt()
 
 

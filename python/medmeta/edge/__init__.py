@@ -1,0 +1,50 @@
+"""medmeta.edge: run exported models on a device with numpy and onnxruntime only.
+
+Importing this package never imports torch (a test runs it where ``import torch`` fails).
+
+* :class:`EdgeModel` -- load a medmeta ONNX file, preprocess raw inputs, predict calibrated
+  probabilities with out-of-distribution flags, enrol classes on the device, explain
+  predictions by their nearest support examples, save/restore the enrolment.
+* :class:`Preprocessing` -- the raw-input -> model-input spec shared with training.
+* :func:`read_metadata` -- the metadata of an exported file.
+
+Example::
+
+    from medmeta.edge import EdgeModel
+
+    model = EdgeModel("blood.embed.onnx")
+    model.enrol(support_images, ["basophil"] * 5 + ["eosinophil"] * 5)   # uint8 [10, 28, 28, 3]
+    pred = model.predict(images)               # labels, names, probabilities, ood flags
+    why = model.explain(images[:1], k=3)       # nearest support examples and distances
+    model.save("device-enrolment.npz")
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from medmeta.edge.enrol import Enrolment
+from medmeta.edge.kernels import NativeCoreError
+from medmeta.edge.preprocess import Preprocessing
+from medmeta.edge.results import Explanation, Neighbour, Prediction
+from medmeta.edge.runtime import EdgeModel
+from medmeta.edge.schema import EdgeError, EdgeModelError
+
+__all__ = [
+    "EdgeError",
+    "EdgeModel",
+    "EdgeModelError",
+    "Enrolment",
+    "Explanation",
+    "NativeCoreError",
+    "Neighbour",
+    "Prediction",
+    "Preprocessing",
+    "read_metadata",
+]
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated medmeta metadata of an exported ONNX file (see :mod:`.schema`)."""
+    return EdgeModel.read_metadata(path)

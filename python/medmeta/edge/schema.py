@@ -1,0 +1,141 @@
+"""The medmeta ONNX metadata format (numpy only; written by :mod:`medmeta.export`).
+
+An exported file carries one ``metadata_props`` entry, key :data:`METADATA_KEY`, whose value
+is a JSON document::
+
+    format            "medmeta-onnx"
+    schema_version    1 (readers refuse newer versions)
+    role              "classifier" | "embedder" | "head"
+    medmeta_version, torch_version, exporter ("dynamo" | "torchscript"), opset, precision
+    algorithm         the learner's name, or null
+    class_names       [N] names, in output order
+    input_name, outputs   graph input name, output names in order
+    input_shape       model input without the batch axis (head: [D])
+    preprocessing     Preprocessing.to_dict() (null for the head)
+    temperature       calibration temperature T: probabilities = softmax(logits / T)
+    evaluation        {"accuracy", "ci95", ...} or null
+    weights_sha256    SHA-256 of the graph's weight tensors (medmeta.export.metadata)
+    metric            distance of the "distances" output, or null when there is none
+    embedding_dim     D of the "embeddings" output (or the embedder's output), or null
+    enrolment         {"prototypes", "support_embeddings", "support_labels", "ood"} or null
+    head_file, head_sha256          (embedder) the sibling head file and its bytes' SHA-256
+    embedder_weights_sha256         (head) the weights hash of its embedder
+    head_temperature  (embedder, head) the learner's own logit temperature
+
+Arrays inside (prototypes, support embeddings) are ``{"dtype", "shape", "base64"}`` with
+little-endian raw bytes, so float32 values round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT",
+    "METADATA_KEY",
+    "ROLES",
+    "SCHEMA_VERSION",
+    "EdgeError",
+    "EdgeModelError",
+    "decode_array",
+    "encode_array",
+    "parse_metadata",
+]
+
+METADATA_KEY = "medmeta"
+FORMAT = "medmeta-onnx"
+SCHEMA_VERSION = 1
+ROLES = ("classifier", "embedder", "head")
+_REQUIRED = (
+    "role",
+    "medmeta_version",
+    "class_names",
+    "input_name",
+    "outputs",
+    "input_shape",
+    "temperature",
+    "weights_sha256",
+)
+_DTYPES = ("float32", "float64", "int64")
+
+
+class EdgeError(ValueError):
+    """Base class of the edge runtime's file errors (bad inputs raise ValueError/TypeError)."""
+
+
+class EdgeModelError(EdgeError):
+    """A model or enrolment file is corrupt, truncated, foreign (not a medmeta export) or
+    inconsistent with its metadata or its model."""
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """``{"dtype", "shape", "base64"}`` of a float32/float64/int64 array (exact)."""
+    a = np.asarray(array)
+    if a.dtype.name not in _DTYPES:
+        raise TypeError(f"encode_array: dtype must be one of {_DTYPES}, got {a.dtype}")
+    raw = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+    return {"dtype": a.dtype.name, "shape": list(a.shape), "base64": base64.b64encode(raw).decode()}
+
+
+def decode_array(data: Any, name: str = "array") -> np.ndarray:
+    """Inverse of :func:`encode_array`; a writable native-endian copy. Errors name ``name``."""
+    try:
+        dtype = np.dtype(data["dtype"])
+        shape = tuple(int(s) for s in data["shape"])
+        raw = base64.b64decode(data["base64"], validate=True)
+    except (KeyError, TypeError, ValueError) as err:
+        raise EdgeModelError(f"metadata '{name}': not an encoded array ({err})") from err
+    if dtype.name not in _DTYPES:
+        raise EdgeModelError(f"metadata '{name}': dtype must be one of {_DTYPES}, got {dtype}")
+    if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise EdgeModelError(
+            f"metadata '{name}': {len(raw)} bytes do not hold shape {list(shape)} of {dtype}"
+        )
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+
+
+def parse_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
+    """Validate the metadata of the file ``source`` (its ``metadata_props`` as a dict).
+
+    Raises:
+        EdgeModelError: no medmeta entry (a foreign ONNX model), invalid JSON, another
+            format, a newer schema version, an unknown role or missing keys.
+    """
+    if METADATA_KEY not in props:
+        raise EdgeModelError(
+            f"{source}: not a medmeta model: no {METADATA_KEY!r} metadata entry (a foreign "
+            "ONNX file? export models with medmeta.export.to_onnx)"
+        )
+    try:
+        meta = json.loads(props[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise EdgeModelError(
+            f"{source}: the {METADATA_KEY!r} metadata is not JSON ({err})"
+        ) from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise EdgeModelError(f"{source}: metadata format must be {FORMAT!r}, got {got!r}")
+    version = meta.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise EdgeModelError(f"{source}: invalid metadata schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise EdgeModelError(
+            f"{source}: metadata schema_version {version} is newer than this runtime's "
+            f"{SCHEMA_VERSION}; upgrade medmeta"
+        )
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise EdgeModelError(f"{source}: metadata lacks required keys {missing}")
+    if meta["role"] not in ROLES:
+        raise EdgeModelError(
+            f"{source}: metadata role must be one of {ROLES}, got {meta['role']!r}"
+        )
+    names = meta["class_names"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise EdgeModelError(f"{source}: metadata class_names must be a list of strings")
+    return meta

@@ -1,0 +1,25 @@
+"""medmeta.export: adapted models out of PyTorch, into self-contained ONNX files.
+
+* :func:`to_onnx` -- the classifier form (calibrated probabilities, with distances and
+  embeddings where the learner has an embedding space) and the enrolment form (embedding
+  network + prototype head, so a device can enrol classes), with medmeta metadata.
+* :mod:`medmeta.export.metadata` -- reading the metadata back, the weights SHA-256.
+* :mod:`medmeta.export.quantize` -- int8 static quantization (``to_onnx(..., int8=True)``).
+
+The files run without torch in :mod:`medmeta.edge`.
+"""
+
+from __future__ import annotations
+
+from medmeta.export.metadata import read_metadata, verify_weights, weights_sha256
+from medmeta.export.onnx import ExportError, ExportResult, export_graph, to_onnx
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "export_graph",
+    "read_metadata",
+    "to_onnx",
+    "verify_weights",
+    "weights_sha256",
+]
