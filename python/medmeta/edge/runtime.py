@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from medmeta._files import atomic_write_bytes
 from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, Enrolment, build_enrolment
-from medmeta.edge.files import atomic_write_bytes
 from medmeta.edge.kernels import pairwise_distances
 from medmeta.edge.preprocess import Preprocessing
 from medmeta.edge.results import Explanation, Neighbour, Prediction

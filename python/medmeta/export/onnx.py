@@ -43,9 +43,9 @@ from torch import nn
 
 import medmeta
 from medmeta import ops
+from medmeta._files import atomic_write_bytes
 from medmeta.algorithms.base import Adapted, MetaLearner
 from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, build_enrolment
-from medmeta.edge.files import atomic_write_bytes
 from medmeta.edge.preprocess import Preprocessing
 from medmeta.edge.schema import FORMAT, SCHEMA_VERSION, encode_array
 from medmeta.export import graphs
@@ -134,16 +134,24 @@ def _export_dynamo(
         }
         for name in input_names
     )
-    program = torch.onnx.export(
-        module,
-        args,
-        dynamo=True,
-        dynamic_shapes=shapes,
-        opset_version=opset,
-        input_names=input_names,
-        output_names=output_names,
-        verbose=False,
-    )
+    # the exporter warns once per torchvision op when torchvision is absent; medmeta's
+    # graphs use none of them, so those lines are noise for the user
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            verbose=False,
+        )
+    finally:
+        registration.setLevel(level)
     return program.model_proto
 
 

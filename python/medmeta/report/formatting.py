@@ -75,7 +75,7 @@ _LABELS = {
     "path": "File",
     "size_mb": "Size",
     "opset": "ONNX opset",
-    "parity_max_abs_diff": "Largest difference from PyTorch (logits)",
+    "parity_max_abs_diff": "Largest probability difference from PyTorch",
     "edge_agreement": "Edge runtime agrees with PyTorch",
     "quantized": "Quantised",
     "seed": "Seed",
@@ -84,8 +84,13 @@ _LABELS = {
     "edge_accuracy": "Edge runtime accuracy",
     "int8_path": "Int8 model file",
     "int8_size_mb": "Int8 model size",
-    "enrolment_max_abs_diff": "Enrolment model: largest difference from PyTorch",
-    "enrolment_prototype_max_abs_diff": "Enrolment prototypes: largest difference from PyTorch",
+    "enrolment_max_abs_diff": "Enrolment on the device: largest probability difference",
+    "enrolment_prototype_max_abs_diff": "Enrolment on the device: largest prototype difference",
+    "int8_max_abs_prob_diff": "Int8: largest probability difference from float",
+    "int8_top1_agreement": "Int8: top-1 agreement with float",
+    "int8_float_accuracy": "Float32 accuracy (task queries)",
+    "int8_int8_accuracy": "Int8 accuracy (task queries)",
+    "int8_accuracy_change": "Int8 accuracy change (points)",
 }
 
 _PERCENT_HINTS = ("accuracy", "agreement", "sensitivity", "specificity", "rate")

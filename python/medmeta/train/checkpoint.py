@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from medmeta._files import atomic_write_bytes
 
 __all__ = [
     "FORMAT",
@@ -68,44 +69,6 @@ def check_plain(obj: Any, where: str = "checkpoint") -> None:
             f"{where}: {kind.__module__}.{kind.__qualname__} cannot be stored in a "
             "weights_only checkpoint (use tensors and plain Python data)"
         )
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL on a fresh random name, mode 0o666 filtered by the umask (mkstemp would
-    # make the file owner-only)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-    return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:

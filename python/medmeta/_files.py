@@ -1,5 +1,5 @@
-"""Atomic file writes without torch (the edge twin of
-:func:`medmeta.train.checkpoint.atomic_write_bytes`, which imports torch)."""
+"""Atomic file writes, torch-free so that the edge runtime, the report and the checkpoints
+share one implementation."""
 
 from __future__ import annotations
 

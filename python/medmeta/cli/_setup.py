@@ -1,0 +1,168 @@
+"""What ``train`` and ``demo`` share: preprocessing inferred from the data, the backbone and
+the learner built from flags, and devices."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medmeta.cli._errors import UsageError
+from medmeta.data import ArrayDataset, DataError
+
+BACKBONES = ("conv4", "resnet12", "mlp", "conv1d")
+
+
+def data_kind(x: Any) -> str:
+    """``"image"`` for ``[N, H, W]`` / ``[N, H, W, C]`` / ``[N, C, H, W]`` arrays,
+    ``"vector"`` for ``[N, F]``."""
+    ndim = np.ndim(x) if not hasattr(x, "dim") else x.dim()
+    if ndim in (3, 4):
+        return "image"
+    if ndim == 2:
+        return "vector"
+    raise DataError(
+        f"expected images [N, H, W(, C)] or vectors [N, F], got shape {tuple(x.shape)}", "data"
+    )
+
+
+def image_geometry(x: Any) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of stored images (channels-last or channels-first)."""
+    shape = tuple(int(s) for s in x.shape[1:])
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return min(shape[-1], 3), shape[0], shape[1]
+    return min(shape[0], 3), shape[1], shape[2]
+
+
+def make_preprocessing(
+    ds: ArrayDataset, *, image_size: int | None, channels: int | None, backbone: str
+) -> Any:
+    """The :class:`medmeta.edge.Preprocessing` for this data: images resized to
+    ``image_size`` (default: their own size) with ``channels`` channels (default: their own);
+    vectors as they are (``[1, F]`` series for the 1-D CNN)."""
+    from medmeta.edge.preprocess import Preprocessing
+
+    kind = data_kind(ds.x)
+    if kind == "image":
+        c, h, w = image_geometry(ds.x)
+        if image_size is None and h != w:
+            raise UsageError(f"images are {h}x{w}; give --image-size to resize them to a square")
+        size = image_size or h
+        return Preprocessing.for_images((channels or c, size, size))
+    features = int(ds.x.shape[1])
+    if backbone == "conv1d":
+        return Preprocessing.for_series((1, features))
+    return Preprocessing.for_vectors(features)
+
+
+def preprocess_dataset(ds: ArrayDataset, preprocessing: Any) -> ArrayDataset:
+    """``ds`` with its inputs run through ``preprocessing`` (float32 ``[N, *input_shape]``)."""
+    x = preprocessing(np.asarray(ds.x))
+    return ArrayDataset(
+        x,
+        ds.labels,
+        class_names=list(ds.class_names),
+        groups=ds.groups,
+        meta=dict(ds.meta),
+    )
+
+
+def default_backbone(kind: str) -> str:
+    return "conv4" if kind == "image" else "mlp"
+
+
+def backbone_spec(name: str, input_shape: Sequence[int], width: str | None) -> dict[str, Any]:
+    """``{"name", "input_shape", "kwargs"}`` for :func:`medmeta.nn.make_backbone` from the
+    ``--width`` flag (conv4: one int; resnet12, mlp, conv1d: comma-separated widths)."""
+    if name not in BACKBONES:
+        raise UsageError(f"--backbone must be one of {', '.join(BACKBONES)}, got {name!r}")
+    kwargs: dict[str, Any] = {}
+    if width:
+        try:
+            widths = [int(w) for w in str(width).split(",") if w.strip()]
+        except ValueError as err:
+            raise UsageError(
+                f"--width must be integers separated by commas, got {width!r}"
+            ) from err
+        if not widths or min(widths) < 1:
+            raise UsageError(f"--width must be positive integers, got {width!r}")
+        if name == "conv4":
+            if len(widths) != 1:
+                raise UsageError("--width for conv4 is one number of channels")
+            kwargs["hidden"] = widths[0]
+        elif name == "mlp":
+            kwargs["hidden"] = widths
+        else:
+            kwargs["channels"] = widths
+    return {"name": name, "input_shape": [int(s) for s in input_shape], "kwargs": kwargs}
+
+
+def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["inner_steps=3", "metric=cosine"]`` -> ``{"inner_steps": 3, "metric": "cosine"}``."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--param takes KEY=VALUE, got {pair!r}")
+        try:
+            value: Any = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            value = raw.strip()
+        out[key.strip()] = value
+    return out
+
+
+def build_learner(
+    algorithm: str,
+    spec: dict[str, Any],
+    ways: int,
+    num_classes: int,
+    params: dict[str, Any],
+    seed: int,
+) -> Any:
+    """The learner with a backbone made from ``spec``, initialised from ``seed``."""
+    import torch
+
+    from medmeta import algorithms
+    from medmeta.nn import make_backbone
+
+    if algorithm not in algorithms.available():
+        raise UsageError(
+            f"--algorithm must be one of {', '.join(algorithms.available())}, got {algorithm!r}"
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = make_backbone(spec["name"], spec["input_shape"], **spec["kwargs"])
+        try:
+            return algorithms.build(
+                algorithm, backbone, ways, input_shape=spec["input_shape"],
+                num_classes=num_classes, **params,
+            )  # fmt: skip
+        except TypeError as err:
+            raise UsageError(f"--param: {err}") from err
+
+
+def resolve_device(name: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``; a usage error when CUDA is asked for but absent."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is available (use --device cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return name
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)

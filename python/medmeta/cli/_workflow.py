@@ -1,0 +1,307 @@
+"""The steps behind the commands, as functions: train a model folder, evaluate it, adapt
+it to a support set, export it. The demo chains the same functions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta import __version__
+from medmeta.cli import _data, _setup
+from medmeta.cli._errors import UsageError
+from medmeta.cli._model import TrainedModel, load_model, save_adapted, write_card
+from medmeta.data import ArrayDataset, DataError
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainOutcome:
+    """What :func:`train_model` made."""
+
+    folder: Path
+    card: dict[str, Any]
+    fit: Any  # medmeta.train.FitResult
+    train_set: ArrayDataset
+    val_set: ArrayDataset | None
+    preprocessing: Any
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        return {
+            "model": str(self.folder),
+            "algorithm": self.card["algorithm"],
+            "steps": self.fit.last_step,
+            "final_train_accuracy": self.fit.history[-1]["accuracy"] if self.fit.history else None,
+            "best_step": self.fit.best_step,
+            "val_accuracy": self.fit.best_accuracy,
+            "val_ci95": self.fit.best_ci95,
+            "temperature": self.card.get("temperature"),
+            "seconds": round(seconds, 2),
+        }
+
+    def describe(self) -> str:
+        lines = [
+            f"trained {self.card['algorithm']} for {self.fit.last_step} steps -> {self.folder}"
+        ]
+        if self.fit.history:
+            last = self.fit.history[-1]
+            lines.append(
+                f"  last training episodes: loss {last['loss']:.3f}, accuracy {100 * last['accuracy']:.1f}%"
+            )
+        if self.fit.best_accuracy is not None:
+            lines.append(
+                f"  best validation: {100 * self.fit.best_accuracy:.1f} ± {100 * self.fit.best_ci95:.1f}% "
+                f"at step {self.fit.best_step}; temperature {self.card.get('temperature'):.3g}"
+            )
+        return "\n".join(lines)
+
+
+def train_model(
+    *,
+    data: str | ArrayDataset,
+    classes: str | None,
+    val_classes: str | None,
+    algorithm: str,
+    params: dict[str, Any],
+    ways: int,
+    shots: int,
+    queries: int,
+    steps: int,
+    meta_batch: int,
+    lr: float,
+    backbone: str | None,
+    width: str | None,
+    image_size: int | None,
+    channels: int | None,
+    val_every: int,
+    val_episodes: int,
+    seed: int,
+    device: str,
+    out: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    command: str | None = None,
+    val_set: ArrayDataset | None = None,
+) -> TrainOutcome:
+    """Meta-train ``algorithm`` on the ``classes`` of ``data`` and write a model folder.
+
+    Validation (and temperature scaling) uses ``val_classes`` of ``data`` or an explicit
+    ``val_set`` (raw examples, preprocessed here).
+    """
+    from medmeta.eval import fit_temperature
+    from medmeta.train import meta_fit
+
+    raw = _data.load_dataset(data) if isinstance(data, str) else data
+    train_raw = _data.select_classes(raw, classes)
+    if val_set is None and val_classes:
+        val_set = _data.select_classes(raw, val_classes, "--val-classes")
+        overlap = set(_data.present_classes(val_set)) & set(_data.present_classes(train_raw))
+        if overlap:
+            names = [raw.class_names[c] for c in sorted(overlap)]
+            raise UsageError(f"--val-classes overlap --classes: {names}")
+    kind = _setup.data_kind(raw.x)
+    backbone = backbone or _setup.default_backbone(kind)
+    pre = _setup.make_preprocessing(
+        raw, image_size=image_size, channels=channels, backbone=backbone
+    )
+    train_set = _setup.preprocess_dataset(train_raw, pre)
+    val = _setup.preprocess_dataset(val_set, pre) if val_set is not None else None
+    n_train = len(_data.present_classes(train_set))
+    if ways > n_train:
+        raise DataError(
+            f"--ways {ways} needs {ways} training classes, the selection has {n_train}", "--ways"
+        )
+    val_ways = None
+    if val is not None:
+        val_ways = min(ways, len(_data.present_classes(val)))
+        if val_ways < 2:
+            raise DataError("validation needs at least 2 classes", "--val-classes")
+    spec = _setup.backbone_spec(backbone, pre.input_shape, width)
+    learner = _setup.build_learner(algorithm, spec, ways, raw.num_classes, params, seed)
+    folder = Path(out)
+    fit = meta_fit(
+        learner, train_set, val, ways=ways, shots=shots, queries=queries, steps=steps,
+        meta_batch=meta_batch, seed=seed, lr=lr, out_dir=folder, val_every=min(val_every, steps),
+        val_episodes=val_episodes, val_ways=val_ways, device=device, progress=progress,
+        resume=resume, backbone_spec=spec, log_every=max(1, min(50, steps // 30)),
+    )  # fmt: skip
+    temperature = None
+    if val is not None:
+        temperature = fit_temperature(
+            learner, val, ways=val_ways, shots=shots, queries=queries,
+            episodes=val_episodes, seed=seed + 2, device=device,
+        )  # fmt: skip
+    card = {
+        "kind": "trained",
+        "algorithm": algorithm,
+        "hparams": learner.spec()["hparams"],
+        "backbone": spec,
+        "preprocessing": pre.to_dict(),
+        "episodes": {"ways": ways, "shots": shots, "queries": queries},
+        "training": {
+            "data": raw.meta.get("name", str(data)),
+            "classes": [raw.class_names[c] for c in _data.present_classes(train_set)],
+            "val_classes": [raw.class_names[c] for c in _data.present_classes(val)] if val is not None else [],
+            "steps": fit.last_step, "meta_batch": meta_batch, "lr": lr, "seed": seed,
+            "best_step": fit.best_step, "val_accuracy": fit.best_accuracy, "val_ci95": fit.best_ci95,
+        },
+        "temperature": temperature,
+        "checkpoint": "best.pt" if fit.best_path is not None else "last.pt",
+        "medmeta_version": __version__,
+        "command": command,
+    }  # fmt: skip
+    write_card(folder, card)
+    _learning_curves(fit, folder)
+    return TrainOutcome(folder, card, fit, train_set, val, pre)
+
+
+def _learning_curves(fit: Any, folder: Path) -> Path | None:
+    try:
+        from medmeta.eval.plots import plot_learning_curves
+
+        return plot_learning_curves(fit.history, folder / "learning_curves.png")
+    except ImportError:  # matplotlib is optional
+        logger.info("matplotlib is not installed; no learning-curve plot")
+        return None
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def task_data(model: TrainedModel, data: str | ArrayDataset, classes: str | None) -> ArrayDataset:
+    """``classes`` of ``data``, preprocessed the way ``model`` was trained."""
+    raw = _data.load_dataset(data) if isinstance(data, str) else data
+    return _setup.preprocess_dataset(_data.select_classes(raw, classes), model.preprocessing)
+
+
+def evaluate_model(
+    model: TrainedModel,
+    test_set: ArrayDataset,
+    *,
+    ways: int | None,
+    shots: int,
+    queries: int,
+    episodes: int,
+    seed: int,
+    temperature: float | None,
+    device: str,
+    progress: bool = True,
+) -> Any:
+    """:func:`medmeta.eval.evaluate` on preprocessed ``test_set`` (``ways`` default: every
+    class of the test set, at most the model's ways)."""
+    from medmeta.eval import evaluate
+
+    n = len(_data.present_classes(test_set))
+    ways = ways or min(n, model.learner.ways)
+    if ways > n:
+        raise DataError(f"--ways {ways} needs {ways} classes, the data has {n}", "--ways")
+    if ways != model.learner.ways and model.card["algorithm"] in FIXED_WAYS:
+        raise UsageError(
+            f"{model.card['algorithm']} was trained for {model.learner.ways}-way tasks; "
+            f"evaluate with --ways {model.learner.ways}"
+        )
+    with task_ways(model.learner, ways):
+        return evaluate(
+            model.learner, test_set, ways=ways, shots=shots, queries=queries,
+            episodes=episodes, seed=seed, device=device, temperature=temperature,
+            progress=progress,
+        )  # fmt: skip
+
+
+#: Methods whose output layer has a fixed number of classes (MAML family, SNAIL).
+FIXED_WAYS = ("maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp", "snail")
+
+
+# ----------------------------------------------------------------------------- adaptation
+
+
+@dataclass
+class AdaptOutcome:
+    """A model adapted to one task, with its accuracy on the task's other examples."""
+
+    adapted: Any  # medmeta.algorithms.Adapted
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    class_names: list[str]
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    accuracy: float | None
+    support_index: np.ndarray
+    query_index: np.ndarray
+    folder: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def adapt_model(
+    model: TrainedModel,
+    task: ArrayDataset,
+    *,
+    shots: int | None,
+    seed: int,
+    out: str | Path | None,
+    device: str = "cpu",
+) -> AdaptOutcome:
+    """Adapt to ``shots`` seeded examples of every class of preprocessed ``task``; the
+    remaining examples measure the adapted classifier's accuracy."""
+    s_idx, s_lab, rest, classes = _data.support_split(task, shots, seed)
+    if len(classes) != model.learner.ways and model.card["algorithm"] in FIXED_WAYS:
+        raise DataError(
+            f"{model.card['algorithm']} adapts to {model.learner.ways}-way tasks; the support "
+            f"set has {len(classes)} classes (select them with --classes)",
+            "support",
+        )
+    x = torch.as_tensor(_data.as_numpy(task.x))
+    sx, sy = x[s_idx].to(device), torch.as_tensor(s_lab, device=device)
+    names = [task.class_names[c] for c in classes]
+    learner = model.learner.to(device)
+    with task_ways(learner, len(classes)):
+        adapted = learner.adapt(sx, sy).eval()
+    qx = x[rest]
+    qy = torch.as_tensor(_data.relabel(task.labels[rest], classes))
+    accuracy = None
+    if len(rest):
+        with torch.inference_mode():
+            logits = torch.cat(
+                [adapted(qx[i : i + 256].to(device)).cpu() for i in range(0, len(qx), 256)]
+            )
+        accuracy = float((logits.argmax(-1) == qy).float().mean())
+    folder = None
+    info = {"classes": names, "shots": int(np.bincount(s_lab).min()), "seed": seed,
+            "held_out_examples": len(rest), "held_out_accuracy": accuracy}  # fmt: skip
+    if out is not None:
+        folder = save_adapted(model, out, sx, sy, names, info)
+    return AdaptOutcome(adapted, sx.cpu(), sy.cpu(), names, qx, qy, accuracy, s_idx, rest,
+                        folder, info)  # fmt: skip
+
+
+class task_ways:
+    """Temporarily set a learner's ``ways`` to the task's class count (metric learners
+    classify any N; methods in :data:`FIXED_WAYS` are checked before)."""
+
+    def __init__(self, learner: Any, ways: int) -> None:
+        self.learner, self.ways, self.saved = learner, ways, learner.ways
+
+    def __enter__(self) -> None:
+        self.learner.ways = self.ways
+
+    def __exit__(self, *exc: object) -> None:
+        self.learner.ways = self.saved
+
+
+def load(folder: str | Path, device: str = "cpu") -> TrainedModel:
+    return load_model(folder, device)
+
+
+def readapt(model: TrainedModel) -> Any:
+    """The classifier of an adapted folder, rebuilt from its stored support set."""
+    support_x, support_y, names = model.support()
+    with task_ways(model.learner, len(names)):
+        return model.learner.adapt(support_x, support_y).eval()

@@ -1,0 +1,54 @@
+"""``medmeta adapt``: adapt a trained model to a new labelled support set."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from medmeta.cli import _data, _setup
+from medmeta.cli._config import make_parser, parse_args
+
+EPILOG = """examples:
+  medmeta adapt --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 --out runs/adapted
+  medmeta adapt --model runs/maml --support new_site/ --out runs/new_site   # every image is support
+
+With --shots K, K seeded examples of each class form the support set and the remaining
+examples measure the adapted classifier's accuracy. The output folder stands alone:
+`medmeta export --model runs/adapted --out model.onnx` ships it.
+"""
+
+
+def build_parser(prog: str) -> object:
+    p = make_parser(
+        prog, "Adapt a trained model to a new task from a few labelled examples.", EPILOG
+    )
+    p.add_argument("--model", required=True, help="model folder from `medmeta train`")
+    p.add_argument("--support", required=True, help="the labelled task data: " + _data.DATA_HELP)
+    p.add_argument("--classes", help="the task's classes; " + _data.CLASSES_HELP)
+    p.add_argument("--shots", type=int, help="support examples per class (default: all examples)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the choice of support examples")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--out", required=True, help="adapted model folder to write")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p
+
+
+def main(argv: Sequence[str], prog: str = "medmeta adapt") -> int:
+    args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
+    from medmeta.cli import _workflow
+
+    device = _setup.resolve_device(args.device)
+    model = _workflow.load(args.model, device)
+    task = _workflow.task_data(model, args.support, args.classes)
+    outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed,
+                                    out=args.out, device=device)  # fmt: skip
+    info = {"model": str(outcome.folder), **outcome.extra}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"adapted {model.card['algorithm']} to {len(outcome.class_names)} classes "
+              f"({', '.join(outcome.class_names)}), {info['shots']} shots each -> {outcome.folder}")  # fmt: skip
+        if outcome.accuracy is not None:
+            print(f"  accuracy on the {info['held_out_examples']} other examples: "
+                  f"{100 * outcome.accuracy:.1f}%")  # fmt: skip
+    return 0
