@@ -673,17 +673,6 @@ def _quantize(
     quantize.quantize_onnx(source, int8_path, calib)
     inputs = sx.numpy() if sx is not None else calib
     labels = sy.numpy() if sx is not None and source == result.classifier else None
+    # quantize_onnx already gave the int8 file its own metadata (precision, weights hash)
     result.parity = quantize.parity_report(source, int8_path, inputs, labels)
-    _tag_int8(int8_path, result.metadata)
     result.int8 = int8_path
-
-
-def _tag_int8(path: Path, float_meta: dict[str, Any]) -> None:
-    """Give the int8 file its float twin's metadata with its own precision and weights hash."""
-    model = onnx.load(os.fspath(path))
-    meta = {k: v for k, v in float_meta.items() if k not in ("format", "schema_version")}
-    meta["precision"] = "int8"
-    meta["float_weights_sha256"] = float_meta["weights_sha256"]
-    meta["weights_sha256"] = weights_sha256(model)
-    set_metadata(model, meta)
-    atomic_write_bytes(path, model.SerializeToString())

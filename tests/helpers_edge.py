@@ -1,0 +1,92 @@
+"""Shared set-up of the quantization and distillation tests: real blood-cell images (PBC),
+meta-train on 5 cell types, hold out the other 3, and briefly trained Conv4 learners.
+
+Trained learners are cached per process (``lru_cache``): tests must not train them further.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medmeta import algorithms
+from medmeta.algorithms.base import MetaLearner
+from medmeta.data import ArrayDataset, as_features, load, split_classes
+from medmeta.nn import Conv4
+from medmeta.train import meta_fit
+
+TRAIN_CLASSES = [0, 1, 2, 3, 4]
+TEST_CLASSES = [5, 6, 7]
+WAYS, SHOTS = 3, 5
+
+
+@functools.lru_cache(maxsize=1)
+def blood_split() -> tuple[ArrayDataset, ArrayDataset]:
+    """(meta-train set: 5 cell types, held-out set: 3 other cell types), 600 images each."""
+    return tuple(split_classes(load("pbc_blood"), classes=[TRAIN_CLASSES, TEST_CLASSES]))
+
+
+@functools.lru_cache(maxsize=4)
+def trained_protonet(steps: int = 20, hidden: int = 64) -> MetaLearner:
+    """A 3-way Prototypical Network on ``Conv4(hidden)`` meta-trained for ``steps`` steps
+    (meta-batch 2, 3-way 5-shot 10-query episodes, seed 0): about 3 s at hidden 64."""
+    train, _ = blood_split()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        learner = algorithms.create("protonet", Conv4(3, hidden=hidden), ways=WAYS)
+    with one_thread():
+        meta_fit(learner, train, ways=WAYS, shots=SHOTS, queries=10, steps=steps,
+                 meta_batch=2, seed=0, progress=False)  # fmt: skip
+    return learner.eval()
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread: on a shared, loaded machine small models train faster so
+    (OpenMP threads waiting for a preempted sibling cost more than they give)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class HeldOutTask:
+    """One task on the held-out classes: a support set and every other image as a query.
+
+    ``support_x [N*K, 3, 28, 28]`` float32 in [0, 1] (class-major), ``support_y [N*K]``,
+    ``query_x [M, 3, 28, 28]``, ``query_y [M]`` (episode labels in ``[0, N)``).
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+
+@functools.lru_cache(maxsize=4)
+def held_out_task(seed: int = 0, shots: int = SHOTS) -> HeldOutTask:
+    """A seeded ``shots``-shot support set of the 3 held-out classes and all other images."""
+    _, test = blood_split()
+    x = as_features(test.x)
+    y = np.asarray(test.labels)
+    rng = np.random.default_rng(seed)
+    support, query, query_y = [], [], []
+    for n, c in enumerate(sorted(set(y.tolist()))):
+        members = rng.permutation(np.flatnonzero(y == c))
+        support.append(members[:shots])
+        query.append(members[shots:])
+        query_y.append(np.full(len(members) - shots, n))
+    return HeldOutTask(
+        support_x=x[np.concatenate(support)],
+        support_y=torch.arange(WAYS).repeat_interleave(shots),
+        query_x=x[np.concatenate(query)],
+        query_y=torch.as_tensor(np.concatenate(query_y)),
+    )
