@@ -1,5 +1,6 @@
 """medmeta benchmark suites.
 
-Run ``python -m benchmarks <suite> [options]`` from the repository root (``ops`` today;
-``algorithms`` and ``edge`` are planned). See ``benchmarks/README.md``.
+Run ``python -m benchmarks [SUITE] [options]`` from the repository root (suites ``ops``,
+``algorithms``, ``edge``, ``maml_gradients``, ``protocols``; without one, ``ops``,
+``algorithms`` and ``edge`` in turn). See ``benchmarks/README.md``.
 """

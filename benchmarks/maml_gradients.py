@@ -32,29 +32,33 @@ to ``benchmarks/results/maml_gradients.json``.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import _harness as H
+from benchmarks._maml_formulations import (
+    Grads,
+    func_vmap,
+    higher_maml,
+    learn2learn_maml,
+    medmeta_batched,
+    per_task_loop,
+    torchopt_maml,
+)
 from medmeta.algorithms.maml import MAML
 from medmeta.data import load
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
 from medmeta.nn import MLP, Conv4
 
-Grads = dict[str, torch.Tensor]
 WAYS, SHOTS, QUERIES = 3, 2, 3
 
 
@@ -75,124 +79,6 @@ PROBLEMS: dict[str, tuple[Callable[[], nn.Module], str, tuple[int, ...]]] = {
     "conv4-batchnorm": (lambda: Conv4(3, hidden=16), "pbc_blood", (3, 28, 28)),
     "mlp-batchnorm": (lambda: MLP(2308, hidden=(64, 32)), "khan", (2308,)),
 }
-
-
-def _plain_model(learner: MAML) -> nn.Sequential:
-    """The learner's backbone and head as one module with the learner's parameter names."""
-    return nn.Sequential(OrderedDict(backbone=learner.backbone, head=learner.head))
-
-
-# ----------------------------------------------------------------------------- implementations
-
-
-def medmeta_batched(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    loss, _ = learner.meta_loss(batch)
-    params = dict(learner.named_parameters())
-    return dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
-
-
-def per_task_loop(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    model = _plain_model(learner)
-    theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    for t in range(batch.batch_size):
-        fast = dict(theta)
-        for _ in range(steps):
-            loss = F.cross_entropy(
-                functional_call(model, fast, (batch.support_x[t],)), batch.support_y[t]
-            )
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
-            fast = {k: p - lr * g for (k, p), g in zip(fast.items(), grads, strict=True)}
-        query = F.cross_entropy(functional_call(model, fast, (batch.query_x[t],)), batch.query_y[t])
-        for k, g in zip(
-            theta, torch.autograd.grad(query / batch.batch_size, list(theta.values())), strict=True
-        ):
-            total[k] += g
-    return total
-
-
-def func_vmap(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    model = copy.deepcopy(_plain_model(learner))
-    torch.func.replace_all_batch_norm_modules_(model)  # no running statistics under vmap
-    theta = {k: v.detach() for k, v in model.named_parameters()}
-
-    def task_loss(params: Grads, x_s, y_s, x_q, y_q) -> torch.Tensor:
-        def support(p: Grads) -> torch.Tensor:
-            return F.cross_entropy(functional_call(model, p, (x_s,)), y_s)
-
-        fast = params
-        for _ in range(steps):
-            g = torch.func.grad(support)(fast)
-            fast = {k: fast[k] - lr * g[k] for k in fast}
-        return F.cross_entropy(functional_call(model, fast, (x_q,)), y_q)
-
-    def meta_loss(params: Grads) -> torch.Tensor:
-        losses = torch.func.vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(
-            params, batch.support_x, batch.support_y, batch.query_x, batch.query_y
-        )
-        return losses.mean()
-
-    return torch.func.grad(meta_loss)(theta)
-
-
-def learn2learn_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    import learn2learn as l2l
-
-    model = _plain_model(learner)
-    maml = l2l.algorithms.MAML(model, lr=lr, first_order=False)
-    theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    for t in range(batch.batch_size):
-        clone = maml.clone()
-        for _ in range(steps):
-            clone.adapt(F.cross_entropy(clone(batch.support_x[t]), batch.support_y[t]))
-        query = F.cross_entropy(clone(batch.query_x[t]), batch.query_y[t]) / batch.batch_size
-        for k, g in zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True):
-            total[k] += g
-    return total
-
-
-def higher_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    import higher
-
-    model = _plain_model(learner)
-    theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    inner = torch.optim.SGD(model.parameters(), lr=lr)
-    for t in range(batch.batch_size):
-        with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
-            for _ in range(steps):
-                diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
-            query = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.batch_size
-            for k, g in zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True):
-                total[k] += g
-    return total
-
-
-def torchopt_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
-    import torchopt
-
-    model = _plain_model(learner)
-    theta = dict(model.named_parameters())
-    names = list(theta)
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    sgd = torchopt.sgd(lr)
-    for t in range(batch.batch_size):
-        params = tuple(theta.values())
-        state = sgd.init(params)
-        for _ in range(steps):
-            logits = functional_call(
-                model, dict(zip(names, params, strict=True)), (batch.support_x[t],)
-            )
-            loss = F.cross_entropy(logits, batch.support_y[t])
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            updates, state = sgd.update(grads, state, inplace=False)
-            params = torchopt.apply_updates(params, updates, inplace=False)
-        logits = functional_call(model, dict(zip(names, params, strict=True)), (batch.query_x[t],))
-        query = F.cross_entropy(logits, batch.query_y[t]) / batch.batch_size
-        for k, g in zip(names, torch.autograd.grad(query, list(theta.values())), strict=True):
-            total[k] += g
-    return total
 
 
 IMPLEMENTATIONS: dict[str, Callable[[MAML, EpisodeBatch, int, float], Grads]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,9 +15,11 @@ HELP = """usage: medmeta bench [SUITE] [options]
 
 Runs the benchmark suites of medmeta's source tree, the same as `python -m benchmarks`:
 medmeta beside the best pure-PyTorch formulations and the installed peers, in one run;
-JSON, Markdown and plots go to benchmarks/results/ with the device, versions and command.
+JSON, Markdown and plots go to benchmarks/results/ under the working directory (--out DIR
+elsewhere), with the device, versions and command.
 
-  medmeta bench                      # every suite in quick mode (a smoke test, < 2 minutes)
+  medmeta bench --quick              # every suite in quick mode (the harness check, ~2 minutes)
+  medmeta bench --threads 2          # every suite in full (the reference results)
   medmeta bench ops --device cpu     # one suite, full size (see `medmeta bench ops --help`)
   medmeta bench algorithms --quick
   medmeta bench edge --quick
@@ -25,17 +28,11 @@ The suites live in the source tree (benchmarks/ beside python/), not in the whee
 a clone, or set MEDMETA_SOURCE to the clone's folder.
 """
 
-#: The suites that ``medmeta bench`` with no suite runs, in quick mode.
-QUICK_SUITES = ("ops", "algorithms", "edge")
-
 
 def source_tree() -> Path:
     """The folder holding ``benchmarks/``: ``$MEDMETA_SOURCE``, the working directory, or
     the source tree of an editable install."""
-    import medmeta
-
-    candidates = [os.environ.get("MEDMETA_SOURCE"), os.getcwd(),
-                  str(Path(medmeta.__file__).resolve().parents[2])]  # fmt: skip
+    candidates = [os.environ.get("MEDMETA_SOURCE"), os.getcwd(), str(_package_source())]
     for folder in candidates:
         if folder and (Path(folder) / "benchmarks" / "__main__.py").is_file():
             return Path(folder).resolve()
@@ -45,26 +42,31 @@ def source_tree() -> Path:
     )
 
 
+def _package_source() -> Path:
+    """Where an editable install's source tree would be (``python/medmeta/..`` -> root)."""
+    import medmeta
+
+    return Path(medmeta.__file__).resolve().parents[2]
+
+
 def main(argv: Sequence[str], prog: str = "medmeta bench") -> int:
     argv = list(argv)
     if argv and argv[0] in ("-h", "--help"):
         print(HELP)
         return 0
     root = source_tree()
+    suites = _suites(root)
+    if argv and not argv[0].startswith("-") and argv[0] not in suites:
+        raise UsageError(f"unknown suite {argv[0]!r}; suites: {', '.join(suites)}")
+    # A child process: the CPU suites re-execute themselves with allocator settings
+    # (MALLOC_*), which must not replace the calling process.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "benchmarks", *argv], env=env).returncode
+
+
+def _suites(root: Path) -> dict[str, str]:
+    """The suites of the source tree at ``root`` (``benchmarks.__main__.SUITES``)."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    runner = importlib.import_module("benchmarks.__main__")
-    if argv and not argv[0].startswith("-"):
-        return int(runner.main(argv) or 0)
-    status = 0
-    extra = [a for a in argv if a != "--quick"]
-    for suite in QUICK_SUITES:
-        if suite not in runner.SUITES:
-            print(
-                f"medmeta bench: suite {suite!r} is not in this source tree; skipped",
-                file=sys.stderr,
-            )
-            continue
-        print(f"== {suite} (quick) ==", flush=True)
-        status = max(status, int(runner.main([suite, "--quick", *extra]) or 0))
-    return status
+    return importlib.import_module("benchmarks.__main__").SUITES
