@@ -9,10 +9,9 @@ the harness, and that makes the reference results when run in full.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
-from benchmarks._harness import malloc_env_missing
+from benchmarks._harness import ensure_malloc_env
 
 # suite name -> module with a ``main(argv, prog) -> int`` entry point
 SUITES: dict[str, str] = {
@@ -49,15 +48,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
             print(f"{prog}: unknown suite {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
             return 2
         return run_suite(argv[0], argv[1:], prog)
-    missing = malloc_env_missing()
-    if missing and "--no-malloc-env" not in argv:
-        # set once here: a suite re-executing itself would end this loop
-        print(
-            f"re-running with {' '.join(f'{k}={v}' for k, v in missing.items())} (glibc allocator)"
-        )
-        sys.stdout.flush()
-        command = [sys.executable, "-m", "benchmarks", *argv]
-        os.execve(sys.executable, command, {**os.environ, **missing})
+    if "--no-malloc-env" not in argv:
+        # once, here: a suite re-executing itself would end this loop
+        ensure_malloc_env([sys.executable, "-m", "benchmarks", *argv])
     status = 0
     for name in DEFAULT_SUITES:
         print(f"== {name}{' (quick)' if '--quick' in argv else ''} ==", flush=True)

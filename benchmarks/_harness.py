@@ -23,6 +23,7 @@ import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -285,6 +286,33 @@ def disagreement(
 def malloc_env_missing() -> dict[str, str]:
     """The :data:`MALLOC_ENV` settings absent from this process's environment."""
     return {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
+
+
+def ensure_malloc_env(command: Sequence[str]) -> None:
+    """Re-execute ``command`` (``[python, -m, ...]``) in place of this process with the
+    :data:`MALLOC_ENV` settings that are missing; return when none is (see README)."""
+    missing = malloc_env_missing()
+    if not missing:
+        return
+    settings = " ".join(f"{k}={v}" for k, v in missing.items())
+    print(f"re-running with {settings} (glibc allocator, see benchmarks/README.md)", flush=True)
+    os.execve(command[0], list(command), {**os.environ, **missing})
+
+
+def module_command(prog: str, module: str) -> list[str]:
+    """``[python, -m, ...]`` that starts the CLI called ``prog`` (``python -m benchmarks
+    ops``), or ``module`` when ``prog`` is not a ``python ...`` command line."""
+    words = prog.split()
+    entry = words[1:] if words and words[0].startswith("python") else ["-m", module]
+    return [sys.executable, *entry]
+
+
+def replot(path: Path, write_outputs: Callable[[dict[str, Any], Path], list[Path]]) -> int:
+    """Rewrite the .md/.png of a suite's JSON results (``--replot``)."""
+    payload = json.loads(path.read_text())
+    for written in write_outputs(payload, path.with_suffix("")):
+        print(f"wrote {written}")
+    return 0
 
 
 def _cpu_model() -> str:

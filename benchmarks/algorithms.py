@@ -1152,11 +1152,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return ap.parse_args(list(argv))
 
 
-def _entry(prog: str) -> list[str]:
-    words = prog.split()
-    return words[1:] if words and words[0].startswith("python") else ["-m", "benchmarks.algorithms"]
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """CLI entry point; returns the exit status (1 when medmeta itself fails or a check of
     medmeta fails)."""
@@ -1164,21 +1159,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, prog)
     if args.replot is not None:
-        payload = json.loads(args.replot.read_text())
-        for path in write_outputs(payload, args.replot.with_suffix("")):
-            print(f"wrote {path}")
-        return 0
+        return H.replot(args.replot, write_outputs)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available", file=sys.stderr)
         return 2
-    missing = H.malloc_env_missing()
-    if device.type == "cpu" and missing and not args.no_malloc_env:
-        print(
-            f"re-running with {' '.join(f'{k}={v}' for k, v in missing.items())} (glibc allocator)"
-        )
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *_entry(prog), *argv], {**os.environ, **missing})
+    command = [*H.module_command(prog, "benchmarks.algorithms"), *argv]
+    if device.type == "cpu" and not args.no_malloc_env:
+        H.ensure_malloc_env(command)
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     unknown = sorted(set(names) - set(ALGORITHMS))
     if unknown:
@@ -1199,7 +1187,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         max_wait_s=args.max_wait if args.max_wait is not None else (0.0 if quick else 10.0),
         retries=args.retries if args.retries is not None else (0 if quick else 1),
     )
-    command = [sys.executable, *_entry(prog), *argv]
     capped = device.type == "cpu" and not args.no_cap
     caps = {
         (a, f, k): b

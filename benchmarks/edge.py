@@ -1144,20 +1144,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.memory_child:
         return memory_child(args.memory_child)
-    if args.replot is not None:
-        payload = json.loads(args.replot.read_text())
-        for path in write_outputs(payload, args.replot.with_suffix("")):
-            print(f"wrote {path}")
-        return 0
     from benchmarks import _harness as H
 
-    missing = H.malloc_env_missing()
-    if missing and not args.no_malloc_env:
-        print(f"re-running with {' '.join(f'{k}={v}' for k, v in missing.items())} "
-              "(glibc allocator, see benchmarks/README.md)", flush=True)  # fmt: skip
-        os.execve(sys.executable, [sys.executable, "-m", "benchmarks.edge", *argv],
-                  {**os.environ, **missing})  # fmt: skip
+    if args.replot is not None:
+        return H.replot(args.replot, write_outputs)
     command = [sys.executable, "-m", "benchmarks.edge", *argv]
+    if not args.no_malloc_env:
+        H.ensure_malloc_env(command)
     return run(args, command)
 
 

@@ -1325,12 +1325,6 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return ap.parse_args(list(argv))
 
 
-def _entry(prog: str) -> list[str]:
-    """The ``-m ...`` words that start this CLI (for re-running it with a new environment)."""
-    words = prog.split()
-    return words[1:] if words and words[0].startswith("python") else ["-m", "benchmarks.ops"]
-
-
 def _progress(recs: Sequence[H.Record], seconds: float) -> str:
     """One progress line: medmeta's speedup over the best torch formulation at a point."""
     r0 = recs[0]
@@ -1364,21 +1358,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, prog)
     if args.replot is not None:
-        payload = json.loads(args.replot.read_text())
-        for path in write_outputs(payload, args.replot.with_suffix("")):
-            print(f"wrote {path}")
-        return 0
+        return H.replot(args.replot, write_outputs)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available", file=sys.stderr)
         return 2
-    missing = H.malloc_env_missing()
-    if device.type == "cpu" and missing and not args.no_malloc_env:
-        print(
-            f"re-running with {' '.join(f'{k}={v}' for k, v in missing.items())} (glibc allocator, see README)"
-        )
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *_entry(prog), *argv], {**os.environ, **missing})
+    command = [*H.module_command(prog, "benchmarks.ops"), *argv]
+    if device.type == "cpu" and not args.no_malloc_env:
+        H.ensure_malloc_env(command)
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     unknown = set(ops) - set(OPS)
     if unknown:
@@ -1395,7 +1382,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         retries=args.retries if args.retries is not None else (0 if args.quick else 2),
     )
     keops = (not args.quick) if args.keops is None else args.keops
-    command = [sys.executable, *_entry(prog), *argv]
     return run(args, device, ops, cfg, quiet, keops, command)
 
 

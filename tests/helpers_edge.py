@@ -1,5 +1,6 @@
-"""Shared set-up of the quantization and distillation tests: real blood-cell images (PBC),
-meta-train on 5 cell types, hold out the other 3, and briefly trained Conv4 learners.
+"""Shared set-up of the export, edge, quantization and distillation tests: real blood-cell
+images (PBC), meta-train on 5 cell types, hold out the other 3, and briefly trained Conv4
+learners.
 
 Trained learners are cached per process (``lru_cache``): tests must not train them further.
 """
@@ -10,13 +11,14 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from medmeta import algorithms
-from medmeta.algorithms.base import MetaLearner
-from medmeta.data import ArrayDataset, as_features, load, split_classes
+from medmeta.algorithms.base import MetaLearner, build
+from medmeta.data import ArrayDataset, EpisodeSampler, as_features, load, split_classes
 from medmeta.nn import Conv4
 from medmeta.train import meta_fit
 
@@ -45,10 +47,38 @@ def trained_protonet(steps: int = 20, hidden: int = 64) -> MetaLearner:
     return learner.eval()
 
 
+def meta_trained_conv4(
+    name: str,
+    train: ArrayDataset,
+    steps: int,
+    *,
+    features: torch.Tensor | None = None,
+    **hparams: Any,
+) -> MetaLearner:
+    """A 3-way ``name`` learner on ``Conv4(hidden=16)`` (seed 0), meta-trained for ``steps``
+    steps on ``train`` (3-way 5-shot 5-query episodes, meta-batch 2, Adam 1e-3, one thread)
+    so that its probabilities are far from uniform: a parity check on near-uniform outputs
+    would prove little. ``features``: ``train``'s images as the model takes them (default
+    ``as_features``); ``hparams`` go to the method."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        learner = build(
+            name, Conv4(3, hidden=16), WAYS, input_shape=(3, 28, 28), num_classes=8, **hparams
+        )  # fmt: skip  (8: pbc_blood's label range)
+    if steps:
+        sampler = EpisodeSampler(train, ways=WAYS, shots=5, queries=5, batch_size=2, generator=0,
+                                 features=features)  # fmt: skip
+        optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
+        with one_thread():
+            for _ in range(steps):
+                learner.meta_train_step(sampler.sample(), optimizer)
+    return learner.eval()
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Run torch on one thread: on a shared, loaded machine small models train faster so
-    (OpenMP threads waiting for a preempted sibling cost more than they give)."""
+    """Run torch on one thread: tiny models on a shared, loaded machine are faster so (two
+    OpenMP threads waiting for a preempted sibling made ``maml.adapt`` ~5x slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -168,6 +168,27 @@ def test_lslr_and_batch_norm_sets_are_learned_and_recorded():
     assert not torch.equal(mean[0], mean[1]) and not torch.equal(mean[1], mean[2])
 
 
+def test_recording_is_the_lerp_towards_the_mean_task_statistics():
+    """Recording a version's statistics leaves the output that of batch statistics and moves
+    the version's running mean / unbiased variance towards their mean over tasks."""
+    torch.manual_seed(0)
+    learner = MAMLPlusPlus(Conv4(1, hidden=8), 3, input_shape=(1, 28, 28), inner_steps=2)
+    layer, (mean, var) = learner.bn.layers[0], learner.bn.running_statistics(0)
+    mean[1], var[1] = torch.rand(8), torch.rand(8) + 0.5
+    before = mean.clone(), var.clone()
+    x = torch.randn(3, 4, 8, 5, 5) * 2 + 1  # [T, n, C, H, W]
+    params = {"weight": torch.rand(3, 8), "bias": torch.randn(3, 8)}
+    plain = layer.forward_tasks(x, params)
+    with learner.bn.normalisation(1, "record"):
+        recorded = layer.forward_tasks(x, params)
+    torch.testing.assert_close(recorded, plain)
+    h = x.transpose(1, 2).flatten(2)  # [T, C, n*H*W]
+    torch.testing.assert_close(mean[1], before[0][1].lerp(h.mean(2).mean(0), 0.1))
+    torch.testing.assert_close(var[1], before[1][1].lerp(h.var(2).mean(0), 0.1))
+    for kept in (0, 2):  # other versions untouched
+        assert torch.equal(mean[kept], before[0][kept]) and torch.equal(var[kept], before[1][kept])
+
+
 def test_running_statistics_at_evaluation():
     """bn_running_stats: in eval mode queries are classified independently with the per-step
     statistics, and the deployed model gives the same for any input."""

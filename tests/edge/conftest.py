@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from medmeta.algorithms import MetaLearner, create
+from helpers_edge import meta_trained_conv4, one_thread
+from medmeta.algorithms import MetaLearner
 from medmeta.data import ArrayDataset, load
-from medmeta.data.episodes import EpisodeSampler, split_classes
+from medmeta.data.episodes import split_classes
 from medmeta.edge import Preprocessing
 from medmeta.export import ExportResult, to_onnx
-from medmeta.nn import Conv4
 
 TASK_CLASSES = (0, 1, 2)  # held out of meta-training; the deployed task
 NEW_CLASS = 5  # a blood-cell type enrolled later on the device
@@ -40,12 +40,8 @@ class Task:
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """Tiny models on a shared, loaded machine: two OpenMP threads waiting for a preempted
-    sibling make an adaptation ~5x slower than one thread (measured on maml.adapt)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():  # tiny models on a shared machine (see one_thread)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -81,23 +77,11 @@ def preprocessing() -> Preprocessing:
 
 @pytest.fixture(scope="session")
 def protonet(blood: ArrayDataset, preprocessing: Preprocessing) -> MetaLearner:
-    """Conv4 (16 channels) meta-trained for 60 steps on the other classes (one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            learner = create("protonet", Conv4(3, hidden=16), ways=3)
-        train = split_classes(blood, classes=[list(TRAIN_CLASSES), list(TASK_CLASSES)])[0]
-        features = torch.from_numpy(preprocessing(train.x))
-        sampler = EpisodeSampler(train, ways=3, shots=5, queries=5, batch_size=2, generator=0,
-                                 features=features)  # fmt: skip
-        optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
-        for _ in range(60):
-            learner.meta_train_step(sampler.sample(), optimizer)
-    finally:
-        torch.set_num_threads(threads)
-    return learner.eval()
+    """Conv4 (16 channels) meta-trained for 60 steps on the other classes, on inputs
+    preprocessed as deployed."""
+    train = split_classes(blood, classes=[list(TRAIN_CLASSES), list(TASK_CLASSES)])[0]
+    features = torch.from_numpy(preprocessing(train.x))
+    return meta_trained_conv4("protonet", train, 60, features=features)
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from medmeta.algorithms import MetaLearner, create
+from helpers_edge import meta_trained_conv4, one_thread
+from medmeta.algorithms import MetaLearner
 from medmeta.data import ArrayDataset, load
-from medmeta.data.episodes import EpisodeSampler, split_classes
+from medmeta.data.episodes import split_classes
 from medmeta.edge import Preprocessing
 from medmeta.export import ExportResult, to_onnx
-from medmeta.nn import Conv4
 
 TASK_CLASSES = (0, 1, 2)  # held out of meta-training; the deployed task
 TRAIN_CLASSES = (3, 4, 5, 6, 7)
@@ -38,12 +38,8 @@ class Task:
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
-    """Tiny models on a shared, loaded machine: two OpenMP threads waiting for a preempted
-    sibling make an adaptation ~5x slower than one thread (measured on maml.adapt)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():  # tiny models on a shared machine (see one_thread)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -73,34 +69,20 @@ def task(blood: ArrayDataset) -> Task:
     )
 
 
-def meta_trained(name: str, blood: ArrayDataset, steps: int, **hparams) -> MetaLearner:
-    """A Conv4 (16 channels) learner meta-trained for ``steps`` steps on the other classes,
-    so its probabilities are far from uniform (a parity check on near-uniform outputs would
-    prove little). One thread: tiny models on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            learner = create(name, Conv4(3, hidden=16), ways=3, **hparams)
-        train = split_classes(blood, classes=[list(TRAIN_CLASSES), list(TASK_CLASSES)])[0]
-        sampler = EpisodeSampler(train, ways=3, shots=5, queries=5, batch_size=2, generator=0)
-        optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
-        for _ in range(steps):
-            learner.meta_train_step(sampler.sample(), optimizer)
-    finally:
-        torch.set_num_threads(threads)
-    return learner.eval()
+@pytest.fixture(scope="session")
+def meta_train_set(blood: ArrayDataset) -> ArrayDataset:
+    """The classes other than the deployed task's."""
+    return split_classes(blood, classes=[list(TRAIN_CLASSES), list(TASK_CLASSES)])[0]
 
 
 @pytest.fixture(scope="session")
-def protonet(blood: ArrayDataset) -> MetaLearner:
-    return meta_trained("protonet", blood, 60)
+def protonet(meta_train_set: ArrayDataset) -> MetaLearner:
+    return meta_trained_conv4("protonet", meta_train_set, 60)
 
 
 @pytest.fixture(scope="session")
-def maml(blood: ArrayDataset) -> MetaLearner:
-    return meta_trained("maml", blood, 10, input_shape=list(SHAPE))
+def maml(meta_train_set: ArrayDataset) -> MetaLearner:
+    return meta_trained_conv4("maml", meta_train_set, 10)
 
 
 @pytest.fixture(scope="session")

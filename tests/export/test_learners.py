@@ -9,14 +9,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from medmeta.algorithms.base import build
-from medmeta.data.episodes import EpisodeSampler, split_classes
+from helpers_edge import meta_trained_conv4
 from medmeta.edge import EdgeModel
 from medmeta.export import read_metadata, to_onnx
-from medmeta.nn import Conv4
 
 FEATURES = ["probabilities", "distances", "embeddings"]
-TRAIN_CLASSES = [3, 4, 5, 6, 7]  # the task uses classes 0-2 (see conftest.py)
 
 # fomaml and reptile adapt to the same Sequential(backbone, head) as maml (test_onnx.py).
 # (name, hyper-parameters, meta-training steps, calibration temperature, outputs, enrolment)
@@ -36,34 +33,15 @@ CASES = [
 ]
 
 
-def _learner(name: str, hparams: dict, steps: int, blood) -> torch.nn.Module:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            learner = build(name, Conv4(3, hidden=16), 3, input_shape=(3, 28, 28), num_classes=8,
-                            **hparams)  # fmt: skip
-        if steps:
-            train = split_classes(blood, classes=[list(TRAIN_CLASSES), [0, 1, 2]])[0]
-            sampler = EpisodeSampler(train, ways=3, shots=5, queries=5, batch_size=2, generator=0)
-            optimizer = torch.optim.Adam(learner.parameters(), 1e-3)
-            for _ in range(steps):
-                learner.meta_train_step(sampler.sample(), optimizer)
-    finally:
-        torch.set_num_threads(threads)
-    return learner.eval()
-
-
 @pytest.mark.parametrize(
     ("name", "hparams", "steps", "temperature", "outputs", "enrolment"),
     CASES,
     ids=[f"{c[0]}-{c[1].get('classifier', '')}".rstrip("-") for c in CASES],
 )
 def test_learner_exports_with_parity(
-    name, hparams, steps, temperature, outputs, enrolment, blood, task, tmp_path
+    name, hparams, steps, temperature, outputs, enrolment, meta_train_set, task, tmp_path
 ):
-    learner = _learner(name, hparams, steps, blood)
+    learner = meta_trained_conv4(name, meta_train_set, steps, **hparams)
     adapted = learner.adapt(task.support_x, task.support_y)
     result = to_onnx(
         learner, tmp_path / "m.onnx", support_x=task.support_x, support_y=task.support_y,

@@ -139,25 +139,33 @@ class PerStepBatchNorm(nn.Module):
 
     def _patched(self, i: int, layer: nn.Module, version: int, mode: BatchNormMode):
         mean, var = self.running_statistics(i)
-        batch_forward = type(layer).forward_tasks
         momentum = layer.momentum if layer.momentum is not None else 0.1
 
+        def flat(params: Params, key: str) -> torch.Tensor | None:
+            return None if params.get(key) is None else params[key].reshape(-1)
+
         def record(x: torch.Tensor, params: Params, prefix: str = "") -> torch.Tensor:
-            with torch.no_grad():
-                h = x.detach().transpose(1, 2).flatten(2)  # [T, C, n * spatial]
-                mean[version].lerp_(h.mean(2).mean(0).to(mean.dtype), momentum)
-                var[version].lerp_(h.var(2).mean(0).to(var.dtype), momentum)
-            return batch_forward(layer, x, params, prefix)
+            # The normalising pass also updates [T*C] running statistics, every task's
+            # starting from the version's: their mean over tasks is the version's lerp
+            # towards the tasks' mean statistics, at no extra pass over the activations.
+            T = x.shape[0]
+            task_mean = mean[version].to(x.dtype).repeat(T)
+            task_var = var[version].to(x.dtype).repeat(T)
+            y = F.batch_norm(pack(x), task_mean, task_var, flat(params, prefix + "weight"),
+                             flat(params, prefix + "bias"), training=True, momentum=momentum,
+                             eps=layer.eps)  # fmt: skip
+            mean[version].copy_(task_mean.view(T, -1).mean(0))
+            var[version].copy_(task_var.view(T, -1).mean(0))
+            return unpack(y, T)
 
         def running(x: torch.Tensor, params: Params, prefix: str = "") -> torch.Tensor:
             T = x.shape[0]
-            w, b = params.get(prefix + "weight"), params.get(prefix + "bias")
             y = F.batch_norm(
                 pack(x),
                 mean[version].repeat(T),
                 var[version].repeat(T),
-                None if w is None else w.reshape(-1),
-                None if b is None else b.reshape(-1),
+                flat(params, prefix + "weight"),
+                flat(params, prefix + "bias"),
                 training=False,
                 eps=layer.eps,
             )
