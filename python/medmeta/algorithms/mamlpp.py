@@ -149,8 +149,7 @@ class PerStepBatchNorm(nn.Module):
             # starting from the version's: their mean over tasks is the version's lerp
             # towards the tasks' mean statistics, at no extra pass over the activations.
             T = x.shape[0]
-            task_mean = mean[version].to(x.dtype).repeat(T)
-            task_var = var[version].to(x.dtype).repeat(T)
+            task_mean, task_var = mean[version].repeat(T), var[version].repeat(T)
             y = F.batch_norm(pack(x), task_mean, task_var, flat(params, prefix + "weight"),
                              flat(params, prefix + "bias"), training=True, momentum=momentum,
                              eps=layer.eps)  # fmt: skip

@@ -10,7 +10,7 @@ from medmeta.cli import _setup
 from medmeta.cli._config import make_parser, parse_args
 
 EPILOG = """examples:
-  medmeta demo                       # about 5 minutes on a 2-core CPU; report in ./medmeta-demo/
+  medmeta demo                       # about 2 minutes on a 2-core CPU; report in ./medmeta-demo/
   medmeta demo --quick               # under a minute: checks the whole pipeline
   medmeta demo --device cuda         # on a GPU
   medmeta demo --algorithm maml --out maml-demo
