@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <stdexcept>
 #include <vector>
 
 #include "common/cpu.h"
@@ -48,6 +49,12 @@ namespace {
 using namespace medmeta;
 
 template <typename P> P* ptr(uintptr_t p) { return reinterpret_cast<P*>(p); }
+
+template <typename T> std::vector<const T*> pointers(const std::vector<uintptr_t>& v) {
+  std::vector<const T*> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = ptr<const T>(v[i]);
+  return out;
+}
 
 Device device_of(int index, uintptr_t stream) { return Device{index, stream}; }
 
@@ -123,6 +130,11 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("first_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_nonfinite(ptr<const double>(v), n) : first_nonfinite(ptr<const float>(v), n);
+  });
+  m.def("first_nonfinite_buffer", [](const std::vector<uintptr_t>& v, const std::vector<int64_t>& n, int dt) {
+    if (v.size() != n.size()) throw std::invalid_argument("first_nonfinite_buffer: one size per pointer");
+    return dt == 1 ? first_nonfinite_buffer(pointers<double>(v).data(), n.data(), static_cast<int64_t>(n.size()))
+                   : first_nonfinite_buffer(pointers<float>(v).data(), n.data(), static_cast<int64_t>(n.size()));
   });
   m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)

@@ -214,8 +214,31 @@ def test_empty_list_and_zero_tasks():
             r"'grads\[0\]' has dtype torch.float64",
         ),
         (torch.zeros(2, 3), torch.zeros(2, 3), 0.1, TypeError, r"must be lists of tensors"),
+        (
+            [torch.zeros(2, 3), [[0.0] * 3] * 2],
+            [torch.zeros(2, 3), torch.zeros(2, 3)],
+            0.1,
+            TypeError,
+            r"'params\[1\]' must be a torch.Tensor, got list",
+        ),
     ],
 )
 def test_bad_input_errors(params, grads, lr, error, match):
     with pytest.raises(error, match=match):
         ops.inner_update(params, grads, lr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_rate_is_named_wherever_it_is(dtype, bad):
+    """The rates are screened in blocks of 4096 values: a bad value is found in any block
+    of any tensor of the list, and the tensor is named."""
+    params = [torch.zeros(2, n, dtype=dtype) for n in (3, 5000, 9000)]
+    grads = [torch.zeros_like(p) for p in params]
+    for k, position in ((2, 8191), (2, 8192), (1, 4095), (1, 0), (0, 2)):
+        lrs = [torch.full(p.shape[1:], 0.1, dtype=dtype) for p in params]
+        lrs[k][position] = bad
+        with pytest.raises(ValueError, match=rf"'lr\[{k}\]' contains NaN or infinite"):
+            ops.inner_update(params, grads, lrs)
+    lrs = [torch.full(p.shape[1:], 1e30, dtype=dtype) for p in params]  # large is finite
+    assert len(ops.inner_update(params, grads, lrs)) == 3

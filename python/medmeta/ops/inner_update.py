@@ -29,12 +29,7 @@ def _forward_into(
 ) -> None:
     if not params:
         return
-    params, grads, lrs = (
-        [p.contiguous() for p in params],
-        [g.contiguous() for g in grads],
-        [a.contiguous() for a in lrs],
-    )
-    dev, stream = _native.device_args(params[0])
+    dev, stream = _native.device_args(params[0])  # callers pass contiguous tensors
     _native.lib().inner_update_forward(
         dev,
         stream,
@@ -98,7 +93,9 @@ def _backward_native(
 def _update_op(
     params: list[torch.Tensor], grads: list[torch.Tensor], lrs: list[torch.Tensor], lr: float
 ) -> list[torch.Tensor]:
-    return _forward_native(params, grads, lrs, lr)
+    # a compiled graph may hand the op other strides than the validated eager tensors
+    dense = [[t.contiguous() for t in ts] for ts in (params, grads, lrs)]
+    return _forward_native(*dense, lr)
 
 
 @_update_op.register_fake
@@ -220,22 +217,8 @@ def _validate(
         )
     if not params:
         return [], [], [], 0.0
-    for k, (p, g) in enumerate(zip(params, grads, strict=True)):
-        for name, t in ((f"params[{k}]", p), (f"grads[{k}]", g)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{op}: '{name}' must be a torch.Tensor, got {type(t).__name__}")
-            if t.dim() < 1:
-                raise ValueError(
-                    f"{op}: '{name}' must be shaped [T, ...] (T tasks), got a 0-D tensor"
-                )
-        if g.shape != p.shape:
-            raise ValueError(
-                f"{op}: 'grads[{k}]' must have shape {list(p.shape)} like params[{k}], got {list(g.shape)}"
-            )
-        if p.shape[0] != params[0].shape[0]:
-            raise ValueError(
-                f"{op}: 'params[{k}]' has {p.shape[0]} tasks (dim 0) but params[0] has {params[0].shape[0]}"
-            )
+    if not _well_shaped(params, grads):
+        _explain_shapes(op, params, grads)
     lrs: list[torch.Tensor] = []
     if isinstance(lr, (int, float)) and not isinstance(lr, bool):
         rate = float(lr)
@@ -250,7 +233,8 @@ def _validate(
         for k, (a, p) in enumerate(zip(lrs, params, strict=True)):
             if not isinstance(a, torch.Tensor):
                 raise TypeError(f"{op}: 'lr[{k}]' must be a torch.Tensor, got {type(a).__name__}")
-            if not (a.numel() == 1 or a.shape == p.shape[1:] or a.shape == p.shape):
+            shape = a.shape
+            if not (shape == p.shape[1:] or shape == p.shape or a.numel() == 1):
                 raise ValueError(
                     f"{op}: 'lr[{k}]' must have one element (per-layer rate), shape {list(p.shape[1:])} "
                     f"(per-element, shared by tasks) or {list(p.shape)}, got {list(a.shape)}"
@@ -273,6 +257,38 @@ def _validate(
     return tensors[:n], tensors[n : 2 * n], tensors[2 * n :], rate
 
 
+def _well_shaped(params: list[torch.Tensor], grads: list[torch.Tensor]) -> bool:
+    """Every entry a tensor of rank >= 1, grads shaped like params, one task count."""
+    if not all(isinstance(t, torch.Tensor) for t in (*params, *grads)):
+        return False
+    shapes = [p.shape for p in params]
+    return (
+        shapes == [g.shape for g in grads]
+        and all(shape for shape in shapes)
+        and len({shape[0] for shape in shapes}) == 1
+    )
+
+
+def _explain_shapes(op: str, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """Raise the error that names the first tensor :func:`_well_shaped` rejected."""
+    for k, (p, g) in enumerate(zip(params, grads, strict=True)):
+        for name, t in ((f"params[{k}]", p), (f"grads[{k}]", g)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: '{name}' must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() < 1:
+                raise ValueError(
+                    f"{op}: '{name}' must be shaped [T, ...] (T tasks), got a 0-D tensor"
+                )
+        if g.shape != p.shape:
+            raise ValueError(
+                f"{op}: 'grads[{k}]' must have shape {list(p.shape)} like params[{k}], got {list(g.shape)}"
+            )
+        if p.shape[0] != params[0].shape[0]:
+            raise ValueError(
+                f"{op}: 'params[{k}]' has {p.shape[0]} tasks (dim 0) but params[0] has {params[0].shape[0]}"
+            )
+
+
 def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
     """One scan over all learning-rate tensors (a native loop on CPU, one reduction on CUDA)."""
     if not _checks.value_checks_enabled():
@@ -280,9 +296,10 @@ def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
     scan = _checks.native_cpu(lrs[0])
     if scan is not None:
         code = _native.DTYPE_CODES[lrs[0].dtype]
-        bad = [
-            k for k, a in enumerate(lrs) if scan.first_nonfinite(a.data_ptr(), a.numel(), code) >= 0
-        ]
+        first = scan.first_nonfinite_buffer(
+            [a.data_ptr() for a in lrs], [a.numel() for a in lrs], code
+        )
+        bad = [first] if first >= 0 else []
     else:
         flags = torch.stack([torch.isfinite(a).all() for a in lrs]).tolist()
         bad = [k for k, ok in enumerate(flags) if not ok]
