@@ -13,13 +13,16 @@ namespace {
 
 constexpr int64_t kItem = 16384;  // elements per work item
 
-// A work item: tensor k, and either elements [begin, end) (scalar rate) or learning-rate
-// columns [begin, end) of the tensor viewed as [numel / lr_numel, lr_numel] (vector rate).
+// A work item of tensor k. Backward (column items): either elements [begin, end) (scalar
+// rate) or learning-rate columns [begin, end) of the tensor viewed as
+// [numel / lr_numel, lr_numel] (vector rate), so an item owns its rate gradients. Forward
+// (row items): elements [begin, end) within one row of that view, so each item streams
+// contiguous memory (column items touch every row at once: one memory stream per task).
 struct Item {
   int64_t k, begin, end;
 };
 
-template <typename Tensor> std::vector<Item> make_items(const Tensor* ts, int64_t count) {
+template <typename Tensor> std::vector<Item> column_items(const Tensor* ts, int64_t count) {
   std::vector<Item> items;
   for (int64_t k = 0; k < count; ++k) {
     const Tensor& t = ts[k];
@@ -29,6 +32,17 @@ template <typename Tensor> std::vector<Item> make_items(const Tensor* ts, int64_
     const int64_t rows = vec ? t.numel / t.lr_numel : 1;
     const int64_t step = std::max<int64_t>(vec ? 64 : 1, kItem / rows);
     for (int64_t b = 0; b < extent; b += step) items.push_back({k, b, std::min(extent, b + step)});
+  }
+  return items;
+}
+
+std::vector<Item> row_items(const UpdateTensor* ts, int64_t count) {
+  std::vector<Item> items;
+  for (int64_t k = 0; k < count; ++k) {
+    const UpdateTensor& t = ts[k];
+    const int64_t row = t.lr != nullptr && t.lr_numel > 1 ? t.lr_numel : t.numel;
+    for (int64_t r = 0; r < t.numel; r += row)
+      for (int64_t b = r; b < r + row; b += kItem) items.push_back({k, b, std::min(r + row, b + kItem)});
   }
   return items;
 }
@@ -50,13 +64,11 @@ MEDMETA_CPU_CLONES void forward_items(const UpdateTensor* ts, const Item* items,
       const T a = scalar_rate<T>(t.lr, lr_scalar);
       MEDMETA_SIMD
       for (int64_t j = it.begin; j < it.end; ++j) o[j] = p[j] - a * g[j];
-    } else {
+    } else {  // a row item: element j takes rate column j - (start of its row)
       const T* a = static_cast<const T*>(t.lr);
-      const int64_t L = t.lr_numel, rows = t.numel / L;
-      for (int64_t r = 0; r < rows; ++r) {
-        MEDMETA_SIMD
-        for (int64_t j = it.begin; j < it.end; ++j) o[r * L + j] = p[r * L + j] - a[j] * g[r * L + j];
-      }
+      const int64_t row0 = it.begin / t.lr_numel * t.lr_numel;
+      MEDMETA_SIMD
+      for (int64_t j = it.begin; j < it.end; ++j) o[j] = p[j] - a[j - row0] * g[j];
     }
   }
 }
@@ -97,13 +109,13 @@ MEDMETA_CPU_CLONES void backward_items(const UpdateGradTensor* ts, const Item* i
 }
 
 template <typename T> void forward(const UpdateTensor* ts, int64_t count, double lr_scalar) {
-  const std::vector<Item> items = make_items(ts, count);
+  const std::vector<Item> items = row_items(ts, count);
   parallel_for(0, static_cast<int64_t>(items.size()), 1,
                [&](int64_t i0, int64_t i1) { forward_items<T>(ts, items.data(), lr_scalar, i0, i1); });
 }
 
 template <typename T> void backward(const UpdateGradTensor* ts, int64_t count, double lr_scalar) {
-  const std::vector<Item> items = make_items(ts, count);
+  const std::vector<Item> items = column_items(ts, count);
   const int64_t n = static_cast<int64_t>(items.size());
   std::vector<T> partial(n, T(0));
   parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) { backward_items<T>(ts, items.data(), lr_scalar, partial.data(), i0, i1); });
