@@ -307,6 +307,22 @@ def module_command(prog: str, module: str) -> list[str]:
     return [sys.executable, *entry]
 
 
+def start_run(
+    device: str, prog: str, module: str, argv: Sequence[str], no_malloc_env: bool
+) -> tuple[torch.device | None, list[str]]:
+    """A suite's device (None, with the reason printed, when CUDA is asked for and absent)
+    and the command line that reproduces the run; CPU runs are re-executed with the
+    allocator settings first (:func:`ensure_malloc_env`) unless ``no_malloc_env``."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is available", file=sys.stderr)
+        return None, []
+    command = [*module_command(prog, module), *argv]
+    if dev.type == "cpu" and not no_malloc_env:
+        ensure_malloc_env(command)
+    return dev, command
+
+
 def replot(path: Path, write_outputs: Callable[[dict[str, Any], Path], list[Path]]) -> int:
     """Rewrite the .md/.png of a suite's JSON results (``--replot``)."""
     payload = json.loads(path.read_text())

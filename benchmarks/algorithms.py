@@ -1160,13 +1160,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.replot is not None:
         return H.replot(args.replot, write_outputs)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is available", file=sys.stderr)
+    device, command = H.start_run(
+        args.device, prog, "benchmarks.algorithms", argv, args.no_malloc_env
+    )
+    if device is None:
         return 2
-    command = [*H.module_command(prog, "benchmarks.algorithms"), *argv]
-    if device.type == "cpu" and not args.no_malloc_env:
-        H.ensure_malloc_env(command)
     names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
     unknown = sorted(set(names) - set(ALGORITHMS))
     if unknown:

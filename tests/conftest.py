@@ -1,4 +1,5 @@
-"""Shared fixtures: devices (CUDA cases skip without a GPU) and seeded generators."""
+"""Shared fixtures: devices (CUDA cases skip without a GPU), seeded generators and the
+embedded blood-cell images."""
 
 from __future__ import annotations
 
@@ -26,6 +27,14 @@ def device(request: pytest.FixtureRequest) -> torch.device:
 def gen() -> torch.Generator:
     """A CPU generator with a fixed seed: draw on CPU, then move to the device."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def blood():
+    """The embedded PBC blood-cell images (8 classes), loaded once per session."""
+    from medmeta.data import load
+
+    return load("pbc_blood")
 
 
 @pytest.fixture(autouse=True)

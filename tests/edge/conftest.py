@@ -11,7 +11,7 @@ import torch
 
 from helpers_edge import meta_trained_conv4, one_thread
 from medmeta.algorithms import MetaLearner
-from medmeta.data import ArrayDataset, load
+from medmeta.data import ArrayDataset
 from medmeta.data.episodes import split_classes
 from medmeta.edge import Preprocessing
 from medmeta.export import ExportResult, to_onnx
@@ -42,11 +42,6 @@ class Task:
 def _one_torch_thread():
     with one_thread():  # tiny models on a shared machine (see one_thread)
         yield
-
-
-@pytest.fixture(scope="session")
-def blood() -> ArrayDataset:
-    return load("pbc_blood")
 
 
 @pytest.fixture(scope="session")
