@@ -52,29 +52,36 @@ def medmeta_batched(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -
 
 
 def per_task_loop(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
+    """The reference: ``functional_call`` + ``autograd.grad(create_graph=True)`` per task."""
     model = _plain_model(learner)
     theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    for t in range(batch.batch_size):
-        fast = dict(theta)
-        for _ in range(steps):
-            loss = F.cross_entropy(
-                functional_call(model, fast, (batch.support_x[t],)), batch.support_y[t]
-            )
-            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
-            fast = {k: p - lr * g for (k, p), g in zip(fast.items(), grads, strict=True)}
-        query = F.cross_entropy(functional_call(model, fast, (batch.query_x[t],)), batch.query_y[t])
-        for k, g in zip(
-            theta, torch.autograd.grad(query / batch.batch_size, list(theta.values())), strict=True
-        ):
-            total[k] += g
-    return total
+
+    def task_loss(t: int) -> torch.Tensor:
+        def forward(p: Grads, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(model, p, (x,))
+
+        fast = _sgd_steps(forward, theta, batch.support_x[t], batch.support_y[t], steps,
+                          lambda _step, _i: lr, second_order=True)  # fmt: skip
+        return F.cross_entropy(forward(fast, batch.query_x[t]), batch.query_y[t])
+
+    return _sum_task_grads(model, batch.batch_size, task_loss)
 
 
-def func_vmap(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
+def vmap_model(learner: MAML) -> nn.Module:
+    """A copy of the learner's model whose batch norms keep no running statistics (vmap
+    cannot update them); :func:`func_vmap` gives it the live parameters."""
     model = copy.deepcopy(_plain_model(learner))
-    torch.func.replace_all_batch_norm_modules_(model)  # no running statistics under vmap
-    theta = {k: v.detach() for k, v in model.named_parameters()}
+    torch.func.replace_all_batch_norm_modules_(model)
+    return model
+
+
+def func_vmap(
+    learner: MAML, batch: EpisodeBatch, steps: int, lr: float, model: nn.Module | None = None
+) -> Grads:
+    """``torch.func.vmap`` over tasks; ``model``: :func:`vmap_model` of the learner, made
+    once by a caller that times this function."""
+    model = vmap_model(learner) if model is None else model
+    theta = {k: v.detach() for k, v in _plain_model(learner).named_parameters()}
 
     def task_loss(params: Grads, x_s, y_s, x_q, y_q) -> torch.Tensor:
         def support(p: Grads) -> torch.Tensor:
@@ -102,45 +109,40 @@ def learn2learn_maml(
 
     model = _plain_model(learner)
     maml = l2l.algorithms.MAML(model, lr=lr, first_order=first_order)
-    theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
-    for t in range(batch.batch_size):
+
+    def task_loss(t: int) -> torch.Tensor:
         clone = maml.clone()
         for _ in range(steps):
             clone.adapt(F.cross_entropy(clone(batch.support_x[t]), batch.support_y[t]))
-        query = F.cross_entropy(clone(batch.query_x[t]), batch.query_y[t]) / batch.batch_size
-        for k, g in zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True):
-            total[k] += g
-    return total
+        return F.cross_entropy(clone(batch.query_x[t]), batch.query_y[t])
+
+    return _sum_task_grads(model, batch.batch_size, task_loss)
 
 
 def higher_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
     import higher
 
     model = _plain_model(learner)
-    theta = dict(model.named_parameters())
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
     inner = torch.optim.SGD(model.parameters(), lr=lr)
-    for t in range(batch.batch_size):
+
+    def task_loss(t: int) -> torch.Tensor:
         with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
             for _ in range(steps):
                 diffopt.step(F.cross_entropy(fmodel(batch.support_x[t]), batch.support_y[t]))
-            query = F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t]) / batch.batch_size
-            for k, g in zip(theta, torch.autograd.grad(query, list(theta.values())), strict=True):
-                total[k] += g
-    return total
+            return F.cross_entropy(fmodel(batch.query_x[t]), batch.query_y[t])
+
+    return _sum_task_grads(model, batch.batch_size, task_loss)
 
 
 def torchopt_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> Grads:
     import torchopt
 
     model = _plain_model(learner)
-    theta = dict(model.named_parameters())
-    names = list(theta)
-    total = {k: torch.zeros_like(v) for k, v in theta.items()}
+    names = [k for k, _ in model.named_parameters()]
     sgd = torchopt.sgd(lr)
-    for t in range(batch.batch_size):
-        params = tuple(theta.values())
+
+    def task_loss(t: int) -> torch.Tensor:
+        params = tuple(p for _, p in model.named_parameters())
         state = sgd.init(params)
         for _ in range(steps):
             logits = functional_call(
@@ -151,10 +153,9 @@ def torchopt_maml(learner: MAML, batch: EpisodeBatch, steps: int, lr: float) -> 
             updates, state = sgd.update(grads, state, inplace=False)
             params = torchopt.apply_updates(params, updates, inplace=False)
         logits = functional_call(model, dict(zip(names, params, strict=True)), (batch.query_x[t],))
-        query = F.cross_entropy(logits, batch.query_y[t]) / batch.batch_size
-        for k, g in zip(names, torch.autograd.grad(query, list(theta.values())), strict=True):
-            total[k] += g
-    return total
+        return F.cross_entropy(logits, batch.query_y[t])
+
+    return _sum_task_grads(model, batch.batch_size, task_loss)
 
 
 # ----------------------------------------------------------------------------- the other loops

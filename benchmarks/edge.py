@@ -1148,9 +1148,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     if args.replot is not None:
         return H.replot(args.replot, write_outputs)
-    command = [sys.executable, "-m", "benchmarks.edge", *argv]
-    if not args.no_malloc_env:
-        H.ensure_malloc_env(command)
+    _, command = H.start_run("cpu", prog, "benchmarks.edge", argv, args.no_malloc_env)
     return run(args, command)
 
 

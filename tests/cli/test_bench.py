@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from medmeta.cli import main
 
 
@@ -22,6 +20,16 @@ def test_bench_quick_runs_every_suite_and_writes_results(tmp_path: Path, capfd, 
         payload = json.loads(files[0].read_text())
         assert payload["environment"]["command"], suite
         assert (tmp_path / files[0].name.replace(".json", ".md")).is_file()
+        if suite == "edge":  # ONNX Runtime and the best torch formulation, timed side by side
+            assert all(r["ort_fp32_vs_eager"] > 0 and r["best_torch"] for r in payload["ratios"])
+        else:  # medmeta and a pure-torch formulation of the same point, with their ratio
+            kinds = {r["kind"] for r in payload["records"] if r["status"] == "ok"}
+            assert {"medmeta", "torch"} <= kinds, (suite, kinds)
+            assert all(
+                r["ratio_vs_medmeta"] > 0
+                for r in payload["records"]
+                if r["kind"] == "torch" and r["status"] == "ok"
+            )
 
 
 def test_bench_help_and_missing_source_tree(tmp_path: Path, capsys, monkeypatch):
@@ -34,7 +42,7 @@ def test_bench_help_and_missing_source_tree(tmp_path: Path, capsys, monkeypatch)
     assert "source tree" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("suite", ["nonexistent"])
-def test_bench_unknown_suite(suite: str, capsys, monkeypatch):
+def test_bench_unknown_suite(capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
-    assert main(["bench", suite]) == 2
+    assert main(["bench", "nonexistent"]) == 2
+    assert "unknown suite 'nonexistent'" in capsys.readouterr().err

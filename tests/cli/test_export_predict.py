@@ -96,8 +96,8 @@ def test_predict_single_image_files(exported: Path, tmp_path: Path, capsys):
 @pytest.mark.parametrize(
     ("make", "code", "needle"),
     [
-        (lambda p: p.write_bytes(b"not an onnx file"), 4, ""),
-        (lambda p: None, 4, ""),
+        (lambda p: p.write_bytes(b"not an onnx file"), 4, "cannot be loaded as an ONNX model"),
+        (lambda p: None, 4, "no such model file"),
     ],
 )
 def test_predict_rejects_bad_model_files(make, code, needle, queries: Path, tmp_path: Path, capsys):
@@ -106,6 +106,7 @@ def test_predict_rejects_bad_model_files(make, code, needle, queries: Path, tmp_
     assert main(["predict", "--model", str(bad), "--inputs", str(queries)]) == code
     err = capsys.readouterr().err
     assert err.startswith("medmeta predict: error:") and "Traceback" not in err
+    assert needle in err
 
 
 def test_export_needs_a_support_set_for_a_trained_model(

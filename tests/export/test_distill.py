@@ -170,6 +170,10 @@ def test_a_maml_teacher_can_teach() -> None:
         )
     result = run_distill([he.trained_protonet(steps=20), maml], steps=2)
     assert len(result.teacher_parameters) == 2 and len(result.history) == 1
+    alone = run_distill(he.trained_protonet(steps=20), steps=2)  # same seed, one teacher
+    taught = [torch.equal(a, b) for a, b in zip(
+        result.student.parameters(), alone.student.parameters(), strict=True)]  # fmt: skip
+    assert not all(taught)  # the MAML teacher's outputs reached the student's loss
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 
 #: Commands that run PyTorch models over many batches (see :mod:`medmeta.cli._allocator`).
-COMPUTE_COMMANDS = ("demo", "train", "eval", "adapt", "export", "bench")
+COMPUTE_COMMANDS = ("demo", "train", "eval", "adapt", "export")  # bench: in a child process
 
 EPILOG = f"""examples:
   medmeta demo                                   # the whole pipeline on blood-cell images, report in ./medmeta-demo/

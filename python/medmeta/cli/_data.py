@@ -4,7 +4,6 @@ examples per class. Torch-free (numpy only), so ``medmeta predict`` can use it."
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,19 +137,6 @@ def relabel(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     if (out < 0).any():
         raise DataError("some examples belong to classes outside the task", "labels")
     return out
-
-
-def output_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path whose parent folder exists (created)."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def describe(ds: ArrayDataset) -> str:
-    """``"name: N examples, C classes"`` for messages."""
-    name = ds.meta.get("name", "data")
-    return f"{name}: {len(ds)} examples, {len(present_classes(ds))} classes"
 
 
 def as_numpy(x: Any) -> np.ndarray:

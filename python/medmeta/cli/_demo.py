@@ -163,7 +163,7 @@ def measure_latency(
 ) -> list[dict[str, Any]]:
     """p50/p99 of one forward pass at batch 1 and 32: eager PyTorch (inference mode) and
     onnxruntime sessions with the same thread count."""
-    import onnxruntime as ort
+    from medmeta.edge.runtime import cpu_session
 
     threads = torch.get_num_threads()
     rows = []
@@ -175,9 +175,7 @@ def measure_latency(
         rows.append({"runtime": "eager PyTorch", "batch": batch, "p50_ms": p50, "p99_ms": p99,
                      "threads": threads})  # fmt: skip
         for label, path in onnx_files.items():
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session = cpu_session(path, str(path), threads)
             feed = {session.get_inputs()[0].name: inputs}
             p50, p99 = _time(lambda s=session, f=feed: s.run(None, f), runs)
             rows.append({"runtime": label, "batch": batch, "p50_ms": p50, "p99_ms": p99,
@@ -241,7 +239,8 @@ def run_demo(
     command: str | None = None,
 ) -> DemoOutcome:
     """The whole demo (see the module docstring); writes everything under ``out``."""
-    from medmeta.eval.plots import plot_learning_curves  # noqa: F401  (fail early without matplotlib)
+    import matplotlib  # noqa: F401  (fail early, before training, without matplotlib)
+
     from medmeta.export import to_onnx
     from medmeta.report import ReportData, write_report
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medmeta._files import atomic_write_bytes
 from medmeta.algorithms.base import MetaLearner
 from medmeta.cli._errors import ModelError
-from medmeta.train.checkpoint import atomic_save, atomic_write_bytes, load_learner
+from medmeta.train.checkpoint import atomic_save, load_learner
 
 CARD = "model.json"
 SUPPORT = "support.pt"
@@ -112,9 +112,7 @@ def save_adapted(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if source.checkpoint.resolve() != (folder / source.checkpoint.name).resolve():
-        tmp = folder / f".{source.checkpoint.name}.tmp"
-        shutil.copyfile(source.checkpoint, tmp)
-        os.replace(tmp, folder / source.checkpoint.name)
+        atomic_write_bytes(folder / source.checkpoint.name, source.checkpoint.read_bytes())
     atomic_save(
         {"x": support_x.detach().cpu().float().contiguous(), "y": support_y.cpu().long(),
          "class_names": list(class_names)},

@@ -14,7 +14,7 @@ import torch
 from medmeta import __version__
 from medmeta.cli import _data, _setup
 from medmeta.cli._errors import UsageError
-from medmeta.cli._model import TrainedModel, load_model, save_adapted, write_card
+from medmeta.cli._model import TrainedModel, save_adapted, write_card
 from medmeta.data import ArrayDataset, DataError
 
 logger = logging.getLogger(__name__)
@@ -296,12 +296,10 @@ class task_ways:
         self.learner.ways = self.saved
 
 
-def load(folder: str | Path, device: str = "cpu") -> TrainedModel:
-    return load_model(folder, device)
-
-
-def readapt(model: TrainedModel) -> Any:
-    """The classifier of an adapted folder, rebuilt from its stored support set."""
-    support_x, support_y, names = model.support()
+def readapt(
+    model: TrainedModel, support_x: torch.Tensor, support_y: torch.Tensor, names: list[str]
+) -> Any:
+    """The classifier of an adapted folder, rebuilt from its stored support set
+    (``model.support()``)."""
     with task_ways(model.learner, len(names)):
         return model.learner.adapt(support_x, support_y).eval()

@@ -36,9 +36,10 @@ def build_parser(prog: str) -> object:
 def main(argv: Sequence[str], prog: str = "medmeta adapt") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     from medmeta.cli import _workflow
+    from medmeta.cli._model import load_model
 
     device = _setup.resolve_device(args.device)
-    model = _workflow.load(args.model, device)
+    model = load_model(args.model, device)
     task = _workflow.task_data(model, args.support, args.classes)
     outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed,
                                     out=args.out, device=device)  # fmt: skip

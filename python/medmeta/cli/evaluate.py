@@ -65,10 +65,11 @@ def _temperature(flag: str, card_value: float | None) -> float | None:
 def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     from medmeta.cli import _workflow
+    from medmeta.cli._model import load_model
 
     _setup.set_threads(args.threads)
     device = _setup.resolve_device(args.device)
-    model = _workflow.load(args.model, device)
+    model = load_model(args.model, device)
     test_set = _workflow.task_data(model, args.data, args.classes)
     result = _workflow.evaluate_model(
         model, test_set, ways=args.ways, shots=args.shots, queries=args.queries,

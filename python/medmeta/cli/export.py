@@ -47,12 +47,13 @@ def build_parser(prog: str) -> object:
 def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     from medmeta.cli import _workflow
+    from medmeta.cli._model import load_model
     from medmeta.export import to_onnx
 
     out = Path(args.out)
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"--out must be an .onnx file, got {args.out}")
-    model = _workflow.load(args.model)
+    model = load_model(args.model)
     if args.support:
         task = _workflow.task_data(model, args.support, args.classes)
         outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed, out=None)
@@ -62,7 +63,7 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
         )  # fmt: skip
     elif model.is_adapted:
         support_x, support_y, names = model.support()
-        adapted = _workflow.readapt(model)
+        adapted = _workflow.readapt(model, support_x, support_y, names)
         accuracy = model.card.get("task", {}).get("held_out_accuracy")
     else:
         raise UsageError(f"{args.model} is not adapted to a task: give --support (labelled "

@@ -129,10 +129,7 @@ def build_enrolment(
             f"enrolment: expected embeddings [S, D] and labels [S], got {list(emb.shape)} "
             f"and {list(lab.shape)}"
         )
-    if lab.size and (lab.min() < 0 or lab.max() >= n_way):
-        raise ValueError(
-            f"labels: must be in [0, {n_way}), found {int(lab[(lab < 0) | (lab >= n_way)][0])}"
-        )
+    kernels.check_label_range(lab, n_way)
     counts = np.bincount(lab, minlength=n_way)
     empty = np.flatnonzero(counts == 0)
     if fixed_prototypes is None and len(empty):

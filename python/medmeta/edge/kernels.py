@@ -28,6 +28,13 @@ class NativeCoreError(ImportError):
     """medmeta's native core (``medmeta._C``) is missing or failed to load."""
 
 
+def check_label_range(labels: np.ndarray, n_way: int) -> None:
+    """Raise naming the first of the integer ``labels`` outside ``[0, n_way)``."""
+    if labels.size and (labels.min() < 0 or labels.max() >= n_way):
+        bad = int(labels[(labels < 0) | (labels >= n_way)][0])
+        raise ValueError(f"labels: must be in [0, {n_way}), found {bad}")
+
+
 def native() -> ModuleType:
     """The loaded ``medmeta._C``; raises :class:`NativeCoreError` with the reason."""
     global _lib
@@ -71,9 +78,7 @@ def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, n_way: int) -> 
     lab = np.ascontiguousarray(labels, dtype=np.int64)
     if lab.shape != (emb.shape[0],):
         raise ValueError(f"labels: expected shape [{emb.shape[0]}], got {list(lab.shape)}")
-    if lab.size and (lab.min() < 0 or lab.max() >= n_way):
-        bad = lab[(lab < 0) | (lab >= n_way)][0]
-        raise ValueError(f"labels: must be in [0, {n_way}), found {int(bad)}")
+    check_label_range(lab, n_way)
     counts = np.bincount(lab, minlength=n_way)
     if (counts == 0).any():
         raise ValueError(f"class {int(np.argmin(counts))} has no support example")

@@ -68,6 +68,15 @@ def _window(window: Any) -> tuple[float, float] | None:
     return resolve_window(window if isinstance(window, str) else tuple(window))
 
 
+def check_finite(x: np.ndarray) -> np.ndarray:
+    """``x`` (``[n, ...]`` model inputs), or an error naming the first example with a NaN
+    or an infinity."""
+    if not np.isfinite(x).all():
+        bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
+        raise ValueError(f"raw: example {bad} contains NaN or infinite values")
+    return x
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How raw inputs become model inputs (see the module docstring for each step).
@@ -222,11 +231,7 @@ class Preprocessing:
                 out = out - np.asarray(self.mean, np.float32).reshape(shape)
             if self.std is not None:
                 out = out / np.asarray(self.std, np.float32).reshape(shape)
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        if not np.isfinite(out).all():
-            bad = int(np.argwhere(~np.isfinite(out.reshape(len(out), -1)))[0, 0])
-            raise ValueError(f"raw: example {bad} contains NaN or infinite values")
-        return out
+        return check_finite(np.ascontiguousarray(out, dtype=np.float32))
 
     def _array(self, raw: Any) -> np.ndarray:
         if hasattr(raw, "detach") and hasattr(raw, "numpy"):  # a torch tensor, without torch

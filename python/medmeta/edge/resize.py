@@ -51,6 +51,14 @@ def axis_weights(size_in: int, size_out: int) -> np.ndarray:
     return weights
 
 
+@functools.lru_cache(maxsize=64)
+def _float32_weights(size_in: int, size_out: int) -> np.ndarray:
+    """:func:`axis_weights` as float32, converted once per size pair (a per-call hot path)."""
+    weights = axis_weights(size_in, size_out).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize float images ``[..., H, W]`` to ``[..., size[0], size[1]]`` (float32).
 
@@ -60,7 +68,6 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h_out, w_out = size
     if (h_in, w_in) == (h_out, w_out):
         return images
-    ry = axis_weights(h_in, h_out).astype(np.float32)
-    rx = axis_weights(w_in, w_out).astype(np.float32)
+    ry, rx = _float32_weights(h_in, h_out), _float32_weights(w_in, w_out)
     out = np.matmul(np.matmul(ry, images), rx.T)  # [..., h_out, w_in] -> [..., h_out, w_out]
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -38,8 +38,8 @@ import onnxruntime as ort
 
 from medmeta._files import atomic_write_bytes
 from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, Enrolment, build_enrolment
-from medmeta.edge.kernels import pairwise_distances
-from medmeta.edge.preprocess import Preprocessing
+from medmeta.edge.kernels import check_label_range, pairwise_distances
+from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.results import Explanation, Neighbour, Prediction
 from medmeta.edge.schema import EdgeModelError, decode_array, parse_metadata
 
@@ -56,14 +56,24 @@ def _read_bytes(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
-def _session(data: bytes, source: str, threads: int | None) -> ort.InferenceSession:
+def cpu_session(
+    model: bytes | str | os.PathLike[str], source: str, threads: int | None
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session of ``model`` (serialized bytes or a file path) on
+    ``threads`` intra-op threads (None: onnxruntime's default) and one inter-op thread,
+    quiet below errors; a model that cannot load raises :class:`EdgeModelError` naming
+    ``source``."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only; problems reach the caller as exceptions
     options.inter_op_num_threads = 1
     if threads is not None:
         options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            model if isinstance(model, bytes) else os.fspath(model),
+            options,
+            providers=["CPUExecutionProvider"],
+        )
     except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
         raise EdgeModelError(
             f"{source}: cannot be loaded as an ONNX model (corrupt or truncated?): "
@@ -128,7 +138,7 @@ class EdgeModel:
             raise ValueError(f"ood_quantile: expected a value in (0, 1], got {ood_quantile!r}")
         self.path = Path(path)
         source = str(self.path)
-        self._session = _session(_read_bytes(self.path, "path"), source, threads)
+        self._session = cpu_session(_read_bytes(self.path, "path"), source, threads)
         self._meta = _metadata(self._session, source)
         role = self._meta["role"]
         if role == "head":
@@ -159,7 +169,7 @@ class EdgeModel:
         data = _read_bytes(path, "head_file")
         if hashlib.sha256(data).hexdigest() != self._meta.get("head_sha256"):
             raise EdgeModelError(f"{path}: SHA-256 differs from the one its embedder recorded")
-        session = _session(data, str(path), threads)
+        session = cpu_session(data, str(path), threads)
         meta = _metadata(session, str(path))
         owners = {self._meta["weights_sha256"], self._meta.get("float_weights_sha256")}
         if meta["role"] != "head" or meta.get("embedder_weights_sha256") not in owners:
@@ -204,7 +214,7 @@ class EdgeModel:
     def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         """The validated medmeta metadata of an exported file (any role)."""
         p = Path(path)
-        return _metadata(_session(_read_bytes(p, "path"), str(p), 1), str(p))
+        return _metadata(cpu_session(_read_bytes(p, "path"), str(p), 1), str(p))
 
     # -- properties ----------------------------------------------------------------------
     @property
@@ -272,10 +282,7 @@ class EdgeModel:
                 f"raw: preprocessed=True needs shape [n, {', '.join(map(str, shape))}], got "
                 f"{list(np.shape(raw))}"
             )
-        if not np.isfinite(x).all():
-            bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
-            raise ValueError(f"raw: example {bad} contains NaN or infinite values")
-        return np.ascontiguousarray(x)
+        return np.ascontiguousarray(check_finite(x))
 
     def _run(self, x: np.ndarray, state: Enrolment | None) -> dict[str, np.ndarray]:
         """Graph outputs by name for model inputs ``x``."""
@@ -403,9 +410,7 @@ class EdgeModel:
                 raise ValueError(
                     "labels: integer labels need class_names (no classes enrolled yet)"
                 )
-        if y.size and (y.min() < 0 or y.max() >= len(names)):
-            bad = int(y[(y < 0) | (y >= len(names))][0])
-            raise ValueError(f"labels: must be in [0, {len(names)}), found {bad}")
+        check_label_range(y, len(names))
         if class_names is not None:
             known = set(state.class_names) if state is not None else set()
             used = set(y.tolist())

@@ -122,15 +122,16 @@ def evaluation_summary(evaluation: Any) -> dict[str, Any] | None:
     return summary
 
 
-def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
+def set_metadata(model: onnx.ModelProto, metadata: Mapping[str, Any]) -> dict[str, Any]:
     """Store ``metadata`` (completed with format and schema version) as the model's
-    medmeta ``metadata_props`` entry, replacing an earlier one."""
+    medmeta ``metadata_props`` entry, replacing an earlier one; return what was stored."""
     meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, **metadata}
     text = json.dumps(meta, allow_nan=False, sort_keys=True)
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=METADATA_KEY, value=text)
+    return meta
 
 
 def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:

@@ -47,7 +47,7 @@ from medmeta._files import atomic_write_bytes
 from medmeta.algorithms.base import Adapted, MetaLearner
 from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, build_enrolment
 from medmeta.edge.preprocess import Preprocessing
-from medmeta.edge.schema import FORMAT, SCHEMA_VERSION, encode_array
+from medmeta.edge.schema import encode_array
 from medmeta.export import graphs
 from medmeta.export.metadata import (
     class_names_for,
@@ -242,27 +242,23 @@ def _finalise(model: onnx.ModelProto, metadata: dict[str, Any], path: Path) -> d
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise ExportError(f"{path}: the exporter left external weight data; cannot inline it")
     model.producer_name, model.producer_version = "medmeta", medmeta.__version__
-    metadata = {**metadata, "opset": _opset(model), "weights_sha256": weights_sha256(model)}
-    set_metadata(model, metadata)
+    stored = set_metadata(
+        model, {**metadata, "opset": _opset(model), "weights_sha256": weights_sha256(model)}
+    )
     if model.ByteSize() > _PROTOBUF_LIMIT:
         raise ExportError(
             f"{path}: {model.ByteSize():,} bytes exceed protobuf's 2 GiB single-file limit"
         )
     onnx.checker.check_model(model, full_check=True)
     atomic_write_bytes(path, model.SerializeToString())
-    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, **metadata}
+    return stored
 
 
 def _run_onnx(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from medmeta.edge.runtime import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # a small check: no thread pool to spin up
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, feeds)
+    # a small check: one thread, no thread pool to spin up
+    return cpu_session(model.SerializeToString(), "export check", 1).run(None, feeds)
 
 
 def _check(what: str, got: np.ndarray, want: torch.Tensor, tolerance: float) -> float:
@@ -669,7 +665,7 @@ def _quantize(
     if calib is None:
         raise ValueError("calibration_x: int8=True needs calibration inputs (or support_x)")
     calib = np.ascontiguousarray(np.asarray(calib, dtype=np.float32))
-    int8_path = source.with_name(source.name[: -len(".onnx")] + ".int8.onnx")
+    int8_path = _sibling(source, "int8")
     quantize.quantize_onnx(source, int8_path, calib)
     inputs = sx.numpy() if sx is not None else calib
     labels = sy.numpy() if sx is not None and source == result.classifier else None

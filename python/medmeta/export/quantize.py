@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medmeta.train.checkpoint import atomic_write_bytes
+from medmeta._files import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is only needed by episode_parity
     import torch
@@ -305,45 +305,36 @@ def _copy_metadata(source: Any, target: Any, description: dict[str, Any]) -> Non
 # ------------------------------------------------------------------------------ parity
 
 
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: no per-node warnings in library output
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64) - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _is_embedder(path: Path) -> bool:
-    """Whether ``path`` is a medmeta enrolment embedder (probabilities come from its head)."""
-    import onnx
-
+def _is_embedder(model: Any) -> bool:
+    """Whether ``model`` (an ``onnx.ModelProto``) is a medmeta enrolment embedder
+    (probabilities come from its head)."""
     from medmeta.edge.schema import METADATA_KEY
 
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    props = {p.key: p.value for p in model.metadata_props}
     try:
         return json.loads(props.get(METADATA_KEY, "{}")).get("role") == "embedder"
     except (json.JSONDecodeError, AttributeError):
         return False
 
 
-def _file_probabilities(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
-    """Probabilities ``[n, N]`` of the model file at ``path``: a medmeta embedder through
-    :class:`medmeta.edge.EdgeModel` (embeddings -> its head with the exported prototypes),
-    anything else through :func:`probabilities`."""
-    if _is_embedder(path):
+def _file_probabilities(path: Path, embedder: bool, x: np.ndarray, threads: int) -> np.ndarray:
+    """Probabilities ``[n, N]`` of the model file at ``path``: a medmeta ``embedder``
+    through :class:`medmeta.edge.EdgeModel` (embeddings -> its head with the exported
+    prototypes), anything else through :func:`probabilities`."""
+    if embedder:
         from medmeta.edge import EdgeModel
 
         model = EdgeModel(path, threads=threads)
         return model.predict_proba(x, preprocessed=True).astype(np.float64)
-    return probabilities(_session(path, threads), x)
+    from medmeta.edge.runtime import cpu_session
+
+    return probabilities(cpu_session(path, str(path), threads), x)
 
 
 def probabilities(session: Any, x: np.ndarray, chunk: int = 256) -> np.ndarray:
@@ -393,15 +384,16 @@ def parity_report(
     """
     fpath = _check_model_path("float_path", float_path)
     qpath = _check_model_path("int8_path", int8_path)
-    _, fdims = _model_input("float_path", _load_model("float_path", fpath))
-    _, qdims = _model_input("int8_path", _load_model("int8_path", qpath))
+    fmodel, qmodel = _load_model("float_path", fpath), _load_model("int8_path", qpath)
+    _, fdims = _model_input("float_path", fmodel)
+    _, qdims = _model_input("int8_path", qmodel)
     if len(fdims) != len(qdims) or any(
         a is not None and b is not None and a != b for a, b in zip(fdims, qdims, strict=True)
     ):
         raise ValueError(f"the float and int8 models take different inputs: {fdims} vs {qdims}")
     x = _check_inputs("inputs", inputs, fdims)
-    p_float = _file_probabilities(fpath, x, threads)
-    p_int8 = _file_probabilities(qpath, x, threads)
+    p_float = _file_probabilities(fpath, _is_embedder(fmodel), x, threads)
+    p_int8 = _file_probabilities(qpath, _is_embedder(qmodel), x, threads)
     if p_float.shape != p_int8.shape:
         raise ValueError(
             f"the float and int8 models give different outputs: {list(p_float.shape)} vs "

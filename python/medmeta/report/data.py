@@ -95,6 +95,18 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def _per_embedding(name: str, value: Any, n: int) -> np.ndarray | None:
+    """``value`` as ``[n]`` labels, one per embedding (None stays None)."""
+    if value is None:
+        return None
+    labels = _check_array(name, value, 1)
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"ReportData.{name} must have one label per embedding ([{n}]), got {labels.shape}"
+        )
+    return labels
+
+
 def _check_array(name: str, a: Any, ndim: int) -> np.ndarray:
     if hasattr(a, "detach"):  # a torch tensor: accept it, as callers hold tensors
         a = a.detach().cpu().numpy()
@@ -162,20 +174,8 @@ def check_report_data(data: ReportData) -> ReportData:
     if data.embeddings is not None:
         emb = _check_finite("embeddings", _check_array("embeddings", data.embeddings, 2))
         n = emb.shape[0]
-        if data.embedding_labels is not None:
-            labels = _check_array("embedding_labels", data.embedding_labels, 1)
-            if labels.shape[0] != n:
-                raise ValueError(
-                    f"ReportData.embedding_labels must have one label per embedding "
-                    f"([{n}]), got {labels.shape}"
-                )
-        if data.embedding_predictions is not None:
-            preds = _check_array("embedding_predictions", data.embedding_predictions, 1)
-            if preds.shape[0] != n:
-                raise ValueError(
-                    f"ReportData.embedding_predictions must have one label per embedding "
-                    f"([{n}]), got {preds.shape}"
-                )
+        labels = _per_embedding("embedding_labels", data.embedding_labels, n)
+        preds = _per_embedding("embedding_predictions", data.embedding_predictions, n)
     if data.prototypes is not None:
         protos = _check_finite("prototypes", _check_array("prototypes", data.prototypes, 2))
         if emb is not None and protos.shape[1] != emb.shape[1]:

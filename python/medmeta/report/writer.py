@@ -12,13 +12,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from medmeta._files import atomic_write_bytes
 from medmeta.report.data import FORMAT, ReportData, ReportPaths, check_report_data, to_jsonable
 from medmeta.report.document import build_document
 from medmeta.report.embedding import EmbeddingMap
 from medmeta.report.figures import PLOT_NAMES, draw_figures
 from medmeta.report.html import render_html
 from medmeta.report.markdown import render_markdown
-from medmeta.train.checkpoint import atomic_write_bytes
 
 __all__ = ["report_dict", "write_report"]
 

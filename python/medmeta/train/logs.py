@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medmeta.train.checkpoint import atomic_write_bytes
+from medmeta._files import atomic_write_bytes
 
 __all__ = ["CSV_FIELDS", "TrainLog", "jsonable", "read_csv"]
 
