@@ -323,6 +323,20 @@ def start_run(
     return dev, command
 
 
+def short_error(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters) for records."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
+def command_line(env: Mapping[str, Any]) -> str:
+    """The recorded command of a run with its allocator / path environment, for reports."""
+    prefix = " ".join(
+        f"{k}={v}" for k, v in env["env"].items() if k.startswith(("MALLOC_", "PYTHONPATH"))
+    )
+    return (prefix + " " if prefix else "") + " ".join(env["command"])
+
+
 def replot(path: Path, write_outputs: Callable[[dict[str, Any], Path], list[Path]]) -> int:
     """Rewrite the .md/.png of a suite's JSON results (``--replot``)."""
     payload = json.loads(path.read_text())

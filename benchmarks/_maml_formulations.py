@@ -268,11 +268,12 @@ def metasgd_loop(learner: FastWeightLearner, batch: EpisodeBatch) -> Grads:
     return _sum_task_grads(learner, batch.batch_size, task_loss)
 
 
-def _body_features(
-    learner: FastWeightLearner, batch: EpisodeBatch, t: int
+def body_features(
+    learner: nn.Module, batch: EpisodeBatch, t: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Task t's support and query features from one backbone forward over both (batch norm
-    statistics of the task's support and query inputs together, as medmeta's ANIL)."""
+    """Task t's support ``[S, D]`` and query ``[Q, D]`` features from one backbone forward
+    over both (batch norm statistics of the task's support and query inputs together, as
+    medmeta's ANIL and its metric learners)."""
     S = batch.support_x.shape[1]
     features = learner.backbone(torch.cat([batch.support_x[t], batch.query_x[t]]))
     return features[:S], features[S:]
@@ -286,7 +287,7 @@ def anil_loop(learner: FastWeightLearner, batch: EpisodeBatch) -> Grads:
     lr = learner.inner_lr
 
     def task_loss(t: int) -> torch.Tensor:
-        support, query = _body_features(learner, batch, t)
+        support, query = body_features(learner, batch, t)
         fast = _sgd_steps(
             lambda p, x: functional_call(head, p, (x,)),
             theta,
@@ -378,7 +379,7 @@ def learn2learn_anil(learner: FastWeightLearner, batch: EpisodeBatch) -> Grads:
     head = l2l.algorithms.MAML(learner.head, lr=learner.inner_lr, first_order=learner.first_order)
 
     def task_loss(t: int) -> torch.Tensor:
-        support, query = _body_features(learner, batch, t)
+        support, query = body_features(learner, batch, t)
         clone = head.clone()
         for _ in range(learner.inner_steps):
             clone.adapt(F.cross_entropy(clone(support), batch.support_y[t]))

@@ -111,11 +111,6 @@ class Formulation:
     flag_disagreement: bool = False  # timed even when it disagrees (vmap), status "flagged: ..."
 
 
-def _short(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:300]}"
-
-
 class Peers:
     """The peer libraries that import here: module or the reason they do not."""
 
@@ -133,7 +128,7 @@ class Peers:
                 self.versions[name] = importlib.metadata.version(name)
                 self.modules[name] = module
             except Exception as e:  # a peer failing to import is a result, never fatal
-                self.why[name] = f"not available: {_short(e)}"
+                self.why[name] = f"not available: {H.short_error(e)}"
 
     def has(self, name: str) -> bool:
         return name in self.modules
@@ -185,13 +180,6 @@ def _task(batch: Any, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t]
 
 
-def _embed_task(backbone: nn.Module, batch: Any, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One episode's support ``[S, D]`` and query ``[Q, D]`` embeddings, one forward."""
-    sx, _, qx, _ = _task(batch, t)
-    z = backbone(torch.cat([sx, qx]))
-    return z[: sx.shape[0]], z[sx.shape[0] :]
-
-
 def _class_means(z: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
     """``[N, D]`` per-class means of ``z [S, D]`` (one-hot matmul)."""
     one_hot = F.one_hot(labels, ways).to(z.dtype)  # [S, N]
@@ -218,14 +206,14 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def _protonet_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     logits = -torch.cdist(zq, _class_means(zs, batch.support_y[t], batch.ways))  # euclidean
     _accuracy(logits, batch.query_y[t])
     return F.cross_entropy(logits / learner.temperature, batch.query_y[t])
 
 
 def _matching_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     cosine = F.normalize(zq, dim=-1) @ F.normalize(zs, dim=-1).t()  # [Q, S]
     attention = (cosine / learner.temperature).softmax(-1)
     probs = attention @ F.one_hot(batch.support_y[t], batch.ways).to(zs.dtype)  # [Q, N]
@@ -234,7 +222,7 @@ def _matching_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
 
 
 def _relation_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     classes = _class_means(zs, batch.support_y[t], batch.ways)  # aggregate="mean"
     Q, N, maps = zq.shape[0], classes.shape[0], learner.feature_shape
     pairs = torch.cat(
@@ -251,7 +239,7 @@ def _relation_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
 
 
 def _siamese_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     zs, zq = F.normalize(zs, dim=-1), F.normalize(zq, dim=-1)
     z = torch.cat([zs, zq])
     labels = torch.cat([batch.support_y[t], batch.query_y[t]])
@@ -271,7 +259,7 @@ def _siamese_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
 def _snail_task(
     learner: Any, batch: Any, t: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     zs, zq = learner.norm(zs), learner.norm(zq)
     ys = batch.support_y[t]
     if generator is not None:  # shuffle the support order, as medmeta's training does
@@ -285,7 +273,7 @@ def _snail_task(
 
 
 def _supervised_task(learner: Any, batch: Any, t: int) -> torch.Tensor:
-    zs, zq = _embed_task(learner.backbone, batch, t)
+    zs, zq = M.body_features(learner, batch, t)
     labels = torch.cat([batch.support_y[t], batch.query_y[t]])
     targets = batch.classes[t].long()[labels]
     loss = F.cross_entropy(learner.head(torch.cat([zs, zq])), targets)
@@ -318,7 +306,7 @@ def _l2l_protonet(learner: Any) -> Callable[[Any, int], torch.Tensor]:
         return torch.cdist(queries, prototypes)  # medmeta's metric (l2l's default is squared)
 
     def logits(batch: Any, t: int) -> torch.Tensor:
-        zs, zq = _embed_task(learner.backbone, batch, t)
+        zs, zq = M.body_features(learner, batch, t)
         classifier = l2l.nn.PrototypicalClassifier(zs, batch.support_y[t], distance=euclidean)
         return classifier(zq)
 
@@ -458,7 +446,7 @@ def train_formulations(
                 plain(form_name, H.KIND_PEER, make())
             except Exception as e:  # a peer that cannot be built is a result
                 forms.append(
-                    Formulation(form_name, H.KIND_PEER, None, why_not=f"error: {_short(e)}")
+                    Formulation(form_name, H.KIND_PEER, None, why_not=f"error: {H.short_error(e)}")
                 )
 
     def peer_logits(make_logits: Callable[[Any], Callable[[Any, int], torch.Tensor]], loss: str):
@@ -554,7 +542,7 @@ def evaluation_formulations(learner: Any, peers: Peers) -> list[Formulation]:
         return inference(lambda b: torch.stack([logits(b, t) for t in range(b.batch_size)]))
 
     def loop_logits(batch: Any, t: int) -> torch.Tensor:
-        zs, zq = _embed_task(learner.backbone, batch, t)
+        zs, zq = M.body_features(learner, batch, t)
         return -torch.cdist(zq, _class_means(zs, batch.support_y[t], learner.ways))
 
     medmeta = inference(lambda b: learner.predict(b.support_x, b.support_y, b.query_x))
@@ -662,7 +650,7 @@ def check_formulations(
             clock.sync()
             seconds = time.perf_counter() - t0
         except Exception as e:  # a formulation failing is a result
-            checks[f.name] = Check(f"error: {_short(e)}")
+            checks[f.name] = Check(f"error: {H.short_error(e)}")
             continue
         if f.kind == H.KIND_OURS:
             expected = got
@@ -932,7 +920,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "",
         f"{env['date_utc']}, torch {env['torch']}, {env['threads']} threads, "
         f"git {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty_files') else ''}. "
-        f"Command: `{_command(env)}`.",
+        f"Command: `{H.command_line(env)}`.",
         "",
         f"{settings['ways']}-way, {settings['queries']} queries per class, pbc_blood "
         f"{SIZE}x{SIZE}x3 images, Conv4-{settings['hidden']}; meta-batch sizes B "
@@ -1083,13 +1071,6 @@ def _loads(env: dict[str, Any]) -> str:
     return f"{start[0]:.2f} → {end[0]:.2f}"
 
 
-def _command(env: dict[str, Any]) -> str:
-    prefix = " ".join(
-        f"{k}={v}" for k, v in env["env"].items() if k.startswith(("MALLOC_", "PYTHONPATH"))
-    )
-    return (prefix + " " if prefix else "") + " ".join(env["command"])
-
-
 def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
     """JSON, plot and markdown of a run; returns the paths written."""
     env = payload["environment"]
@@ -1105,7 +1086,7 @@ def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
         H.plot_speedups(points, stem.with_suffix(".png"), title, labels, order)
         paths.append(stem.with_suffix(".png"))
     except ImportError as e:
-        payload.setdefault("notes", []).append(f"no plot: {_short(e)}")
+        payload.setdefault("notes", []).append(f"no plot: {H.short_error(e)}")
     H.write_json(stem.with_suffix(".json"), payload)
     stem.with_suffix(".md").write_text(markdown_report(payload))
     return [stem.with_suffix(".json"), *paths, stem.with_suffix(".md")]
@@ -1392,7 +1373,7 @@ def _native_library() -> dict[str, Any] | None:
 
         return H._file_digest(Path(native.__file__))
     except Exception as e:
-        return {"error": _short(e)}
+        return {"error": H.short_error(e)}
 
 
 def _contention(records: Sequence[H.Record], quiet: QuietPolicy) -> dict[str, Any]:

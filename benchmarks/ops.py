@@ -138,11 +138,6 @@ class Peers:
         }
 
 
-def _short(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"{type(e).__name__}: {first[:300]}"
-
-
 def load_peers(device: torch.device, keops: bool) -> Peers:
     """Import the peer libraries that are installed; KeOps is smoke-tested (it JIT-compiles)."""
     peers = Peers()
@@ -160,13 +155,13 @@ def load_peers(device: torch.device, keops: bool) -> Peers:
                 (LazyTensor(a).sqdist(LazyTensor(b))).sum(dim=2)
             peers.keops_lazy = LazyTensor
         except Exception as e:  # import or JIT compile failure: reported, never fatal
-            peers.keops_why = _short(e)
+            peers.keops_why = H.short_error(e)
     try:
         from easyfsl.methods.utils import compute_prototypes
 
         peers.easyfsl_prototypes = compute_prototypes
     except Exception as e:
-        peers.easyfsl_why = _short(e)
+        peers.easyfsl_why = H.short_error(e)
     return peers
 
 
@@ -922,7 +917,7 @@ def check_point(
             got = _run_once(problem, f, call)
             clock.sync()
         except Exception as e:
-            rec.status = f"error: {_short(e)}"
+            rec.status = f"error: {H.short_error(e)}"
             continue
         if f.kind == H.KIND_OURS:
             expected = got
@@ -1075,7 +1070,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
         f"{env['threads']} threads; torch {env['torch']}, medmeta {env['medmeta']}, Python {env['python']}",
         f"- Date {env['date_utc']}; git {str(env.get('git_commit'))[:10]} ({env.get('git_dirty_files')} dirty files); "
         f"load average at start/end {_loads(env)}",
-        f"- Command: `{_command(env)}`",
+        f"- Command: `{H.command_line(env)}`",
         f"- Environment: {', '.join(f'{k}={v}' for k, v in env['env'].items()) or '(none)'}",
         f"- medmeta value checks: **on** (the default) for `medmeta`; `medmeta [checks off]` is reported beside it. "
         f"Peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items())}",
@@ -1224,13 +1219,6 @@ def _loads(env: dict[str, Any]) -> str:
     )
 
 
-def _command(env: dict[str, Any]) -> str:
-    prefix = " ".join(
-        f"{k}={v}" for k, v in env["env"].items() if k.startswith(("MALLOC_", "PYTHONPATH"))
-    )
-    return (prefix + " " if prefix else "") + " ".join(env["command"])
-
-
 def _point_from_json(d: dict[str, Any]) -> H.Point:
     d = dict(d)
     d["pass_"] = d.pop("pass")
@@ -1252,7 +1240,7 @@ def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
         H.plot_speedups(points, stem.with_suffix(".png"), title, X_LABELS, order)
         paths.append(stem.with_suffix(".png"))
     except ImportError as e:
-        payload.setdefault("notes", []).append(f"no plot: {_short(e)}")
+        payload.setdefault("notes", []).append(f"no plot: {H.short_error(e)}")
     stem.with_suffix(".md").write_text(markdown_report(payload))
     paths.append(stem.with_suffix(".md"))
     return paths
