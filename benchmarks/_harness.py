@@ -251,33 +251,42 @@ def flatten_tensors(value: Any) -> list[torch.Tensor]:
     raise TypeError(f"expected tensors, got {type(value).__name__}")
 
 
-def disagreement(
-    expected: Any,
-    got: Any,
-    rtol: float = 1e-3,
-    atol_rel: float = 1e-4,
-    atol_abs: Sequence[float | None] | None = None,
-) -> str | None:
-    """Why ``got`` does not match ``expected`` (None when every tensor is allclose).
+def reference_error(
+    reference: Any, got: Any, tol: float, atol_abs: Sequence[float | None] | None = None
+) -> tuple[str | None, float | None]:
+    """Compare ``got`` with a (float64) ``reference``: per output tensor, the largest
+    |got - reference| must not exceed ``tol`` times the reference's largest entry, or
+    ``atol_abs[i]`` where given and not None (e.g. an accuracy where one query may flip).
 
-    Per tensor, the absolute tolerance is ``atol_rel * max|expected|`` (scale-aware, for
-    float32 cancellation in expansions such as |x|²+|y|²-2x·y), or ``atol_abs[i]`` where
-    given and not None (e.g. one query of an accuracy).
+    Returns why it does not match (None when it does) and the worst relative error
+    (largest |difference| / largest |reference entry|) over the outputs compared
+    relatively (None when there is none or the shapes differ).
     """
-    a, b = flatten_tensors(expected), flatten_tensors(got)
+    a, b = flatten_tensors(reference), flatten_tensors(got)
     if len(a) != len(b):
-        return f"{len(b)} outputs instead of {len(a)}"
+        return f"{len(b)} outputs instead of {len(a)}", None
+    worst: float | None = None
+    why: str | None = None
     for i, (x, y) in enumerate(zip(a, b, strict=True)):
         if tuple(x.shape) != tuple(y.shape):
-            return f"output {i}: shape {list(y.shape)} instead of {list(x.shape)}"
+            return f"output {i}: shape {list(y.shape)} instead of {list(x.shape)}", None
         x64, y64 = x.detach().double(), y.detach().double()
         scale = float(x64.abs().max()) if x64.numel() else 0.0
+        diff = (y64 - x64).abs()
+        err = float(diff.max()) if diff.numel() else 0.0
+        if not math.isfinite(err) and diff.numel():  # NaN or inf where the reference has none
+            err = math.inf
         fixed = atol_abs[i] if atol_abs is not None else None
-        atol = fixed if fixed is not None else atol_rel * scale + 1e-12
-        if not torch.allclose(y64, x64, rtol=rtol, atol=atol):
-            err = float((y64 - x64).abs().max())
-            return f"output {i}: max abs error {err:.3g} (scale {scale:.3g}, atol {atol:.3g}, rtol {rtol})"
-    return None
+        if fixed is not None:
+            allowed = fixed
+        else:
+            allowed = tol * scale + 1e-12
+            rel = err / scale if scale else err
+            worst = rel if worst is None else max(worst, rel)
+        if not err <= allowed and why is None:
+            bound = f"{fixed:.3g} absolute" if fixed is not None else f"{tol:.1e} × {scale:.3g}"
+            why = f"output {i}: max abs error {err:.3g} > tolerance {bound}"
+    return why, worst
 
 
 # --------------------------------------------------------------------------- environment
@@ -308,14 +317,25 @@ def module_command(prog: str, module: str) -> list[str]:
 
 
 def start_run(
-    device: str, prog: str, module: str, argv: Sequence[str], no_malloc_env: bool
+    device: str,
+    prog: str,
+    module: str,
+    argv: Sequence[str],
+    no_malloc_env: bool,
+    out: Path | None = None,
+    allow_dirty: bool = False,
 ) -> tuple[torch.device | None, list[str]]:
-    """A suite's device (None, with the reason printed, when CUDA is asked for and absent)
-    and the command line that reproduces the run; CPU runs are re-executed with the
-    allocator settings first (:func:`ensure_malloc_env`) unless ``no_malloc_env``."""
+    """A suite's device and the command line that reproduces the run, or (None, []) with
+    the reason printed: CUDA asked for and absent, or results for ``out`` refused from a
+    dirty tree (:func:`dirty_refusal`). CPU runs are re-executed with the allocator
+    settings first (:func:`ensure_malloc_env`) unless ``no_malloc_env``."""
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available", file=sys.stderr)
+        return None, []
+    refusal = None if out is None else dirty_refusal(out, allow_dirty)
+    if refusal:
+        print(refusal, file=sys.stderr)
         return None, []
     command = [*module_command(prog, module), *argv]
     if dev.type == "cpu" and not no_malloc_env:
@@ -355,14 +375,117 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(repo: Path, *args: str) -> str | None:
+def _git(repo: Path, *args: str, strip: bool = True) -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
+
+
+# --------------------------------------------------------------------------- provenance
+
+REPO = Path(__file__).resolve().parent.parent
+#: Where the reference results live: only written from a clean tree (or ``--allow-dirty``).
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class GitState:
+    """The commit of a checkout and what differs from it."""
+
+    commit: str | None
+    dirty_paths: tuple[str, ...] | None  # None: git could not tell (no git, not a checkout)
+
+    @property
+    def dirty(self) -> bool:
+        """Uncommitted changes to tracked files or untracked files that are not ignored
+        (or unknown: a tree git cannot describe is not a clean commit)."""
+        return self.dirty_paths is None or bool(self.dirty_paths)
+
+
+def git_state(repo: Path | None = None) -> GitState:
+    """HEAD and ``git status --porcelain`` (tracked changes, untracked non-ignored files)."""
+    repo = REPO if repo is None else repo
+    status = _git(
+        repo, "--no-optional-locks", "status", "--porcelain", "--untracked-files=all", strip=False
+    )
+    paths = None if status is None else tuple(ln[3:] for ln in status.splitlines() if ln.strip())
+    return GitState(_git(repo, "rev-parse", "HEAD"), paths)
+
+
+def writes_results(out: Path) -> bool:
+    """Whether ``out`` is :data:`RESULTS_DIR` or inside it."""
+    return Path(out).resolve().is_relative_to(RESULTS_DIR.resolve())
+
+
+def dirty_refusal(out: Path, allow_dirty: bool, state: GitState | None = None) -> str | None:
+    """Why results may not go to ``out`` (None when they may): results in
+    :data:`RESULTS_DIR` come from a clean commit unless ``allow_dirty``, and are then
+    marked dirty (:func:`environment`, :func:`provenance_lines`)."""
+    if allow_dirty or not writes_results(out):
+        return None
+    state = git_state() if state is None else state
+    if not state.dirty:
+        return None
+    if state.dirty_paths is None:
+        what = "git cannot tell whether this tree is a clean commit"
+    else:
+        n = len(state.dirty_paths)
+        shown = ", ".join(state.dirty_paths[:5]) + (", ..." if n > 5 else "")
+        what = f"{n} uncommitted or untracked file{'s' if n > 1 else ''}: {shown}"
+    return (
+        f"refusing to write results into {RESULTS_DIR} from a dirty tree ({what}). Commit "
+        "first, write elsewhere with --out DIR, or pass --allow-dirty (the results are then "
+        "marked dirty)."
+    )
+
+
+def git_fields(allow_dirty: bool, state: GitState | None = None) -> dict[str, Any]:
+    """The provenance fields of a results file's environment."""
+    state = git_state() if state is None else state
+    paths = state.dirty_paths
+    return {
+        "git_commit": state.commit,
+        "git_dirty": state.dirty,
+        "git_dirty_files": None if paths is None else len(paths),
+        "git_dirty_paths": None if paths is None else list(paths[:50]),
+        "allow_dirty": bool(allow_dirty),
+    }
+
+
+def is_dirty(env: Mapping[str, Any]) -> bool:
+    """Whether a recorded run was made from a dirty tree (files written before the
+    ``git_dirty`` field: any dirty file counted)."""
+    if "git_dirty" in env:
+        return bool(env["git_dirty"])
+    return bool(env.get("git_dirty_files"))
+
+
+def provenance_lines(env: Mapping[str, Any]) -> list[str]:
+    """Markdown lines that say when, from which commit and with which command a results
+    file was made; a dirty tree is stated in bold."""
+    commit = env.get("git_commit") or "unknown"
+    lines = [
+        f"- Made {env.get('date_utc', '?')} from git commit `{commit}`"
+        + (" (**dirty tree**)" if is_dirty(env) else " (clean tree)")
+        + f" with `{command_line(env)}`"
+    ]
+    if is_dirty(env):
+        n, paths = env.get("git_dirty_files"), env.get("git_dirty_paths") or []
+        shown = ", ".join(f"`{p}`" for p in paths[:8]) + (", ..." if len(paths) > 8 else "")
+        lines.append(
+            f"- **DIRTY TREE: not a reference result.** {n if n is not None else 'unknown'} "
+            "uncommitted or untracked files when it ran"
+            + (f" ({shown})" if shown else "")
+            + ("; written with --allow-dirty" if env.get("allow_dirty") else "")
+            + "."
+        )
+    return lines
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
@@ -376,13 +499,17 @@ def _file_digest(path: Path) -> dict[str, Any]:
 
 
 def environment(
-    device: torch.device, threads: int, command: Sequence[str], extra: Mapping[str, Any]
+    device: torch.device,
+    threads: int,
+    command: Sequence[str],
+    extra: Mapping[str, Any],
+    allow_dirty: bool = False,
 ) -> dict[str, Any]:
-    """What a result depends on: hardware, versions, settings, the exact command."""
+    """What a result depends on: hardware, versions, settings, the exact command, the git
+    commit and whether the tree was dirty (:func:`git_fields`)."""
     import medmeta
     import medmeta.ops
 
-    repo = Path(__file__).resolve().parent.parent
     native = sorted(Path(medmeta.__file__).parent.glob("_C*.so"))
     env: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -400,8 +527,7 @@ def environment(
         "torch": torch.__version__,
         "medmeta": getattr(medmeta, "__version__", "unknown"),
         "medmeta_native_library": _file_digest(native[0]) if native else None,
-        "git_commit": _git(repo, "rev-parse", "HEAD"),
-        "git_dirty_files": len((_git(repo, "status", "--porcelain") or "").splitlines()),
+        **git_fields(allow_dirty),
         "env": {
             k: v
             for k, v in sorted(os.environ.items())
@@ -423,6 +549,13 @@ def environment(
         }
     env.update(extra)
     return env
+
+
+def gpu_not_measured() -> str:
+    """Why a CPU run leaves the GPU targets unmeasured, as it is on this machine."""
+    if torch.cuda.is_available():
+        return "not measured: this run was on CPU; run with --device cuda"
+    return "not measured: no GPU on this machine"
 
 
 def _nvidia_driver() -> str | None:
@@ -471,6 +604,8 @@ class Record:
     gbps: float | None = None  # bytes / median time, 1e9 B/s
     ratio_vs_medmeta: float | None = None  # this time / medmeta's (>1: medmeta faster)
     others_cpu: float | None = None  # CPUs used by other processes while this point ran
+    ref_error: float | None = None  # max |output - float64 reference| / max |reference|
+    ref_tol: float | None = None  # the tolerance ref_error was held to
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -20,9 +20,10 @@ timed beside
 
 and ProtoNet *evaluation* (``predict`` under ``torch.inference_mode``) beside a per-episode
 loop, easyfsl's ``process_support_set`` + forward and learn2learn's classifier, with the same
-weights. Every formulation is first checked against medmeta in float64 on a batch of 2
-episodes (every meta-parameter's gradient, or the evaluation logits); a disagreeing one is
-recorded, not timed (``vmap`` excepted: timed and flagged).
+weights. Every formulation, medmeta included, is first checked in float64 on a batch of 2
+episodes against the float64 reference, the plain per-task loop (every meta-parameter's
+gradient, or the evaluation logits): a medmeta disagreement fails the run, a disagreeing
+baseline is recorded with its error and not timed (``vmap`` excepted: timed and flagged).
 
 Writes ``algorithms-<device>[-tag].json`` (environment, one record per algorithm / pass /
 shots / B / formulation with times, episodes per second and the time ratio to medmeta),
@@ -58,6 +59,10 @@ TRAIN = "meta-train"
 EVALUATE = "evaluate"
 WAYS = 5
 CHECK_BATCH = 2  # episodes of the float64 agreement check (exercises the task batching)
+REFERENCE = "loop"  # the float64 reference every formulation is checked against
+# Largest |difference| to the reference allowed, relative to its largest gradient entry:
+# float64 rounding leaves ~1e-13 here (float32 would leave ~1e-3 in the MAML family).
+CHECK_TOL = 1e-7
 SIZE = 28  # pbc_blood's native size; Conv4 maps it to 1x1 feature maps
 
 METRIC = ("supervised", "protonet", "matching", "relation", "siamese", "snail")
@@ -605,12 +610,16 @@ class Timing:
         )
 
 
+class MedmetaCheckFailed(RuntimeError):
+    """medmeta disagrees with the float64 reference (or the reference cannot run)."""
+
+
 @dataclass
 class Check:
-    """The agreement of one formulation with medmeta on the check batch."""
+    """The agreement of one formulation with the float64 reference on the check batch."""
 
-    status: str  # "ok", "flagged: ...", "disagrees with medmeta: ...", "error: ...", why_not
-    max_rel_diff: float | None = None  # max |difference| / largest |medmeta entry|
+    status: str  # "ok", "flagged: ...", "disagrees with the float64 reference: ...", "error: ...", why_not
+    max_rel_diff: float | None = None  # max |difference| / largest |reference entry|
     seconds: float | None = None  # the check call (float64, CHECK_BATCH episodes)
 
     @property
@@ -626,44 +635,67 @@ def as_float64(batch: Any) -> Any:
 
 
 def check_formulations(
-    forms: Sequence[Formulation], batch: Any, learner: Any, mode: str, clock: H.Clock
+    forms: Sequence[Formulation],
+    batch: Any,
+    learner: Any,
+    mode: str,
+    clock: H.Clock,
+    where: str = "",
 ) -> dict[str, Check]:
     """Run every formulation's ``check`` once on ``batch`` (``learner`` in ``mode``) and
-    compare it with medmeta's: every gradient (or the logits) within rtol 1e-3 and atol
-    1e-4 of the largest entry of any of them (see :func:`_disagreement`)."""
+    compare it with the float64 reference, the :data:`REFERENCE` formulation (the plain
+    per-task loop): every gradient (or the logits) within :data:`CHECK_TOL` of the
+    reference's largest entry (see :func:`_disagreement`). Raises
+    :class:`MedmetaCheckFailed` (naming ``where``) when medmeta disagrees or the reference
+    fails; a baseline that disagrees is recorded (``vmap``: flagged)."""
     checks: dict[str, Check] = {}
-    expected: Any = None
     meta_step = getattr(learner, "meta_step", None)
     start_step = None if meta_step is None else meta_step.clone()
     if getattr(learner, "shuffle", False):  # SNAIL: compare on the given support order
         learner.shuffle = False
     learner.train(mode == "train")
+
+    def run_check(f: Formulation) -> tuple[Any, float]:
+        if start_step is not None:  # MAML++: every formulation from the same meta-step
+            learner.meta_step.copy_(start_step)
+        t0 = time.perf_counter()
+        got = f.check(batch)
+        clock.sync()
+        return got, time.perf_counter() - t0
+
+    ref = next((f for f in forms if f.name == REFERENCE and f.check is not None), None)
+    if ref is None:
+        raise MedmetaCheckFailed(f"{where}: no float64 reference formulation ({REFERENCE!r})")
+    try:
+        expected, ref_seconds = run_check(ref)
+    except Exception as e:
+        raise MedmetaCheckFailed(
+            f"{where}: the float64 reference ({REFERENCE}) fails: {H.short_error(e)}"
+        ) from e
     for f in forms:
+        if f is ref:
+            checks[f.name] = Check("ok", 0.0, ref_seconds)
+            continue
         if f.run is None or f.check is None:
             checks[f.name] = Check(f.why_not)
             continue
-        if start_step is not None:  # MAML++: every formulation from the same meta-step
-            learner.meta_step.copy_(start_step)
         try:
-            t0 = time.perf_counter()
-            got = f.check(batch)
-            clock.sync()
-            seconds = time.perf_counter() - t0
-        except Exception as e:  # a formulation failing is a result
+            got, seconds = run_check(f)
+        except Exception as e:  # a formulation failing is a result (medmeta: see run())
             checks[f.name] = Check(f"error: {H.short_error(e)}")
             continue
-        if f.kind == H.KIND_OURS:
-            expected = got
-            checks[f.name] = Check("ok", 0.0, seconds)
-            continue
-        if expected is None:
-            checks[f.name] = Check("error: medmeta failed, nothing to compare with")
-            continue
         why = _disagreement(expected, got)
+        rel = _max_rel_diff(expected, got)
+        if why and f.kind == H.KIND_OURS:
+            raise MedmetaCheckFailed(
+                f"{where}: {f.name} disagrees with the float64 reference ({REFERENCE}): {why} "
+                f"(tolerance {CHECK_TOL:.0e} of the largest entry)"
+            )
         status = "ok"
         if why:
-            status = f"{'flagged: ' if f.flag_disagreement else ''}disagrees with medmeta: {why}"
-        checks[f.name] = Check(status, _max_rel_diff(expected, got), seconds)
+            flag = "flagged: " if f.flag_disagreement else ""
+            status = f"{flag}disagrees with the float64 reference: {why}"
+        checks[f.name] = Check(status, rel, seconds)
     return checks
 
 
@@ -681,17 +713,18 @@ def _max_rel_diff(expected: Any, got: Any) -> float | None:
 
 
 def _disagreement(expected: Any, got: Any) -> str | None:
-    """``H.disagreement`` (rtol 1e-3) with one absolute tolerance for all tensors: 1e-4 of
-    the largest entry of any of them. Per-tensor scales would compare rounding noise, e.g.
-    the gradient of a convolution bias followed by batch norm, zero up to rounding.
-    Gradients (dicts) are compared per parameter and the message names it."""
+    """Why ``got`` is not within :data:`CHECK_TOL` of the reference ``expected``, with one
+    absolute tolerance for all tensors: ``CHECK_TOL`` times the largest entry of any of
+    them. Per-tensor scales would compare rounding noise, e.g. the gradient of a
+    convolution bias followed by batch norm, zero up to rounding. Gradients (dicts) are
+    compared per parameter and the message names it."""
     expected, got = _as_dict(expected), _as_dict(got)
     if set(got) != set(expected):
         return f"gradients for {sorted(set(got) ^ set(expected))} on one side only"
     scale = max((float(t.abs().max()) for t in expected.values() if t.numel()), default=0.0)
-    atol = 1e-4 * scale + 1e-12
+    atol = CHECK_TOL * scale + 1e-12
     for name, want in expected.items():
-        why = H.disagreement(want, got[name], atol_abs=[atol])
+        why, _ = H.reference_error(want, got[name], CHECK_TOL, atol_abs=[atol])
         if why:
             return f"{name}: {why.removeprefix('output 0: ')}, largest entry overall {scale:.3g}"
     return None
@@ -723,10 +756,11 @@ def measure(
 
 
 def check_series(
-    learner: Any, pass_: str, peers: Peers, batch: Any, clock: H.Clock
+    learner: Any, pass_: str, peers: Peers, batch: Any, clock: H.Clock, where: str = ""
 ) -> dict[str, Check]:
-    """The agreement of every formulation of a series (algorithm, pass, shots) with medmeta,
-    on a float64 copy of the learner and the float64 check batch. float32 is not enough
+    """The agreement of every formulation of a series (algorithm, pass, shots) with the
+    float64 reference (the per-task loop), on a float64 copy of the learner and the
+    float64 check batch (raises :class:`MedmetaCheckFailed` when medmeta disagrees). float32 is not enough
     for the MAML family: 5 inner steps amplify rounding, so that on Conv4-64 the float32
     loop and medmeta are each ~1e-3 (relative) off the float64 value, and off each other,
     while in float64 they agree to ~1e-14. The metric learners are compared in eval mode
@@ -740,7 +774,7 @@ def check_series(
         mode = "eval" if learner.name in METRIC else "train"
     else:
         forms, mode = evaluation_formulations(twin, peers), "eval"
-    return check_formulations(forms, batch, twin, mode, clock)
+    return check_formulations(forms, batch, twin, mode, clock, where)
 
 
 def _check_json(name: str, pass_: str, shots: int, checks: dict[str, Check]) -> dict[str, Any]:
@@ -750,6 +784,8 @@ def _check_json(name: str, pass_: str, shots: int, checks: dict[str, Check]) -> 
         "shots": shots,
         "episodes": CHECK_BATCH,
         "dtype": "float64",
+        "reference": REFERENCE,
+        "tolerance": CHECK_TOL,
         "mode": "eval" if pass_ == EVALUATE or name in METRIC else "train",
         "formulations": {f: dataclasses.asdict(c) for f, c in checks.items()},
     }
@@ -758,16 +794,20 @@ def _check_json(name: str, pass_: str, shots: int, checks: dict[str, Check]) -> 
 def _check_line(name: str, pass_: str, shots: int, checks: dict[str, Check]) -> str:
     parts = []
     for f, c in checks.items():
-        if f == "medmeta":
+        if f in ("medmeta", REFERENCE):
             continue
         rel = "" if c.max_rel_diff is None else f" {c.max_rel_diff:.1e}"
         word = c.status if c.status in ("ok",) else c.status.split(":")[0]
         parts.append(f"{f} {word}{rel}")
-    head = f"[check] {name:10s} {pass_:10s} {shots}-shot (float64, {CHECK_BATCH} episodes):"
+    head = (
+        f"[check] {name:10s} {pass_:10s} {shots}-shot (float64, {CHECK_BATCH} episodes, "
+        f"vs {REFERENCE}):"
+    )
     ours = checks.get("medmeta")
     if ours is None or ours.status != "ok":
         return f"{head} medmeta: {ours.status if ours else 'missing'}"
-    return f"{head} " + " | ".join(parts)
+    rel = "" if ours.max_rel_diff is None else f" {ours.max_rel_diff:.1e}"
+    return f"{head} " + " | ".join([f"medmeta ok{rel}", *parts])
 
 
 def run_point(
@@ -835,7 +875,7 @@ def evaluate_targets(records: Sequence[H.Record], device_type: str) -> list[dict
             measured += [{"series": s, "B": b, "ratio": by_b.get(b)} for b in bs if b is not None]
         got = [m["ratio"] for m in measured if m["ratio"] is not None]
         if device_type != "cuda":
-            status = "not measured (no GPU in this session)"
+            status = H.gpu_not_measured()
         else:
             status = "met" if got and min(got) >= goal else ("missed" if got else "not measured")
         out.append({"target": title, "goal_ratio": goal, "status": status, "measured": measured})
@@ -867,7 +907,8 @@ def _payload(
             "episodes_per_s": "B / median_s",
             "ratio_vs_medmeta": "median time of the formulation / medmeta's = medmeta's episodes/s over the formulation's (> 1: medmeta faster)",
             "speedup": "per point: the best pure-torch formulation's time / medmeta's (the per-task loop, and for ProtoNet also the batched formulation; vmap is flagged, not counted)",
-            "status": "ok; flagged: ... (timed although it disagrees: vmap with batch norm); disagrees with medmeta: ... (not timed); not available: ... (peer import failed); skipped: ...; error: ...",
+            "status": "ok; flagged: ... (timed although it disagrees with the float64 reference: vmap with batch norm); disagrees with the float64 reference: ... (not timed); not available: ... (peer import failed); skipped: ...; error: ...",
+            "checks": f"float64, {CHECK_BATCH} episodes, against the per-task loop ({REFERENCE!r}); max_rel_diff = largest |difference| / the reference's largest entry, tolerance {CHECK_TOL:g}",
             "kinds": {
                 H.KIND_OURS: "medmeta (meta_train_step / predict)",
                 H.KIND_TORCH: "plain PyTorch (per-task loop; batched for ProtoNet; vmap for MAML)",
@@ -918,9 +959,9 @@ def markdown_report(payload: dict[str, Any]) -> str:
     lines = [
         f"# medmeta algorithms: meta-training throughput ({env['device_name']})",
         "",
-        f"{env['date_utc']}, torch {env['torch']}, {env['threads']} threads, "
-        f"git {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty_files') else ''}. "
-        f"Command: `{H.command_line(env)}`.",
+        *H.provenance_lines(env),
+        f"- torch {env['torch']}, medmeta {env.get('medmeta', '?')}, {env['threads']} threads.",
+        *_resumed_lines(env),
         "",
         f"{settings['ways']}-way, {settings['queries']} queries per class, pbc_blood "
         f"{SIZE}x{SIZE}x3 images, Conv4-{settings['hidden']}; meta-batch sizes B "
@@ -984,7 +1025,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
         header = ["algorithm", "shots", "B"] + (["medmeta episodes/s"] if gpu else [])
         lines += [H.markdown_table([*header, *forms, "others CPU"], table), ""]
     lines += [
-        "⚑ flagged: timed although it disagrees with medmeta (vmap through batch norm, "
+        "⚑ flagged: timed although it disagrees with the float64 reference (vmap through batch norm, "
         "pytorch/functorch#534). ✗: disagrees, not timed. n/a: peer not importable; mem: not "
         "run on this CPU for memory; ·: training peers timed only at "
         f"B {settings['peer_batches']}; empty: no such formulation for the algorithm.",
@@ -1009,16 +1050,31 @@ def markdown_report(payload: dict[str, Any]) -> str:
             ["algorithm", "pass", "points", "worst", "at", "median", "slower points"], rows
         ),
         "",
-        f"## Agreement with medmeta (float64, {CHECK_BATCH} episodes per check)",
-        "",
-        "Largest |difference| over every meta-parameter's gradient (the logits for "
-        "evaluation), relative to medmeta's largest entry; ⚑ / ✗: outside the tolerance "
-        "(rtol 1e-3, atol 1e-4 of that entry): ⚑ timed anyway (vmap), ✗ not timed.",
-        "",
     ]
     checks = payload.get("checks", [])
+    reference = checks[0].get("reference") if checks else REFERENCE
+    if reference:
+        lines += [
+            f"## Agreement with the float64 reference (the per-task loop; {CHECK_BATCH} episodes per check)",
+            "",
+            "Largest |difference| to the per-task loop in float64 over every meta-parameter's "
+            "gradient (the logits for evaluation), relative to the loop's largest entry; ⚑ / ✗: "
+            f"outside the tolerance ({CHECK_TOL:g} of that entry): ⚑ timed anyway (vmap), ✗ not "
+            "timed. medmeta outside it fails the run.",
+            "",
+        ]
+    else:  # results written before the float64 reference check
+        lines += [
+            f"## Agreement with medmeta (float64, {CHECK_BATCH} episodes per check)",
+            "",
+            "This run predates the reference check: every formulation was compared with "
+            "medmeta (rtol 1e-3, atol 1e-4 of medmeta's largest entry).",
+            "",
+        ]
     forms = [
-        f for f in dict.fromkeys(f for c in checks for f in c["formulations"]) if f != "medmeta"
+        f
+        for f in dict.fromkeys(f for c in checks for f in c["formulations"])
+        if f != (reference or "medmeta")
     ]
     rows = []
     for c in checks:
@@ -1049,7 +1105,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         f"* peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items())}",
         "",
         "The agreement checks run once per algorithm, pass and shot count, in float64 on a "
-        f"copy of the learner and {CHECK_BATCH} episodes (float32 is too coarse for the MAML "
+        f"copy of the learner and {CHECK_BATCH} episodes, against the per-task loop in plain "
+        "PyTorch (float32 is too coarse for the MAML "
         "family: five inner steps amplify rounding to ~1e-3 in both medmeta and the loop). "
         "The metric learners are compared in eval mode (batch norm on running statistics): "
         "in training mode medmeta normalises over the whole meta-batch in one forward, the "
@@ -1059,6 +1116,18 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _resumed_lines(env: dict[str, Any]) -> list[str]:
+    """Where reused points came from (``--resume``): their run's command and commit."""
+    r = env.get("resumed_from")
+    if not r:
+        return []
+    made_by = ""
+    if r.get("command"):
+        made_by = f", made by `{' '.join(r['command'])}` at git `{r.get('git_commit')}`"
+        made_by += " (**dirty tree**)" if r.get("git_dirty") else ""
+    return [f"- {r['reused_points']} points reused from {r['path']} ({r['date_utc']}{made_by})."]
 
 
 def fmt(v: float | None) -> str:
@@ -1153,6 +1222,12 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         "and measure only the rest",
     )
     ap.add_argument("--replot", type=Path, default=None, help="rewrite the .md/.png of this JSON")
+    ap.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write into benchmarks/results/ from a tree with uncommitted or untracked files "
+        "(the results are marked dirty)",
+    )
     return ap.parse_args(list(argv))
 
 
@@ -1165,7 +1240,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if args.replot is not None:
         return H.replot(args.replot, write_outputs)
     device, command = H.start_run(
-        args.device, prog, "benchmarks.algorithms", argv, args.no_malloc_env
+        args.device,
+        prog,
+        "benchmarks.algorithms",
+        argv,
+        args.no_malloc_env,
+        args.out,
+        args.allow_dirty,
     )
     if device is None:
         return 2
@@ -1246,6 +1327,7 @@ def run(
             "dtype": "float32",
             "clock": "cuda events" if clock.cuda else "time.perf_counter",
         },
+        allow_dirty=args.allow_dirty,
     )
     env["medmeta_native_library"] = env["medmeta_native_library"] or _native_library()
     print(f"medmeta algorithms benchmark on {env['device_name']} ({args.threads} threads)")
@@ -1274,7 +1356,19 @@ def run(
             check_batch = as_float64(sampler.sample().to(device))
             series_checks = {}
             for pass_ in passes:
-                series_checks[pass_] = check_series(learner, pass_, peers, check_batch, clock)
+                where = f"{name} {pass_} {WAYS}-way {k}-shot"
+                try:
+                    series_checks[pass_] = check_series(
+                        learner, pass_, peers, check_batch, clock, where
+                    )
+                except MedmetaCheckFailed as e:
+                    print(f"!! {e}\n!! the run fails", file=sys.stderr)
+                    if records:  # the partial file of the algorithms before, marked failed
+                        failed = env | {"partial": True, "failed": str(e)}
+                        H.write_json(
+                            stem.with_suffix(".json"), _payload(failed, records, settings, checks)
+                        )
+                    return 1
                 checks.append(_check_json(name, pass_, k, series_checks[pass_]))
                 print(_check_line(name, pass_, k, series_checks[pass_]), flush=True)
             for b in batches:
@@ -1361,6 +1455,9 @@ def load_clean_points(
     note = {
         "path": str(path),
         "date_utc": old["environment"]["date_utc"],
+        "command": old["environment"].get("command"),
+        "git_commit": old["environment"].get("git_commit"),
+        "git_dirty": H.is_dirty(old["environment"]),
         "reused_points": len(clean),
     }
     return clean, note

@@ -64,6 +64,18 @@ EAGER, JIT, COMPILE = "eager", "torch.jit", "torch.compile"
 ORT_FP32, ORT_INT8, EDGE_FP32 = "ORT float32", "ORT int8", "EdgeModel float32"
 KIND = {EAGER: "torch", JIT: "torch", COMPILE: "torch", ORT_FP32: "onnxruntime",
         ORT_INT8: "onnxruntime", EDGE_FP32: "edge"}  # fmt: skip
+# medmeta's own deployment paths: a disagreement with the float64 reference fails the run
+# (the torch runtimes are baselines: dropped and reported; int8 has its parity report)
+MEDMETA_FORMS = (ORT_FP32, EDGE_FP32)
+# Largest |probability - float64 reference| allowed to a float32 runtime (probabilities are
+# at most 1, so this is relative to the reference's scale too); measured float32 errors
+# are ~1e-6 (see benchmarks/README.md).
+PROB_TOL = 1e-4
+
+
+class MedmetaCheckFailed(RuntimeError):
+    """A medmeta runtime's probabilities disagree with the float64 reference."""
+
 
 TARGETS = {
     "ort_fp32_vs_eager_b1": 4.0,  # ORT float32 at least 4x eager PyTorch at batch 1
@@ -271,11 +283,27 @@ def _ort_session(path: Path, threads: int, profile_prefix: str | None = None) ->
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def reference_probabilities(adapted: Any, x: Any) -> np.ndarray:
+    """softmax(adapted(x)) computed in float64 on a float64 copy of the model: the
+    reference every runtime's float32 probabilities are checked against."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(adapted).double().eval()
+    with torch.inference_mode():
+        return torch.softmax(twin(x.double()), -1).numpy()
+
+
 def formulations(
     model: Deployed, x: Any, s: Settings
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, str], dict[str, Any]]:
     """The callables of one (model, batch) point: each returns probabilities ``[n, N]``.
-    Returns (callables, status of those that could not run, outputs of a first call)."""
+    Every float32 runtime is checked against :func:`reference_probabilities` (within
+    :data:`PROB_TOL`): a torch runtime that disagrees is dropped (its status says by how
+    much), a medmeta one (:data:`MEDMETA_FORMS`) raises :class:`MedmetaCheckFailed`.
+    Returns (callables, status of those that could not run or disagree, outputs of a
+    first call, with ``"float64 reference"`` and the errors under ``"ref_errors"``)."""
     import torch
 
     from medmeta.edge import EdgeModel
@@ -331,15 +359,38 @@ def formulations(
         except Exception as e:
             status[name] = f"error: {type(e).__name__}: {str(e)[:200]}"
             del fns[name]
-    reference = outputs[EAGER]
-    for name in list(fns):
-        if name in (EAGER, ORT_INT8):  # int8 is compared by the parity report, not allclose
-            continue
-        diff = float(np.abs(outputs[name] - reference).max())
-        if diff > 1e-4:
-            status[name] = f"disagrees with eager: max |dp| {diff:.3g}"
+    reference = reference_probabilities(adapted, x)
+    outputs["ref_errors"] = check_runtimes(
+        outputs, reference, f"model {model.name}, batch {len(xn)}"
+    )
+    for name in [n for n in fns if n in outputs["ref_errors"]]:
+        err = outputs["ref_errors"][name]
+        if not err <= PROB_TOL:
+            status[name] = (
+                f"disagrees with the float64 reference: max |p - p64| {err:.3g} > {PROB_TOL:g}"
+            )
             del fns[name]
+    outputs["float64 reference"] = reference
     return fns, status, outputs
+
+
+def check_runtimes(outputs: dict[str, Any], reference: np.ndarray, where: str) -> dict[str, float]:
+    """Largest |p - p64| of every runtime's probabilities (int8 excepted: the parity report
+    compares it) against the float64 ``reference``; raises :class:`MedmetaCheckFailed` when
+    one of medmeta's runtimes (:data:`MEDMETA_FORMS`) is beyond :data:`PROB_TOL`."""
+    errors: dict[str, float] = {}
+    for name, out in outputs.items():
+        if name == ORT_INT8:
+            continue
+        got = np.asarray(out, dtype=np.float64)
+        diff = np.abs(got - reference) if got.shape == reference.shape else np.array(np.inf)
+        errors[name] = float(diff.max()) if np.isfinite(diff).all() else float("inf")
+        if name in MEDMETA_FORMS and not errors[name] <= PROB_TOL:
+            raise MedmetaCheckFailed(
+                f"{name} disagrees with the float64 reference: {where}: max |p - p64| "
+                f"{errors[name]:.3g} > {PROB_TOL:g}"
+            )
+    return errors
 
 
 def sample_latencies(
@@ -408,7 +459,7 @@ def measure_latency(
         for batch in BATCHES:
             x = qx[:batch].contiguous()
             start = time.perf_counter()
-            fns, status, _ = formulations(m, x, s)
+            fns, status, outputs = formulations(m, x, s)
             quiet.wait()
             contention = H.Contention().start()
             samples = s.samples_b1 if batch == 1 else s.samples_b32
@@ -417,7 +468,9 @@ def measure_latency(
             for name in [*fns, *status]:
                 rec: dict[str, Any] = {"model": m.name, "batch": batch, "formulation": name,
                                        "kind": KIND[name], "status": status.get(name, "ok"),
-                                       "others_cpu": others}  # fmt: skip
+                                       "others_cpu": others,
+                                       "ref_error": outputs["ref_errors"].get(name),
+                                       "ref_tol": PROB_TOL}  # fmt: skip
                 if name in times:
                     rec.update(latency_stats(times[name]))
                 records.append(rec)
@@ -432,8 +485,9 @@ def measure_latency(
 
 
 def ratios(records: list[dict[str, Any]], models: list[Deployed]) -> list[dict[str, Any]]:
-    """Per (model, batch): eager / ORT float32, best torch / ORT float32, ORT float32 / int8
-    (p50 ratios; > 1: the second is faster), and which torch formulation was best."""
+    """Per (model, batch): fastest torch runtime / ORT float32 (the headline), eager / ORT
+    float32, ORT float32 / int8, fastest torch / int8 (p50 ratios; > 1: the second is
+    faster), and which torch runtime was fastest."""
     out = []
     for m in models:
         for batch in BATCHES:
@@ -454,6 +508,8 @@ def ratios(records: list[dict[str, Any]], models: list[Deployed]) -> list[dict[s
                 row["int8_vs_ort_fp32_p99"] = fp32["p99_s"] / int8["p99_s"]
             if int8 and eager:
                 row["int8_vs_eager"] = eager["p50_s"] / int8["p50_s"]
+            if int8 and best:
+                row["int8_vs_best_torch"] = best["p50_s"] / int8["p50_s"]
             if fp32 and rs.get(EDGE_FP32):
                 row["edge_overhead"] = rs[EDGE_FP32]["p50_s"] / fp32["p50_s"]
             out.append(row)
@@ -735,6 +791,54 @@ def _ms(v: float | None) -> str:
     return "—" if v is None else f"{1e3 * v:.3f}"
 
 
+def _x(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def headline(payload: dict[str, Any]) -> list[str]:
+    """ORT float32 against the fastest torch runtime measured at each (model, batch), with
+    eager PyTorch beside it: the comparison a README may quote."""
+    rows = []
+    for r in payload["ratios"]:
+        if "ort_fp32_vs_best_torch" not in r:
+            continue
+        best = _lat(payload["latency"], r["model"], r["batch"], r["best_torch"])
+        fp32 = _lat(payload["latency"], r["model"], r["batch"], ORT_FP32)
+        eager = _lat(payload["latency"], r["model"], r["batch"], EAGER)
+        rows.append([r["model"], r["batch"], f"**{r['ort_fp32_vs_best_torch']:.2f}×**",
+                     f"{r['best_torch']} {_ms(best.get('p50_s'))} ms",
+                     f"{_ms(fp32.get('p50_s'))} ms", _x(r.get("ort_fp32_vs_eager")),
+                     f"{_ms(eager.get('p50_s'))} ms"])  # fmt: skip
+    if not rows:
+        return ["No torch runtime and ONNX Runtime float32 pair was measured."]
+    from benchmarks import _harness as H
+
+    table = H.markdown_table(["model", "batch", "ORT fp32 vs fastest torch",
+                              "fastest torch (p50)", "ORT fp32 (p50)", "ORT fp32 vs eager",
+                              "eager (p50)"], rows)  # fmt: skip
+    return [table, "", "The fastest torch runtime is the fastest of eager, torch.jit (trace + "
+            "freeze + optimize_for_inference) and torch.compile measured at that point (those "
+            "not run are listed in the latency table); eager is shown beside it."]  # fmt: skip
+
+
+def _reference_note(records: list[dict[str, Any]]) -> str:
+    """The float64 check of the latency records, in one sentence."""
+    errs = [r["ref_error"] for r in records if r.get("ref_error") is not None]
+    if not errs:  # results written before the float64 check
+        return ("This run predates the float64 check: runtimes were compared with eager "
+                "PyTorch in float32 (max |dp| 1e-4) before timing.")  # fmt: skip
+    dropped = [r for r in records if r["status"].startswith("disagrees with the float64")]
+    text = ("Before timing, every float32 runtime's probabilities were checked against the "
+            "adapted model run in float64 (int8: the parity report below)")  # fmt: skip
+    tol = next(r["ref_tol"] for r in records if r.get("ref_tol") is not None)
+    text += f": largest |p - p64| {max(errs):.1e} (tolerance {tol:g})"
+    if dropped:
+        text += "; dropped for disagreeing: " + ", ".join(
+            f"{r['formulation']} ({r['model']}, batch {r['batch']}: {r['status']})"
+            for r in dropped)  # fmt: skip
+    return text + "."
+
+
 def _lat(records: list[dict[str, Any]], model: str, batch: int, form: str) -> dict[str, Any]:
     return next((r for r in records if r["model"] == model and r["batch"] == batch
                  and r["formulation"] == form), {})  # fmt: skip
@@ -794,9 +898,9 @@ def markdown_report(payload: dict[str, Any]) -> str:
     env, recs = payload["environment"], payload["latency"]
     models = payload["models"]
     lines = [f"# Edge benchmark ({env['cpu_model']}, {env['threads']} threads)", ""]
+    lines += H.provenance_lines(env)
     lines.append(
-        f"Command: `{' '.join(env['command'])}` — {env['date_utc']}, git {env['git_commit']} "
-        f"({env['git_dirty_files']} dirty files), torch {env['torch']}, onnxruntime "
+        f"- torch {env['torch']}, onnxruntime "
         f"{env['onnxruntime']}, load average {env['load_average_start'][0]:.2f} at start, "
         f"{env['load_average_end'][0]:.2f} at end (1 min). MALLOC: "
         f"{', '.join(f'{k}={v}' for k, v in env['env'].items() if k.startswith('MALLOC_')) or 'default'}."
@@ -804,6 +908,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
     if env.get("quick"):
         lines += ["", "**Quick run** (smoke test: tiny training, few samples): the numbers "
                   "below are not a reference."]  # fmt: skip
+    lines += ["", "## Headline: ONNX Runtime against the fastest torch runtime", "",
+              *headline(payload)]  # fmt: skip
     lines += ["", "## Targets", ""]
     rows = []
     for t in payload["targets"]:
@@ -831,14 +937,18 @@ def markdown_report(payload: dict[str, Any]) -> str:
             others = _lat(recs, m["name"], b, EAGER).get("others_cpu")
             rows.append([m["name"], b, *cells, "—" if others is None else f"{others:.2f}"])
     lines.append(H.markdown_table(["model", "batch", *forms, "others' CPUs"], rows))
-    lines += ["", "Ratios of p50 (> 1: the second runtime is faster):", ""]
-    rows = [[r["model"], r["batch"], f"{r.get('ort_fp32_vs_eager', 0):.2f}×",
-             f"{r.get('ort_fp32_vs_best_torch', 0):.2f}× ({r['best_torch']})",
-             f"{r.get('int8_vs_ort_fp32', 0):.2f}×", f"{r.get('int8_vs_eager', 0):.2f}×",
-             f"{r.get('edge_overhead', 0):.2f}×"] for r in payload["ratios"]]  # fmt: skip
-    lines.append(H.markdown_table(["model", "batch", "eager / ORT fp32", "best torch / ORT fp32",
-                                   "ORT fp32 / int8", "eager / int8",
-                                   "EdgeModel / ORT fp32 (overhead)"], rows))  # fmt: skip
+    lines += ["", "Ratios of p50 (> 1: the second runtime is faster; the fastest torch runtime "
+              "is the fastest of eager, torch.jit and torch.compile at that point):", ""]  # fmt: skip
+    rows = [[r["model"], r["batch"],
+             f"{_x(r.get('ort_fp32_vs_best_torch'))} ({r['best_torch']})",
+             _x(r.get("ort_fp32_vs_eager")), _x(r.get("int8_vs_ort_fp32")),
+             _x(r.get("int8_vs_best_torch")), _x(r.get("int8_vs_eager")),
+             _x(r.get("edge_overhead"))] for r in payload["ratios"]]  # fmt: skip
+    lines.append(H.markdown_table(["model", "batch", "fastest torch / ORT fp32",
+                                   "eager / ORT fp32", "ORT fp32 / int8", "fastest torch / int8",
+                                   "eager / int8", "EdgeModel / ORT fp32 (overhead)"],
+                                  rows))  # fmt: skip
+    lines += ["", _reference_note(recs)]
     lines += ["", "## Accuracy, size and memory", ""]
     mem = {(r["model"], r["runtime"]): r for r in payload["memory"] if r["status"] == "ok"}
 
@@ -965,16 +1075,20 @@ def plot(payload: dict[str, Any], path: Path) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[1][0]
-    keys = [("ort_fp32_vs_eager", "eager / ORT fp32", 4.0), ("int8_vs_ort_fp32",
-            "ORT fp32 / int8", 1.3)]  # fmt: skip
-    width = 0.2
+    keys = [("ort_fp32_vs_best_torch", "fastest torch / ORT fp32", None),
+            ("ort_fp32_vs_eager", "eager / ORT fp32", 4.0),
+            ("int8_vs_ort_fp32", "ORT fp32 / int8", 1.3)]  # fmt: skip
+    bars = len(keys) * len(BATCHES)
+    width = 0.8 / bars
     for i, (key, label, target) in enumerate(keys):
         for j, batch in enumerate(BATCHES):
             vals = [next((r.get(key, np.nan) for r in payload["ratios"]
                           if r["model"] == n and r["batch"] == batch), np.nan) for n in names]  # fmt: skip
-            xs = np.arange(len(names)) + (2 * i + j - 1.5) * width
-            ax.bar(xs, vals, width, label=f"{label}, batch {batch}")
-        ax.axhline(target, linestyle="--", color=f"C{2 * i}", linewidth=1)
+            k = len(BATCHES) * i + j
+            xs = np.arange(len(names)) + (k - (bars - 1) / 2) * width
+            ax.bar(xs, vals, width, label=f"{label}, batch {batch}", color=f"C{k}")
+        if target is not None:
+            ax.axhline(target, linestyle="--", color=f"C{len(BATCHES) * i}", linewidth=1)
     ax.axhline(1.0, color="black", linewidth=1)
     ax.set_yscale("log")
     finite = [
@@ -1048,14 +1162,21 @@ def run(args: argparse.Namespace, command: list[str]) -> int:
         "ort_session": {"intra_op_num_threads": s.threads, "inter_op_num_threads": 1,
                         "execution_mode": "sequential", "graph_optimization": "ORT_ENABLE_ALL"},
         "quick": bool(args.quick),
-    })  # fmt: skip
+        "reference_check": f"every float32 runtime's probabilities against the adapted model "
+                           f"run in float64, max |p - p64| <= {PROB_TOL:g} (latency records: "
+                           f"ref_error); medmeta's (ORT float32 export, EdgeModel) fail the run",
+    }, allow_dirty=args.allow_dirty)  # fmt: skip
     quiet = QuietPolicy(threshold=args.quiet_threshold,
                         max_wait_s=0.0 if args.quick else args.max_wait)  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="medmeta-edge-bench-") as tmp:
         folder = Path(tmp)
         models, qx, test = build_models(s, folder, log)
-        latency = measure_latency(models, qx, s, quiet, log)
+        try:
+            latency = measure_latency(models, qx, s, quiet, log)
+        except MedmetaCheckFailed as e:
+            print(f"!! {e}\n!! the run fails: no results written", file=sys.stderr)
+            return 1
         parity = {}
         detailed = models if s.detail_models == "all" else models[:1]
         for m in detailed:
@@ -1133,6 +1254,9 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
                     help="seconds to wait per point for other processes to calm down")  # fmt: skip
     ap.add_argument("--no-malloc-env", action="store_true")
     ap.add_argument("--replot", type=Path, default=None, help="rewrite .md/.png of a JSON")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="write into benchmarks/results/ from a tree with uncommitted or "
+                         "untracked files (the results are marked dirty)")  # fmt: skip
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(list(argv))
 
@@ -1148,7 +1272,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     if args.replot is not None:
         return H.replot(args.replot, write_outputs)
-    _, command = H.start_run("cpu", prog, "benchmarks.edge", argv, args.no_malloc_env)
+    device, command = H.start_run(
+        "cpu", prog, "benchmarks.edge", argv, args.no_malloc_env, args.out, args.allow_dirty
+    )
+    if device is None:
+        return 2
     return run(args, command)
 
 

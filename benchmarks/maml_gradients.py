@@ -177,7 +177,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.1, help="inner learning rate (default 0.1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write into benchmarks/results/ from a tree with uncommitted or untracked files "
+        "(the results are marked dirty)",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    refusal = H.dirty_refusal(args.out, args.allow_dirty)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
+    command = [*H.module_command(prog or "", "benchmarks.maml_gradients"), *argv]
     torch.set_num_threads(args.threads)
     records = run(args.steps, args.tasks, args.lr)
     _print(records)
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         except ImportError as e:
             peers[module] = f"not available: {e}"
     env = H.environment(
-        torch.device("cpu"), args.threads, [sys.executable, *sys.argv], {"peers": peers}
+        torch.device("cpu"), args.threads, command, {"peers": peers}, args.allow_dirty
     )
     path = args.out / "maml_gradients.json"
     settings = {

@@ -6,8 +6,12 @@
 For every op, forward and forward+backward, at episode shapes that cover B 1-256,
 N 5-20, K 1-10, Q 15-75, D 64-1600 (and realistic parameter lists for the inner update),
 medmeta is timed beside the PyTorch formulations a user would otherwise write, on the
-same input tensors, after checking that every formulation's output (and, for
-forward+backward, every input gradient) agrees with medmeta's.
+same input tensors, after checking every formulation, medmeta included, against the
+float64 reference (``medmeta.ops._reference`` on float64 copies of the inputs): the
+outputs for the forward, every input gradient for forward+backward, within a float32
+tolerance that grows with the length of the op's sums (:func:`float32_tolerance`). A
+medmeta disagreement fails the run; a baseline that disagrees is recorded with its error
+and not timed.
 
 Writes ``ops-<device>.json`` (environment, one record per op/pass/shape/formulation, the
 per-point comparison and the per-op summary), ``ops-<device>.png`` (speedup of medmeta over
@@ -87,9 +91,29 @@ class Problem:
     n_diff_outputs: int
     bytes: dict[str, int]  # minimal bytes moved per call, per pass
     passes: tuple[str, ...] = PASSES
-    atol_abs: list[float | None] | None = None  # per forward output, see H.disagreement
+    atol_abs: list[float | None] | None = None  # per forward output, see H.reference_error
     check: Callable[[str], Any] | None = None  # name -> outputs on fresh inputs (in-place ops)
     grad_outputs: list[torch.Tensor] | None = None  # fixed upstream gradients (made lazily)
+    # The float64 reference: called with float64 copies of ``ref_inputs`` (default
+    # ``diff_inputs``, which lead), it returns what the formulations return.
+    reference: Callable[..., Any] | None = None
+    ref_inputs: list[torch.Tensor] | None = None
+    reduction: int = 1  # the longest sum behind one output entry (the float32 tolerance)
+
+
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+def float32_tolerance(reduction: int) -> float:
+    """Largest |error| allowed to a float32 result, relative to the largest entry of the
+    float64 reference: 32 float32 ulps × √(length of the sums behind one entry), between
+    1e-5 and 1e-3. Over the full CPU grid float32 formulations use at most 2.4% of it
+    (see benchmarks/README.md); a kernel bug errs by far more."""
+    return min(1e-3, max(1e-5, 32 * FLOAT32_EPS * math.sqrt(max(1, reduction))))
+
+
+class MedmetaCheckFailed(RuntimeError):
+    """medmeta's result disagrees with the float64 reference at a benchmarked size."""
 
 
 def _checks_off(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -115,6 +139,13 @@ def _ours(fn: Callable[[], Any], checks_off: bool) -> list[Formulation]:
 
 def _nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _ref() -> Any:
+    """``medmeta.ops._reference``: the pure-torch formulas the kernels must match."""
+    from medmeta.ops import _reference
+
+    return _reference
 
 
 # --------------------------------------------------------------------------- peers
@@ -289,6 +320,8 @@ def distance_problem(
         [x, y],
         1,
         {FWD: io_fwd, FWD_BWD: io_fwd + io_bwd},
+        reference=lambda x64, y64: _ref().pairwise_distance(x64, y64, s.metric),
+        reduction=max(s.D, s.Q, s.N),
     )
 
 
@@ -360,6 +393,8 @@ def loss_problem(
         1,
         {FWD: io_fwd, FWD_BWD: io_fwd + io_bwd},
         atol_abs=[None, 1.0 / s.Q + 1e-6],  # accuracy: one query may flip on a near-tie
+        reference=lambda q64, p64: _ref().prototypical_loss(q64, p64, t, s.metric, temperature),
+        reduction=max(s.D, s.Q, s.N),
     )
 
 
@@ -466,6 +501,8 @@ def prototypes_problem(
             FWD: _nbytes(emb, labels) + out_bytes,
             FWD_BWD: 2 * (_nbytes(emb, labels) + out_bytes),
         },
+        reference=lambda e64: _ref().prototypes(e64, labels, s.N),
+        reduction=S,
     )
 
 
@@ -542,6 +579,8 @@ def masked_problem(
         [f],  # masks are labels: no gradient
         1,
         {FWD: _nbytes(f, m) + out_bytes, FWD_BWD: 2 * (_nbytes(f, m) + out_bytes)},
+        reference=lambda f64: _ref().masked_prototypes(f64, m.double()),
+        reduction=s.S * s.HW * s.HW,
     )
 
 
@@ -633,6 +672,14 @@ def update_problem(
     # backward: grad wrt params is the incoming gradient itself; wrt grads -lr·g_out
     # (read g_out, write); wrt tensor rates also reads the grads and writes the rate grads
     bwd = 2 * numel * item + ((numel * item + 2 * lr_bytes) if lrs else 0)
+    n = len(params)
+
+    def reference(*flat: torch.Tensor) -> list[torch.Tensor]:
+        rates = list(flat[2 * n :]) if lrs else lr
+        return _ref().inner_update(flat[:n], flat[n : 2 * n], rates)
+
+    # a per-layer rate's gradient sums its whole (T-task) tensor
+    longest = max(p.numel() for p in params) if s.rate == "per-layer" else 1
     return Problem(
         "inner_update",
         s.series(),
@@ -640,8 +687,10 @@ def update_problem(
         s.shape(numel),
         forms,
         [*params, *grads, *lrs],
-        len(params),
+        n,
         {FWD: fwd, FWD_BWD: fwd + bwd},
+        reference=reference,
+        reduction=longest,
     )
 
 
@@ -731,6 +780,7 @@ def _in_place_update_problem(
     def check(name: str) -> Any:
         return steps[name][1]([p.clone() for p in params])
 
+    n = len(params)
     return Problem(
         "inner_update",
         s.series(),
@@ -742,6 +792,8 @@ def _in_place_update_problem(
         {FWD: 3 * numel * params[0].element_size()},
         passes=(FWD,),
         check=check,
+        reference=lambda *flat: _ref().inner_update(flat[:n], flat[n:], lr),
+        ref_inputs=[*params, *grads],
     )
 
 
@@ -892,16 +944,44 @@ class QuietPolicy:
             self.waited_s += H.wait_until_quiet(self.threshold, allowed)
 
 
+def reference_result(problem: Problem, pass_: str) -> Any:
+    """The float64 reference of ``pass_``: the outputs, or the gradients of the first
+    ``n_diff_outputs`` outputs with respect to the differentiable inputs (float64 copies,
+    upstream gradients ``problem.grad_outputs`` in float64)."""
+    if problem.reference is None:
+        raise ValueError(f"{problem.op}: no float64 reference")
+    inputs = problem.ref_inputs if problem.ref_inputs is not None else problem.diff_inputs
+    n_diff = len(problem.diff_inputs)
+    copies = [
+        t.detach().double().requires_grad_(pass_ == FWD_BWD and i < n_diff)
+        for i, t in enumerate(inputs)
+    ]
+    if pass_ == FWD:
+        with torch.no_grad():
+            return problem.reference(*copies)
+    assert problem.grad_outputs is not None
+    with torch.enable_grad():
+        outs = H.flatten_tensors(problem.reference(*copies))[: problem.n_diff_outputs]
+        return torch.autograd.grad(
+            outs, copies[:n_diff], [g.double() for g in problem.grad_outputs]
+        )
+
+
 def check_point(
     problem: Problem, pass_: str, clock: H.Clock
 ) -> tuple[dict[str, H.Record], dict[str, Callable[[], Any]]]:
-    """Run every formulation once and compare it with medmeta (outputs for the forward,
-    input gradients for forward+backward). Returns all records (status filled in) and
-    the callables that agree, medmeta's first."""
+    """Run every formulation once and compare it with the float64 reference (outputs for
+    the forward, input gradients for forward+backward) within
+    ``float32_tolerance(problem.reduction)`` of the reference's scale. Returns all records
+    (status, ``ref_error`` and ``ref_tol`` filled in) and the callables that agree,
+    medmeta's first. Raises :class:`MedmetaCheckFailed` when medmeta (or a medmeta
+    variant) disagrees; a baseline that disagrees is recorded and dropped."""
     _prepare_pass(problem, pass_)
+    expected = reference_result(problem, pass_)
+    tol = float32_tolerance(problem.reduction)
+    atol_abs = problem.atol_abs if pass_ == FWD else None
     records: dict[str, H.Record] = {}
     calls: dict[str, Callable[[], Any]] = {}
-    expected: Any = None
     for f in problem.formulations:
         if pass_ not in f.passes:
             continue
@@ -919,14 +999,18 @@ def check_point(
         except Exception as e:
             rec.status = f"error: {H.short_error(e)}"
             continue
-        if f.kind == H.KIND_OURS:
-            expected = got
-        elif expected is not None:
-            atol_abs = problem.atol_abs if pass_ == FWD else None
-            why = H.disagreement(expected, got, atol_abs=atol_abs)
-            if why:
-                rec.status = f"disagrees with medmeta: {why}"
-                continue
+        why, rec.ref_error = H.reference_error(expected, got, tol, atol_abs)
+        rec.ref_tol = tol
+        del got
+        if why:
+            if f.kind in (H.KIND_OURS, H.KIND_OURS_VARIANT):
+                raise MedmetaCheckFailed(
+                    f"{f.name} disagrees with the float64 reference: {problem.op} {pass_} at "
+                    f"{H.fmt_shape(problem.shape)}: {why} (float32 tolerance {tol:.1e} of "
+                    "the reference's largest entry)"
+                )
+            rec.status = f"disagrees with the float64 reference: {why}"
+            continue
         calls[f.name] = call
     return records, calls
 
@@ -955,7 +1039,8 @@ def time_point(
 def run_point(
     problem: Problem, pass_: str, clock: H.Clock, cfg: H.TimingConfig, quiet: QuietPolicy
 ) -> list[H.Record]:
-    """Check every formulation against medmeta, then time those that agree."""
+    """Check every formulation against the float64 reference, then time those that agree
+    (raises :class:`MedmetaCheckFailed` when medmeta does not)."""
     records, calls = check_point(problem, pass_, clock)
     measured, others = time_point(calls, clock, cfg, quiet)
     for name, m in measured.items():
@@ -1068,9 +1153,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "",
         f"- Device: **{env['device_name']}**; CPU {env['cpu_model']} ({env['cpu_count']} cores), "
         f"{env['threads']} threads; torch {env['torch']}, medmeta {env['medmeta']}, Python {env['python']}",
-        f"- Date {env['date_utc']}; git {str(env.get('git_commit'))[:10]} ({env.get('git_dirty_files')} dirty files); "
-        f"load average at start/end {_loads(env)}",
-        f"- Command: `{H.command_line(env)}`",
+        *H.provenance_lines(env),
+        f"- Load average at start/end {_loads(env)}",
         f"- Environment: {', '.join(f'{k}={v}' for k, v in env['env'].items()) or '(none)'}",
         f"- medmeta value checks: **on** (the default) for `medmeta`; `medmeta [checks off]` is reported beside it. "
         f"Peers: {', '.join(f'{k} {v}' for k, v in env['peers'].items())}",
@@ -1078,6 +1162,14 @@ def markdown_report(payload: dict[str, Any]) -> str:
         "(> 1: medmeta faster), at each point; median of round-robin samples, IQR in the JSON. "
         "Peers (KeOps, easyfsl), the class-grouped-only `view().mean` and medmeta variants are "
         "compared but never count as the best torch formulation.",
+        "- Before timing, every formulation (medmeta included) is checked at every point against "
+        "the float64 reference (`medmeta.ops._reference`), within a float32 tolerance of the "
+        "reference's largest entry (32 ulps × √(length of the sums), 1e-5 to 1e-3); a "
+        "disagreeing baseline is not timed (listed below with its error), a disagreeing "
+        "medmeta fails the run."
+        if env.get("reference_check")
+        else "- This run predates the float64 check: formulations were compared with medmeta "
+        "(rtol 1e-3, atol 1e-4 × max|medmeta|) before timing.",
     ]
     c = env.get("contention")
     if c:
@@ -1088,8 +1180,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
         )
     if env.get("resumed_from"):
         r = env["resumed_from"]
+        made_by = ""
+        if r.get("command"):
+            made_by = f", made by `{' '.join(r['command'])}` at git `{r.get('git_commit')}`"
+            made_by += " (**dirty tree**)" if r.get("git_dirty") else ""
         lines.append(
-            f"- {r['reused_points']} undisturbed points reused from {r['path']} ({r['date_utc']})"
+            f"- {r['reused_points']} undisturbed points reused from {r['path']} "
+            f"({r['date_utc']}{made_by})"
         )
     if not gpu:
         lines.append("- CPU run: ratios only (absolute times are in the JSON, not reported here).")
@@ -1173,10 +1270,12 @@ def markdown_report(payload: dict[str, Any]) -> str:
                 row += [f"{1e3 * p.medmeta_s:.3f}", f"{1e3 * p.best_torch_s:.3f}"]
             rows.append(row)
         lines.append(H.markdown_table(header, rows))
+    lines += _reference_sections(payload["records"])
     problems = [
         r
         for r in payload["records"]
-        if r["status"] not in ("ok",) and not r["status"].startswith("skipped")
+        if r["status"] not in ("ok",)
+        and not r["status"].startswith(("skipped", "disagrees with the float64 reference"))
     ]
     if problems:
         lines += ["", "## Formulations not timed", ""]
@@ -1209,6 +1308,60 @@ def markdown_report(payload: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def _reference_sections(records: list[dict[str, Any]]) -> list[str]:
+    """The agreement with the float64 reference: the worst relative error of every
+    formulation per op and pass, and every baseline dropped for disagreeing."""
+    checked = [r for r in records if r.get("ref_error") is not None]
+    if not checked:
+        return []
+    worst: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in checked:
+        key = (r["op"], r["pass"], r["formulation"])
+        margin = r["ref_error"] / r["ref_tol"] if r.get("ref_tol") else None
+        w = worst.setdefault(key, {"points": 0, "error": 0.0, "share": 0.0, "kind": r["kind"]})
+        w["points"] += 1
+        w["error"] = max(w["error"], r["ref_error"])
+        w["share"] = max(w["share"], margin or 0.0)
+    lines = [
+        "",
+        "## Agreement with the float64 reference",
+        "",
+        "Largest |error| relative to the reference's largest entry over the points checked, "
+        "and the largest share of the tolerance it used (> 100%: disagrees).",
+        "",
+        H.markdown_table(
+            ["op", "pass", "formulation", "kind", "points", "worst error", "of tolerance"],
+            [
+                [*k, w["kind"], w["points"], f"{w['error']:.1e}", f"{100 * w['share']:.1f}%"]
+                for k, w in worst.items()
+            ],
+        ),
+    ]
+    dropped = [r for r in records if r["status"].startswith("disagrees with the float64")]
+    lines += ["", "## Baselines that disagree with the float64 reference (not timed)", ""]
+    if not dropped:
+        lines.append("None.")
+        return lines
+    rows = [
+        [
+            r["op"],
+            r["pass"],
+            H.fmt_shape(r["shape"]),
+            r["formulation"],
+            "—" if r.get("ref_error") is None else f"{r['ref_error']:.2e}",
+            "—" if r.get("ref_tol") is None else f"{r['ref_tol']:.1e}",
+            r["status"].removeprefix("disagrees with the float64 reference: "),
+        ]
+        for r in dropped
+    ]
+    lines.append(
+        H.markdown_table(
+            ["op", "pass", "shape", "formulation", "relative error", "tolerance", "detail"], rows
+        )
+    )
+    return lines
 
 
 def _loads(env: dict[str, Any]) -> str:
@@ -1310,6 +1463,12 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     ap.add_argument(
         "--replot", type=Path, default=None, help="only rewrite the plot and summary of this JSON"
     )
+    ap.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write into benchmarks/results/ from a tree with uncommitted or untracked files "
+        "(the results are marked dirty)",
+    )
     return ap.parse_args(list(argv))
 
 
@@ -1347,7 +1506,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     if args.replot is not None:
         return H.replot(args.replot, write_outputs)
-    device, command = H.start_run(args.device, prog, "benchmarks.ops", argv, args.no_malloc_env)
+    device, command = H.start_run(
+        args.device, prog, "benchmarks.ops", argv, args.no_malloc_env, args.out, args.allow_dirty
+    )
     if device is None:
         return 2
     ops = [o.strip() for o in args.ops.split(",") if o.strip()]
@@ -1397,7 +1558,11 @@ def run(
             },
             "measured_copy_bandwidth_gbps": copy_bw / 1e9,
             "nominal_peak_bandwidth_gbps": _nominal_peak_gbps(device),
+            "reference_check": "every formulation, medmeta included, against medmeta.ops._reference "
+            "on float64 copies of the inputs; tolerance float32_tolerance(longest sum) of the "
+            "reference's largest entry per output (records: ref_error, ref_tol)",
         },
+        allow_dirty=args.allow_dirty,
     )
     print(
         f"medmeta ops benchmark on {env['device_name']} ({args.threads} threads); peers: {peers.status()}"
@@ -1425,7 +1590,11 @@ def run(
             recs = reuse.get((op, pass_, spec.series(), spec.x))
             if recs is None:
                 assert problem is not None
-                recs = run_point(problem, pass_, clock, cfg, quiet)
+                try:
+                    recs = run_point(problem, pass_, clock, cfg, quiet)
+                except MedmetaCheckFailed as e:
+                    print(f"!! {e}\n!! the run fails: no results written", file=sys.stderr)
+                    return 1
             records += recs
             line = _progress(recs, time.perf_counter() - t0)
             print(
@@ -1515,7 +1684,14 @@ def load_clean_points(
         if all(r.others_cpu is not None and r.others_cpu < threshold for r in rs)
         and any(r.kind == H.KIND_OURS and r.status == "ok" for r in rs)
     }
-    note = {"path": str(path), "date_utc": old_env["date_utc"], "reused_points": len(clean)}
+    note = {
+        "path": str(path),
+        "date_utc": old_env["date_utc"],
+        "command": old_env.get("command"),
+        "git_commit": old_env.get("git_commit"),
+        "git_dirty": H.is_dirty(old_env),
+        "reused_points": len(clean),
+    }
     return clean, note
 
 

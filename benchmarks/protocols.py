@@ -8,7 +8,11 @@
 Every learner uses the same Conv4 backbone; "supervised" is the non-meta-learning
 baseline (supervised pre-training on the training classes, then nearest centroid).
 Results (mean accuracy with its 95% CI over the test episodes) go to
-``benchmarks/results/protocols-<device>.json`` and ``.md``.
+``benchmarks/results/protocols-cpu.json`` and ``.md``. A run adds itself to that file:
+its rows replace earlier rows of the same algorithms, the other rows stay, and every row
+names its run, which records its command, date, git commit and environment (``--fresh``
+starts a new file). Results go into benchmarks/results/ only from a clean tree
+(``--allow-dirty`` writes them marked dirty).
 
     python -m benchmarks.protocols [--algorithms protonet,maml] [--steps 400] [--episodes 600]
 """
@@ -18,7 +22,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import medmeta
+from benchmarks import _harness as H
 from medmeta import algorithms
 from medmeta.data import ArrayDataset, as_features, load
 from medmeta.eval import evaluate
@@ -109,9 +112,22 @@ def _learner(
     return algorithms.create(name, backbone, ways, **kwargs)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "steps": args.steps,
+        "meta_batch": args.meta_batch,
+        "queries": args.queries,
+        "episodes": args.episodes,
+        "backbone": "Conv4(3, hidden=64)",
+        "image_size": SIZE,
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Meta-train and evaluate the chosen algorithms on both protocols; one row per
+    (protocol, algorithm, shots)."""
     torch.set_num_threads(args.threads)
-    names = args.algorithms.split(",") if args.algorithms else list(ALGORITHMS)
+    names = _names(args)
     results: list[dict[str, Any]] = []
     for protocol, spec in PROTOCOLS.items():
         train, test = _dataset(spec["train"]), _dataset(spec["test"])
@@ -138,32 +154,90 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{protocol:42s} {name:10s} {ways}-way {shots}-shot  "
                       f"acc {100 * ev.accuracy:5.1f} ± {100 * ev.ci95:4.1f}  ({steps} steps, {fit_s:.0f} s)",
                       flush=True)  # fmt: skip
+    return results
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    return [a.strip() for a in args.algorithms.split(",") if a.strip()] or list(ALGORITHMS)
+
+
+# ------------------------------------------------------------------------- runs and files
+
+
+def _legacy_runs(report: dict[str, Any]) -> dict[str, Any]:
+    """A file written before runs were recorded (one top-level ``command``: the last
+    run's) in the current layout: the rows of the algorithms that command names get its
+    run, the others a run whose command was not recorded."""
+    command = str(report.get("command", ""))
+    words = command.split()
+    named = set()
+    if "--algorithms" in words and words.index("--algorithms") + 1 < len(words):
+        named = set(words[words.index("--algorithms") + 1].split(","))
+    common = {
+        "legacy": True,
+        "date_utc": None,
+        "git_commit": None,
+        "git_dirty": None,
+        "settings": report.get("settings", {}),
+        "environment": {k: report.get(k) for k in ("device", "threads", "cpu", "versions")},
+    }
+    last = {"id": 2, "command": words, **common, "algorithms": sorted(named)}
+    last["note"] = "written before each run was recorded: command as the file recorded it"
+    first = {"id": 1, "command": None, **common}
+    first["note"] = "written before each run was recorded: this run's command was not recorded"
+    rows = [dict(r) for r in report.get("results", [])]
+    for r in rows:
+        r["run"] = 2 if r["algorithm"] in named else 1
+    first["algorithms"] = sorted({r["algorithm"] for r in rows if r["run"] == 1})
+    runs = [run for run in (first, last) if any(r["run"] == run["id"] for r in rows)]
+    return {"runs": runs, "results": rows}
+
+
+def combine(
+    previous: dict[str, Any] | None, run: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The report with ``run`` added: its rows replace the earlier rows of the same
+    algorithms, earlier rows of other algorithms stay with the run that made them (each
+    row names its run by ``run``, each run records its command, date, commit and
+    environment). ``previous``: the report so far (None: a new file)."""
+    if previous is not None and "runs" not in previous:
+        previous = _legacy_runs(previous)
+    earlier_runs = previous["runs"] if previous else []
+    ran = set(run["algorithms"])
+    kept = [r for r in (previous["results"] if previous else []) if r["algorithm"] not in ran]
+    run = dict(run, id=max((r["id"] for r in earlier_runs), default=0) + 1)
+    used = {r["run"] for r in kept}
+    runs = [r for r in earlier_runs if r["id"] in used] + [run]
+    results = kept + [dict(r, run=run["id"]) for r in rows]
     return {
-        "command": " ".join(["python -m benchmarks.protocols", *sys.argv[1:]]),
+        "schema": "medmeta-bench-protocols/2",
         "device": "cpu",
-        "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
-        "versions": {
-            "torch": torch.__version__,
-            "medmeta": medmeta.__version__,
-            "python": platform.python_version(),
-        },
-        "settings": {
-            "steps": args.steps,
-            "meta_batch": args.meta_batch,
-            "queries": args.queries,
-            "episodes": args.episodes,
-            "backbone": "Conv4(3, hidden=64)",
-            "image_size": SIZE,
-        },
+        "runs": runs,
+        "git_dirty": any(r.get("git_dirty") is not False for r in runs),
         "results": results,
     }
 
 
+def _run_line(run: dict[str, Any]) -> str:
+    command = " ".join(run["command"]) if run.get("command") else "(not recorded)"
+    if run.get("legacy"):
+        return f"- run {run['id']}: `{command}` ({run.get('note')})"
+    env = run.get("environment", {})
+    dirty = " **(dirty tree: not a reference result)**" if H.is_dirty(env) else ""
+    return (
+        f"- run {run['id']}: `{H.command_line(env) if env.get('command') else command}` on "
+        f"{run.get('date_utc')}, git `{run.get('git_commit')}`{dirty}; "
+        f"{env.get('cpu_model', '?')}, {env.get('threads', '?')} threads, torch "
+        f"{env.get('torch', '?')}, medmeta {env.get('medmeta', '?')}"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
+    if "runs" not in report:
+        report = _legacy_runs(report)
     lines = [
-        "| protocol | algorithm | 1-shot accuracy (95% CI) | 5-shot accuracy (95% CI) | meta-steps |",
-        "|---|---|---|---|---|",
+        "| protocol | algorithm | 1-shot accuracy (95% CI) | 5-shot accuracy (95% CI) | meta-steps | run |",
+        "|---|---|---|---|---|---|",
     ]
     rows: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
     for r in report["results"]:
@@ -171,20 +245,25 @@ def markdown(report: dict[str, Any]) -> str:
     for (protocol, name), by_shot in rows.items():
         cells = [f"{100 * by_shot[k]['accuracy']:.1f} ± {100 * by_shot[k]['ci95']:.1f}" if k in by_shot else "—"
                  for k in (1, 5)]  # fmt: skip
-        steps = next(iter(by_shot.values()))["meta_steps"]
-        lines.append(f"| {protocol} | {name} | {cells[0]} | {cells[1]} | {steps} |")
-    s = report["settings"]
+        first = next(iter(by_shot.values()))
+        lines.append(f"| {protocol} | {name} | {cells[0]} | {cells[1]} | {first['meta_steps']} "
+                     f"| {first.get('run', '?')} |")  # fmt: skip
+    s = report["runs"][-1].get("settings", {})
+    lines += ["", "Runs (each row names the run that made it):", ""]
+    lines += [_run_line(run) for run in report["runs"]]
     lines.append("")
     lines.append(
-        f"{s['episodes']} test episodes per cell, {s['queries']} queries per class, backbone {s['backbone']}, "
-        f"{s['image_size']}x{s['image_size']} images; chance is 33.3% (3-way) and 25.0% (4-way). "
-        f"Command: `{report['command']}` on {report['cpu']} with {report['threads']} threads, "
-        f"torch {report['versions']['torch']}."
+        f"{s.get('episodes', '?')} test episodes per cell, {s.get('queries', '?')} queries per "
+        f"class, backbone {s.get('backbone', '?')}, {s.get('image_size', '?')}x"
+        f"{s.get('image_size', '?')} images (the last run's settings; every run's are in the "
+        "JSON); chance is 33.3% (3-way) and 25.0% (4-way)."
     )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    prog = prog or "python -m benchmarks.protocols"
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -197,16 +276,48 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start a new protocols-cpu.json (default: add this run to it, replacing the "
+        "rows of the algorithms run now)",
+    )
+    parser.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="write into benchmarks/results/ from a tree with uncommitted or untracked files "
+        "(the run is marked dirty)",
+    )
     args = parser.parse_args(argv)
-    report = run(args)
+    unknown = sorted(set(_names(args)) - set(ALGORITHMS))
+    if unknown:
+        print(f"unknown algorithms {unknown}; known: {', '.join(ALGORITHMS)}", file=sys.stderr)
+        return 2
     out = Path(args.out)
+    refusal = H.dirty_refusal(out, args.allow_dirty)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return 2
+    command = [*H.module_command(prog, "benchmarks.protocols"), *argv]
+    torch.set_num_threads(args.threads)
+    env = H.environment(torch.device("cpu"), args.threads, command, {}, args.allow_dirty)
+    started = time.perf_counter()
+    rows = run(args)
+    env["wall_s"] = round(time.perf_counter() - started, 1)
+    this_run = {
+        "command": command,
+        "date_utc": env["date_utc"],
+        "git_commit": env["git_commit"],
+        "git_dirty": env["git_dirty"],
+        "algorithms": _names(args),
+        "settings": settings_of(args),
+        "environment": env,
+    }
+    path = out / "protocols-cpu.json"
+    previous = json.loads(path.read_text()) if path.exists() and not args.fresh else None
+    report = combine(previous, this_run, rows)
     out.mkdir(parents=True, exist_ok=True)
-    previous = out / "protocols-cpu.json"
-    if previous.exists():  # keep earlier runs of the algorithms not run now
-        ran = {r["algorithm"] for r in report["results"]}
-        kept = [r for r in json.loads(previous.read_text())["results"] if r["algorithm"] not in ran]
-        report["results"] = kept + report["results"]
-    (out / "protocols-cpu.json").write_text(json.dumps(report, indent=2))
+    H.write_json(path, report)
     (out / "protocols-cpu.md").write_text(markdown(report))
     print(markdown(report))
     return 0

@@ -90,12 +90,27 @@ int cuda_device_count() {
 #endif
 }
 
+// The CUDA version the installed driver supports (1000 * major + 10 * minor; 0 without a
+// driver or without CUDA kernels). Needs no context, so it is safe to call on any machine.
+int cuda_driver_version() {
+#if defined(MEDMETA_WITH_CUDA)
+  int v = 0;
+  if (cudaDriverGetVersion(&v) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+#else
+  return 0;
+#endif
+}
+
 py::dict build_info() {
   py::dict d;
 #if defined(MEDMETA_WITH_CUDA)
   d["cuda"] = true;
   d["cuda_archs"] = MEDMETA_CUDA_ARCHS;
-  d["cuda_runtime"] = CUDART_VERSION;
+  d["cuda_runtime"] = CUDART_VERSION;  // linked statically: the kernels need a driver for this version
 #else
   d["cuda"] = false;
   d["cuda_archs"] = "";
@@ -120,6 +135,9 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("build_info", &build_info, "What this build contains: CUDA (and its archs), OpenMP, CPU ISA.");
   m.def("cuda_device_count", &cuda_device_count, nogil);
+  m.def("cuda_driver_version", &cuda_driver_version, nogil,
+        "CUDA version of the installed driver (1000 * major + 10 * minor), 0 if none or no CUDA build.");
+  m.attr("inner_update_chunk_bytes") = kInnerUpdateChunkBytes;
   m.def("num_threads", &cpu_num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &set_cpu_num_threads, py::arg("n"), "Threads for the CPU kernels (<= 0: OpenMP default).");
 
@@ -241,16 +259,22 @@ PYBIND11_MODULE(_C, m) {
       [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& grad_outs,
          const std::vector<uintptr_t>& grads, const std::vector<uintptr_t>& lrs,
          const std::vector<uintptr_t>& grad_grads, const std::vector<uintptr_t>& grad_lrs,
-         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar) {
+         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar,
+         const std::vector<uintptr_t>& partials) {
         const size_t n = grad_outs.size();
         MEDMETA_CHECK(grads.size() == n && lrs.size() == n && grad_grads.size() == n && grad_lrs.size() == n &&
-                          numels.size() == n && lr_numels.size() == n,
+                          numels.size() == n && lr_numels.size() == n && (partials.empty() || partials.size() == n),
                       "inner_update_backward: all lists must have one entry per tensor");
         std::vector<UpdateGradTensor> ts(n);
         for (size_t k = 0; k < n; ++k)
-          ts[k] = {ptr<const void>(grad_outs[k]), ptr<const void>(grads[k]), ptr<const void>(lrs[k]),
-                   ptr<void>(grad_grads[k]),      ptr<void>(grad_lrs[k]),     numels[k],
-                   lr_numels[k]};
+          ts[k] = {ptr<const void>(grad_outs[k]),
+                   ptr<const void>(grads[k]),
+                   ptr<const void>(lrs[k]),
+                   ptr<void>(grad_grads[k]),
+                   ptr<void>(grad_lrs[k]),
+                   numels[k],
+                   lr_numels[k],
+                   partials.empty() ? nullptr : ptr<void>(partials[k])};
         MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_backward, DType(dt), ts.data(),
                           static_cast<int64_t>(n), lr_scalar);
       },

@@ -8,6 +8,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#if defined(__CUDACC__)
+#include <cuda.h>  // driver types only: driver functions are reached through the runtime's entry points
+#endif
 
 #include <atomic>
 #include <climits>
@@ -38,8 +41,61 @@ inline void check_launch(const char* kernel) {
   if (err != cudaSuccess) throw_cuda(std::string("CUDA kernel ") + kernel, err);
 }
 
-// Makes `index` the current device for the lifetime of the guard and restores the
-// caller's device afterwards, so a call on cuda:1 never leaks into the caller's state.
+// Whether `device`'s primary context is active: 1 yes, 0 no, -1 unknown. Asks the driver's
+// cuDevicePrimaryCtxGetState through the runtime's entry-point query, so the module does not
+// link libcuda (it still imports without a GPU). Unknown when that query is unavailable: a
+// toolkit before 11.3, a driver without the symbol, or a build not compiled by nvcc (the CPU
+// emulator of the kernels).
+inline int primary_context_active(int device) {
+#if defined(__CUDACC__) && CUDART_VERSION >= 11030
+  using DeviceGet = CUresult(CUDAAPI*)(CUdevice*, int);
+  using CtxGetState = CUresult(CUDAAPI*)(CUdevice, unsigned int*, int*);
+  struct Driver {
+    DeviceGet device_get = nullptr;
+    CtxGetState ctx_get_state = nullptr;
+  };
+  static const Driver driver = [] {
+    const auto entry = [](const char* name) -> void* {
+      void* fn = nullptr;
+#if CUDART_VERSION >= 12000
+      cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+#if CUDART_VERSION >= 12050  // the unversioned query is deprecated from 12.5 on
+      const cudaError_t err = cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found);
+#else
+      const cudaError_t err = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, &found);
+#endif
+      const bool ok = err == cudaSuccess && found == cudaDriverEntryPointSuccess;
+#else
+      const cudaError_t err = cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault);
+      const bool ok = err == cudaSuccess;
+#endif
+      if (err != cudaSuccess) cudaGetLastError();  // keep check_launch's view of errors clean
+      return ok ? fn : nullptr;
+    };
+    Driver d;
+    d.device_get = reinterpret_cast<DeviceGet>(entry("cuDeviceGet"));
+    d.ctx_get_state = reinterpret_cast<CtxGetState>(entry("cuDevicePrimaryCtxGetState"));
+    return d;
+  }();
+  if (driver.device_get == nullptr || driver.ctx_get_state == nullptr) return -1;
+  CUdevice dev = 0;
+  unsigned int flags = 0;
+  int active = 0;
+  if (driver.device_get(&dev, device) != CUDA_SUCCESS || driver.ctx_get_state(dev, &flags, &active) != CUDA_SUCCESS)
+    return -1;
+  return active != 0 ? 1 : 0;
+#else
+  (void)device;
+  return -1;
+#endif
+}
+
+// Makes `index` the current device for the lifetime of the guard and restores the caller's
+// device afterwards, so a call on cuda:1 never leaks into the caller's state. As PyTorch's
+// c10::cuda::MaybeSetDevice, the previous device is restored only if its primary context is
+// active: in a thread that never used a device, cudaGetDevice reports 0, and setting device 0
+// back would create a context on GPU 0 (cudaSetDevice initialises it since CUDA 12) that the
+// process never asked for. The thread then keeps `index` current, as after torch's own guards.
 class DeviceGuard {
  public:
   explicit DeviceGuard(int index) {
@@ -50,7 +106,7 @@ class DeviceGuard {
     }
   }
   ~DeviceGuard() {
-    if (switched_) cudaSetDevice(prev_);
+    if (switched_ && primary_context_active(prev_) != 0) cudaSetDevice(prev_);  // unknown: restore
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;

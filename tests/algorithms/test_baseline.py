@@ -111,12 +111,15 @@ def test_bad_inputs_raise_clear_errors():
         learner.meta_loss(batch)
     bad_y = batch.support_y.clone()
     bad_y[0, 0] = 3
-    with pytest.raises(ValueError, match=r"prototypes: 'labels' must be in \[0, 3\), found 3"):
+    # predict takes N from the labels: a label 3 makes a 4-way episode with a class missing
+    with pytest.raises(ValueError, match="episode 1, class 3 has no support example"):
         learner.predict(batch.support_x, bad_y, batch.query_x)
     with pytest.raises(ValueError, match=r"'episode labels' must be in \[0, 3\), found 3"):
         learner.meta_loss(dataclasses.replace(batch, support_y=bad_y))
     with pytest.raises(TypeError, match="'num_classes' must be an int"):
-        create("supervised", mh.tiny_conv4(), 3, num_classes=None, embedding_dim=16)
+        create("supervised", mh.tiny_conv4(), 3, num_classes="4", embedding_dim=16)
+    with pytest.raises(ValueError, match="supervised needs num_classes"):
+        create("supervised", mh.tiny_conv4(), 3, embedding_dim=16)
 
 
 def test_adapted_classifier_exports():

@@ -117,9 +117,10 @@ def test_bad_inputs_raise_clear_errors():
     batch = mh.episodes(batch_size=2)
     bad_y = batch.support_y.clone()
     bad_y[1, 0] = 5
-    with pytest.raises(ValueError, match=r"prototypes: 'labels' must be in \[0, 3\), found 5"):
+    # predict takes N from the labels: a label 5 makes a 6-way episode with classes missing
+    with pytest.raises(ValueError, match="episode 0, class 3 has no support example"):
         learner.predict(batch.support_x, bad_y, batch.query_x)
-    missing = torch.zeros_like(batch.support_y)  # classes 1 and 2 have no support example
+    missing = batch.support_y * 2 % 4  # labels 0 and 2 only: class 1 has no support example
     with pytest.raises(ValueError, match="episode 0, class 1 has no support example"):
         learner.predict(batch.support_x, missing, batch.query_x)
     with pytest.raises(ValueError, match="same shape"):

@@ -117,7 +117,7 @@ def test_bad_inputs_raise_clear_errors():
     wrong = create("relation", mh.tiny_conv4(), 3, feature_shape=(8, 7, 7))
     with pytest.raises(ValueError, match=r"backbone gives 16 features .* expects 392"):
         wrong.predict(batch.support_x, batch.support_y, batch.query_x)
-    with pytest.raises(ValueError, match="give 'feature_shape'"):
+    with pytest.raises(ValueError, match=r"input_shape=\(3, 28, 28\)"):
         create("relation", mh.tiny_conv4(), 3)
     with pytest.raises(ValueError, match=r"'feature_shape' must be \(C, H, W\)"):
         create("relation", mh.tiny_conv4(), 3, feature_shape=(16, 7))

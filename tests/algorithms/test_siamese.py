@@ -126,12 +126,13 @@ def test_bad_inputs_raise_clear_errors():
     batch = mh.episodes(batch_size=2)
     bad_y = batch.support_y.clone()
     bad_y[0, 0] = 4
-    with pytest.raises(ValueError, match=r"prototypes: 'labels' must be in \[0, 3\), found 4"):
+    # predict takes N from the labels: a label 4 makes a 5-way episode with classes missing
+    with pytest.raises(ValueError, match="episode 0, class 3 has no support example"):
         learner.predict(batch.support_x, bad_y, batch.query_x)
     with pytest.raises(ValueError, match=r"siamese: 'support_y' must be in \[0, 3\), found 4"):
         learner.meta_loss(dataclasses.replace(batch, support_y=bad_y))
     nearest = mh.build("siamese", classifier="nearest")
-    with pytest.raises(ValueError, match=r"siamese: 'support_y' must be in \[0, 3\), found 4"):
+    with pytest.raises(ValueError, match="siamese: episode 0, class 3 has no support example"):
         nearest.predict(batch.support_x, bad_y, batch.query_x)
     with pytest.raises(ValueError, match="'loss' must be one of"):
         create("siamese", mh.tiny_conv4(), 3, loss="arcface")

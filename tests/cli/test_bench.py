@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medmeta.cli import main
 
 
+@pytest.mark.slow  # every benchmark suite's quick mode, in a child process
 def test_bench_quick_runs_every_suite_and_writes_results(tmp_path: Path, capfd, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the source tree
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0

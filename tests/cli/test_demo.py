@@ -14,6 +14,8 @@ import pytest
 
 from medmeta.cli import main
 
+pytestmark = pytest.mark.slow  # the whole demo pipeline, end to end
+
 
 class _Images(HTMLParser):
     def __init__(self) -> None:

@@ -13,6 +13,8 @@ from medmeta.cli import main
 from medmeta.cli._torchfree import run_without_torch
 from medmeta.data import load
 
+pytestmark = pytest.mark.slow  # train, adapt, export and predict through the CLI, end to end
+
 
 @pytest.fixture(scope="module")
 def adapted_folder(trained_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -8,9 +8,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from medmeta.data import load
 from medmeta.edge import EdgeModel
+
+pytestmark = pytest.mark.slow  # a child interpreter where torch cannot be imported
 
 CHILD = textwrap.dedent(
     """

@@ -33,6 +33,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # each case meta-trains, adapts and exports a learner (3-11 s)
 @pytest.mark.parametrize(
     ("name", "hparams", "steps", "temperature", "outputs", "enrolment"),
     CASES,

@@ -147,6 +147,67 @@ def test_empty_list_and_zero_tasks():
     assert out[0].shape == (0, 3)
 
 
+@pytest.mark.parametrize("rate", ["per-element", "per-layer", "full"])
+def test_empty_parameter_with_learned_rates(device, rate):
+    """A [4, 0] parameter is accepted on every device (CUDA used to check the rate's size,
+    0 elements per-element, before skipping the empty tensor)."""
+    p = torch.zeros(4, 0, device=device, requires_grad=True)
+    q = torch.randn(4, 3, device=device, dtype=torch.float64, requires_grad=True)
+    shape = {"per-element": (0,), "per-layer": (1,), "full": (4, 0)}[rate]
+    lrs = [
+        torch.full(shape, 0.5, device=device, requires_grad=True),
+        torch.full((1,), 0.5, device=device, dtype=torch.float64, requires_grad=True),
+    ]
+    out = ops.inner_update([p], [torch.ones(4, 0, device=device)], lrs[:1])
+    assert out[0].shape == (4, 0)
+    (g,) = torch.autograd.grad(out[0].sum(), lrs[0])
+    assert g.shape == shape and not g.any()
+    qlr = [lrs[1]]
+    with torch.no_grad():
+        ops.inner_update_(
+            [torch.zeros(4, 0, device=device)], [torch.ones(4, 0, device=device)], 0.1
+        )
+    (gq,) = torch.autograd.grad(ops.inner_update([q], [q * 2], qlr)[0].sum(), qlr)
+    torch.testing.assert_close(gq, -(2 * q).sum().reshape(1))
+
+
+def test_rate_partials_match_the_cuda_chunks():
+    """One partial sum per 16 KiB of a tensor with a single learned rate (the CUDA blocks)."""
+    from medmeta.ops.inner_update import rate_partials
+
+    assert rate_partials(0, 4) == 0
+    assert rate_partials(1, 4) == 1
+    assert rate_partials(4096, 4) == 1
+    assert rate_partials(4097, 4) == 2
+    assert rate_partials(60000, 4) == 15
+    assert rate_partials(8192, 2) == 1 and rate_partials(2049, 8) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_single_learned_rate_gradient_is_deterministic_on_cuda(gen, dtype):
+    """A MAML++ per-layer rate over a large tensor: bitwise the same gradient every run, in
+    deterministic mode too (the per-block sums are added in block order, no atomics)."""
+    shapes = [(4, 300_000), (4, 7), (2, 50_001)]
+    ps = [randn(gen, *s, device="cuda", dtype=dtype) for s in shapes]
+    gs = [randn(gen, *s, device="cuda", dtype=dtype, requires_grad=True) for s in shapes]
+    lrs = [torch.full((1,), 0.1, device="cuda", dtype=dtype, requires_grad=True) for _ in shapes]
+    ups = [randn(gen, *s, device="cuda", dtype=dtype) for s in shapes]
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        runs = [torch.autograd.grad(ops.inner_update(ps, gs, lrs), lrs, ups) for _ in range(5)]
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0], strict=True):
+            assert torch.equal(a, b)
+    for a, g, u in zip(runs[0], gs, ups, strict=True):
+        want = -(g.detach().double() * u.double()).sum()
+        assert_close(a.reshape(()), want, dtype)
+
+
 @pytest.mark.parametrize(
     ("params", "grads", "lr", "error", "match"),
     [

@@ -75,6 +75,41 @@ def test_nan_mask_is_reported():
         ops.masked_prototypes(torch.zeros(1, 1, 4, 2, 2), m)
 
 
+def test_checks_off_zero_mass_class_is_nan_in_native_and_reference(device_dtype, gen, monkeypatch):
+    """A class with zero mask mass is NaN (the mean of no pixels) and passes no gradient:
+    native kernels (fused and many-class backward) and the reference agree."""
+    device, dtype = device_dtype
+    ops.set_value_checks(False)
+    try:
+        for C in (3, 10):  # C > 8 takes the many-class backward kernels on CUDA
+            f = randn(gen, 2, 2, 4, 3, 3, device=device, dtype=dtype, requires_grad=True)
+            m = (rand(gen, 2, 2, C, 3, 3, device=device, dtype=dtype) + 0.1).detach()
+            m[1, :, 1] = 0
+            m.requires_grad_()
+            g = randn(gen, 2, C, 4, device=device, dtype=dtype)
+            results = {}
+            for backend in ("native", "reference"):
+                monkeypatch.setenv("MEDMETA_BACKEND", backend)
+                out = ops.masked_prototypes(f, m)
+                results[backend] = (out, torch.autograd.grad(out, (f, m), g))
+            monkeypatch.delenv("MEDMETA_BACKEND")
+            (out, grads), (ref, ref_grads) = results["native"], results["reference"]
+            assert torch.isnan(out[1, 1]).all() and torch.isnan(ref[1, 1]).all()
+            keep = torch.ones(2, C, dtype=torch.bool, device=device)
+            keep[1, 1] = False
+            assert not torch.isnan(out[keep]).any()
+            assert_close(out[keep], ref[keep], dtype)
+            for a, b in zip(grads, ref_grads, strict=True):
+                assert not torch.isnan(a).any() and not torch.isnan(b).any()
+                assert_close(a, b, dtype)
+            if dtype == torch.float64 and C == 3:
+                assert torch.autograd.gradcheck(
+                    lambda a, b, keep=keep: ops.masked_prototypes(a, b)[keep], (f, m)
+                )
+    finally:
+        ops.set_value_checks(True)
+
+
 @pytest.mark.parametrize(
     ("features", "masks", "match"),
     [

@@ -55,3 +55,17 @@ def test_prototypes_and_distances_on_numpy_arrays():
     )
     expected = ((queries[:, :, None, :] - protos[:, None, :, :]) ** 2).sum(-1)
     np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_raw_kernel_gives_nan_for_a_class_without_examples():
+    """The kernel's documented empty-class value (the edge runtime refuses such classes first)."""
+    emb = np.ones((1, 2, 3), np.float32)
+    labels = np.array([[0, 0]], np.int64)
+    protos = np.zeros((1, 2, 3), np.float32)
+    wsum = np.empty((1, 2), np.float32)
+    _C.prototypes_forward(
+        -1, 0, FLOAT32, emb.ctypes.data, labels.ctypes.data, 0, protos.ctypes.data,
+        wsum.ctypes.data, 1, 2, 2, 3,
+    )  # fmt: skip
+    np.testing.assert_array_equal(protos[0, 0], np.ones(3, np.float32))
+    assert np.isnan(protos[0, 1]).all() and wsum[0, 1] == 0

@@ -88,6 +88,63 @@ def test_zero_total_weight_is_an_error():
         ops.prototypes(torch.zeros(1, 2, 3), torch.tensor([[0, 1]]), 2, w)
 
 
+@pytest.fixture
+def checks_off():
+    ops.set_value_checks(False)
+    yield
+    ops.set_value_checks(True)
+
+
+def _run(fn, backend, monkeypatch):
+    """fn() under MEDMETA_BACKEND=backend."""
+    monkeypatch.setenv("MEDMETA_BACKEND", backend)
+    try:
+        return fn()
+    finally:
+        monkeypatch.delenv("MEDMETA_BACKEND")
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
+def test_checks_off_empty_class_is_nan_in_native_and_reference(
+    device_dtype, gen, weighted, checks_off, monkeypatch
+):
+    """A class without support (or with zero total weight) is NaN, the mean of no examples,
+    and passes no gradient: native kernels and the pure-torch reference agree."""
+    device, dtype = device_dtype
+    B, S, N, D = 2, 6, 4, 5
+    labels = torch.tensor([[0, 1, 1, 0, 1, 0], [3, 3, 0, 1, 0, 1]], device=device)
+    # empty: (0, 2), (0, 3), (1, 2); weighted, class 3 of episode 1 also has zero total weight
+    e = randn(gen, B, S, D, device=device, dtype=dtype, requires_grad=True)
+    w = None
+    if weighted:
+        w = (rand(gen, B, S, device=device, dtype=dtype) + 0.1).detach()
+        w[1, :2] = 0
+        w.requires_grad_()
+    inputs = (e, w) if weighted else (e,)
+    g = randn(gen, B, N, D, device=device, dtype=dtype)
+    results = {}
+    for backend in ("native", "reference"):
+        out = _run(lambda: ops.prototypes(e, labels, N, w), backend, monkeypatch)
+        results[backend] = (out, torch.autograd.grad(out, inputs, g))
+    (out, grads), (ref, ref_grads) = results["native"], results["reference"]
+    empty = torch.zeros(B, N, dtype=torch.bool, device=device)
+    empty[0, 2] = empty[0, 3] = empty[1, 2] = True
+    if weighted:
+        empty[1, 3] = True
+    assert torch.isnan(out[empty]).all() and torch.isnan(ref[empty]).all()
+    assert not torch.isnan(out[~empty]).any()
+    assert_close(out[~empty], ref[~empty], dtype)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert not torch.isnan(a).any() and not torch.isnan(b).any()
+        assert_close(a, b, dtype)
+    if dtype == torch.float64:  # the classes with examples keep exact gradients
+
+        def present(*args):
+            return ops.prototypes(args[0], labels, N, args[1] if weighted else None)[~empty]
+
+        assert torch.autograd.gradcheck(present, inputs)
+
+
 @pytest.mark.parametrize(
     ("labels", "n_way", "weights", "error", "match"),
     [

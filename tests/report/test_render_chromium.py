@@ -18,9 +18,12 @@ from report.quickrun import make_report_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="needs headless Chromium on PATH (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="needs headless Chromium on PATH (apt-get install chromium)"
+    ),
+    pytest.mark.slow,  # a headless browser renders the report
+]
 
 # offline, no background traffic, no sandbox (containers run as root)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

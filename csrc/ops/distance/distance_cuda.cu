@@ -99,8 +99,8 @@ void check_sizes(int64_t B, int64_t Q, int64_t N, int64_t D) {
 void distance_forward_cuda(Device dev, DType dt, const void* x, const void* y, void* out, void* workspace, int64_t B,
                            int64_t Q, int64_t N, int64_t D, Metric metric) {
   (void)workspace;  // the norms are computed inside the tile kernel
-  check_sizes(B, Q, N, D);
   if (B == 0 || Q == 0 || N == 0) return;  // D == 0 still defines out: distance_from_dot(m, 0, 0, 0)
+  check_sizes(B, Q, N, D);  // after the empty-input return: the CPU accepts any empty input
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "pairwise_distance", [&](auto tag) {
@@ -120,9 +120,9 @@ void distance_forward_cuda(Device dev, DType dt, const void* x, const void* y, v
 void distance_backward_cuda(Device dev, DType dt, const void* grad_out, const void* x, const void* y,
                             const void* out, void* grad_x, void* grad_y, void* workspace, int64_t B, int64_t Q,
                             int64_t N, int64_t D, Metric metric) {
-  check_sizes(B, Q, N, D);
   // Q == 0 or N == 0 with D > 0: the other gradient is 0 * rows, written by the kernel.
   if (B == 0 || D == 0 || (grad_x == nullptr && grad_y == nullptr)) return;
+  check_sizes(B, Q, N, D);
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "pairwise_distance", [&](auto tag) {

@@ -24,6 +24,7 @@ struct UpdateTensor {
 // grad_grad = -lr * grad_out (skipped when null);
 // grad_lr[j] += -sum_{i % lr_numel == j} grad[i] * grad_out[i], in the accumulation type
 // (float64 for float64, else float32), zero-initialised by the caller (skipped when null).
+// Every sum is taken in a fixed order, so results are bitwise reproducible run to run.
 struct UpdateGradTensor {
   const void* grad_out;
   const void* grad;
@@ -32,7 +33,19 @@ struct UpdateGradTensor {
   void* grad_lr;
   int64_t numel;
   int64_t lr_numel;
+  // CUDA, a single learned rate (lr_numel == 1) with grad_lr: caller-sized scratch for
+  // inner_update_partials(numel, element bytes) accumulation-type values, the per-block sums
+  // that a second kernel adds in block order. Null: one block per tensor reduces it (also
+  // deterministic, slower for large tensors). Ignored on the CPU.
+  void* partials = nullptr;
 };
+
+// Bytes of a tensor per CUDA block of a single-rate update (one partial sum each).
+constexpr int64_t kInnerUpdateChunkBytes = 16384;
+
+inline int64_t inner_update_partials(int64_t numel, int64_t element_bytes) {
+  return (numel * element_bytes + kInnerUpdateChunkBytes - 1) / kInnerUpdateChunkBytes;
+}
 
 void inner_update_forward_cpu(DType dt, const UpdateTensor* tensors, int64_t count, double lr_scalar);
 void inner_update_backward_cpu(DType dt, const UpdateGradTensor* tensors, int64_t count, double lr_scalar);

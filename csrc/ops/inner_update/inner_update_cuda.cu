@@ -4,7 +4,9 @@
 // whole parameter list is one launch. Scalar rates stream elements in 16-byte vectors;
 // per-element rates (lr_numel > 1) map threads to learning-rate columns and loop over the
 // T task rows, which makes grad_lr a per-thread sum (no atomics, deterministic). A single
-// learned rate reduces grad_lr per block and adds it with one atomicAdd.
+// learned rate (MAML++) writes one partial sum per block into caller-sized scratch and a
+// second kernel adds them in block order, so its gradient is bitwise reproducible too (no
+// atomics anywhere: torch.use_deterministic_algorithms holds).
 #include "ops/inner_update/inner_update.h"
 
 #include "common/cuda.cuh"
@@ -19,6 +21,7 @@ constexpr int kMaxTensors = 36;  // keeps each argument block well under the 4 K
 constexpr int kThreads = 256;
 constexpr int kItems = 4;        // vectors per thread in an element (scalar-rate) chunk
 constexpr int kRowBatch = 4;     // task rows loaded together in a column chunk
+static_assert(kThreads * kItems * 16 == kInnerUpdateChunkBytes, "inner_update_partials() must match the chunks");
 
 // 16 bytes of T: the unit of vectorised access.
 template <typename T> struct alignas(16) Pack {
@@ -51,7 +54,8 @@ template <typename T> struct BackwardBatch {
   const T* grad[kMaxTensors];
   const T* lr[kMaxTensors];  // null: lr_scalar
   T* grad_grad[kMaxTensors];          // null: not requested
-  acc_t<T>* grad_lr[kMaxTensors];     // null: not requested (always null when lr is null)
+  acc_t<T>* grad_lr[kMaxTensors];     // per-element rates only; null: not requested
+  acc_t<T>* partials[kMaxTensors];    // single rate: one sum of grad * grad_out per block; null: none
   int64_t numel[kMaxTensors];
   int64_t lr_numel[kMaxTensors];
   int64_t block_start[kMaxTensors + 1];
@@ -62,6 +66,17 @@ template <typename T> struct BackwardBatch {
 
 static_assert(sizeof(ForwardBatch<double>) <= 4096, "kernel argument block too large");
 static_assert(sizeof(BackwardBatch<double>) <= 4096, "kernel argument block too large");
+
+// Second pass of a single learned rate's gradient: block k adds tensor k's per-block sums.
+template <typename T> struct RateBatch {
+  const T* grad_out[kMaxTensors];
+  const T* grad[kMaxTensors];
+  const acc_t<T>* partials[kMaxTensors];  // null: reduce grad * grad_out over the tensor itself
+  acc_t<T>* grad_lr[kMaxTensors];
+  int64_t n[kMaxTensors];  // partial sums, or elements when partials is null
+  int count;
+};
+static_assert(sizeof(RateBatch<double>) <= 4096, "kernel argument block too large");
 
 template <typename Batch> __device__ __forceinline__ int find_tensor(const Batch& batch) {
   int k = 0;  // block-uniform linear scan of a <= kMaxTensors prefix table (constant bank)
@@ -205,6 +220,7 @@ __global__ void __launch_bounds__(kThreads)
     const A a = lr != nullptr ? to_acc(*lr) : batch.lr_scalar;
     const int64_t begin = chunk * chunk_elems<T>();
     const int64_t end = min(numel, begin + chunk_elems<T>());
+    A* part = batch.partials[k];  // block-uniform: null when no rate gradient is taken here
     A dot = A(0);  // sum of grad * grad_out over this thread's elements
     if (vec) {
       Pack<T> o[kItems], g[kItems];
@@ -213,14 +229,14 @@ __global__ void __launch_bounds__(kThreads)
         const int64_t i = begin + (static_cast<int64_t>(it) * kThreads + tid) * V;
         if (i + V <= end) {
           o[it] = load_pack(go + i);
-          if (glr != nullptr) g[it] = load_pack(grad + i);
+          if (part != nullptr) g[it] = load_pack(grad + i);
         }
       }
 #pragma unroll
       for (int it = 0; it < kItems; ++it) {
         const int64_t i = begin + (static_cast<int64_t>(it) * kThreads + tid) * V;
         if (i + V <= end) {
-          if (glr != nullptr)
+          if (part != nullptr)
 #pragma unroll
             for (int v = 0; v < V; ++v) dot += to_acc(g[it].v[v]) * to_acc(o[it].v[v]);
           if (gg != nullptr) {
@@ -233,7 +249,7 @@ __global__ void __launch_bounds__(kThreads)
           for (int64_t e = i; e < end; ++e) {
             const A ov = to_acc(go[e]);
             if (gg != nullptr) gg[e] = from_acc<T>(-a * ov);
-            if (glr != nullptr) dot += to_acc(grad[e]) * ov;
+            if (part != nullptr) dot += to_acc(grad[e]) * ov;
           }
         }
       }
@@ -244,13 +260,13 @@ __global__ void __launch_bounds__(kThreads)
         if (i < end) {
           const A ov = to_acc(go[i]);
           if (gg != nullptr) gg[i] = from_acc<T>(-a * ov);
-          if (glr != nullptr) dot += to_acc(grad[i]) * ov;
+          if (part != nullptr) dot += to_acc(grad[i]) * ov;
         }
       }
     }
-    if (glr != nullptr) {  // block-uniform
+    if (part != nullptr) {  // block-uniform; inner_update_rate_kernel adds the blocks in order
       const A s = block_sum(dot);
-      if (tid == 0) atomicAdd(glr, -s);
+      if (tid == 0) part[chunk] = s;
     }
     return;
   }
@@ -321,6 +337,26 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Block k: grad_lr[k] -= the sum of tensor k's partials (or of grad * grad_out), each thread
+// over a fixed stride, then block_sum: a fixed order, so the result does not vary run to run.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) inner_update_rate_kernel(const __grid_constant__ RateBatch<T> batch) {
+  using A = acc_t<T>;
+  const int k = blockIdx.x;
+  const int64_t n = batch.n[k];
+  const A* part = batch.partials[k];
+  A s = A(0);
+  if (part != nullptr) {
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) s += part[i];
+  } else {
+    const T* go = batch.grad_out[k];
+    const T* g = batch.grad[k];
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) s += to_acc(g[i]) * to_acc(go[i]);
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) *batch.grad_lr[k] -= s;
+}
+
 bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 // Blocks of one tensor: element chunks for a single rate, column chunks for per-element rates.
@@ -373,8 +409,8 @@ template <typename T> void forward(const UpdateTensor* ts, int64_t count, double
       count,
       [&](ForwardBatch<T>& b, int n, int64_t k) -> int64_t {
         const UpdateTensor& t = ts[k];
+        if (t.numel == 0) return 0;  // before the rate checks: [T, 0] with a [0] rate is fine, as on the CPU
         check_rate(t.numel, t.lr, t.lr_numel);
-        if (t.numel == 0) return 0;
         const bool columns = t.lr != nullptr && t.lr_numel > 1;
         b.param[n] = static_cast<const T*>(t.param);
         b.grad[n] = static_cast<const T*>(t.grad);
@@ -401,19 +437,24 @@ void backward(const UpdateGradTensor* ts, int64_t count, double lr_scalar, cudaS
       count,
       [&](BackwardBatch<T>& b, int n, int64_t k) -> int64_t {
         const UpdateGradTensor& t = ts[k];
+        if (t.numel == 0) return 0;  // before the rate checks, as in forward
         check_rate(t.numel, t.lr, t.lr_numel);
-        // grad_lr only exists for a learned rate (as on the CPU).
+        // grad_lr only exists for a learned rate (as on the CPU). A single rate's gradient
+        // comes from per-block partials (when the caller gave scratch) and the rate kernel.
         void* grad_lr = t.lr != nullptr ? t.grad_lr : nullptr;
-        if (t.numel == 0 || (t.grad_grad == nullptr && grad_lr == nullptr)) return 0;
         const bool columns = t.lr != nullptr && t.lr_numel > 1;
+        A* part = !columns && grad_lr != nullptr ? static_cast<A*>(t.partials) : nullptr;
+        A* glr = columns ? static_cast<A*>(grad_lr) : nullptr;
+        if (t.grad_grad == nullptr && glr == nullptr && part == nullptr) return 0;
         b.grad_out[n] = static_cast<const T*>(t.grad_out);
         b.grad[n] = static_cast<const T*>(t.grad);
         b.lr[n] = static_cast<const T*>(t.lr);
         b.grad_grad[n] = static_cast<T*>(t.grad_grad);
-        b.grad_lr[n] = static_cast<A*>(grad_lr);
+        b.grad_lr[n] = glr;
+        b.partials[n] = part;
         b.numel[n] = t.numel;
         b.lr_numel[n] = t.lr != nullptr ? t.lr_numel : 1;
-        b.vec[n] = aligned16(t.grad_out) && aligned16(grad_lr != nullptr ? t.grad : nullptr) &&
+        b.vec[n] = aligned16(t.grad_out) && aligned16(glr != nullptr || part != nullptr ? t.grad : nullptr) &&
                    aligned16(t.grad_grad) && (!columns || (aligned16(t.lr) && t.lr_numel % V == 0));
         b.lr_scalar = static_cast<A>(lr_scalar);
         return tensor_blocks<T>(t.numel, t.lr, t.lr_numel);
@@ -422,6 +463,27 @@ void backward(const UpdateGradTensor* ts, int64_t count, double lr_scalar, cudaS
         inner_update_backward_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(b);
         check_launch("inner_update_backward_kernel");
       });
+  // Second pass: each single learned rate's gradient, one block per tensor (same stream, so
+  // after the partials are written).
+  RateBatch<T> r{};
+  auto flush = [&] {
+    if (r.count == 0) return;
+    inner_update_rate_kernel<T><<<static_cast<unsigned>(r.count), kThreads, 0, stream>>>(r);
+    check_launch("inner_update_rate_kernel");
+    r.count = 0;
+  };
+  for (int64_t k = 0; k < count; ++k) {
+    const UpdateGradTensor& t = ts[k];
+    if (t.numel == 0 || t.lr == nullptr || t.lr_numel != 1 || t.grad_lr == nullptr) continue;
+    const int n = r.count++;
+    r.grad_out[n] = static_cast<const T*>(t.grad_out);
+    r.grad[n] = static_cast<const T*>(t.grad);
+    r.partials[n] = static_cast<const A*>(t.partials);
+    r.grad_lr[n] = static_cast<A*>(t.grad_lr);
+    r.n[n] = t.partials != nullptr ? tensor_blocks<T>(t.numel, t.lr, 1) : t.numel;
+    if (r.count == kMaxTensors) flush();
+  }
+  flush();
 }
 
 }  // namespace

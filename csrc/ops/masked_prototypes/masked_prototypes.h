@@ -2,7 +2,8 @@
 //   feat [B,S,D,HW], masks [B,S,C,HW] (dtype dt, soft or binary)
 //   -> out [B,C,D] (dtype dt): sum_{s,p} feat[b,s,:,p] * masks[b,s,c,p] / mass[b,c],
 //      mass [B,C] (accumulation type: float64 for float64, else float32) = sum_{s,p} masks[b,s,c,p].
-// A class with mass == 0 gets a zero prototype; the Python layer reports it as an error.
+// A class with mass == 0 gets a NaN prototype (the mean of no pixels) and passes no gradient
+// to grad_feat / grad_masks; the Python layer reports it as an error unless value checks are off.
 #pragma once
 
 #include <cstdint>

@@ -2,6 +2,7 @@
 // its feature planes once and dots them with every class mask of the episode.
 #include "ops/masked_prototypes/masked_prototypes.h"
 
+#include <limits>
 #include <vector>
 
 #include "common/cpu.h"
@@ -51,7 +52,7 @@ MEDMETA_CPU_CLONES void forward_tasks(const T* feat, const T* masks, const T* ma
       }
       for (int64_t k = 0; k < width; ++k) {
         const T total = mass[b * C + c + k];
-        out[(b * C + c + k) * D + d] = total != T(0) ? sums[k] / total : T(0);
+        out[(b * C + c + k) * D + d] = total != T(0) ? sums[k] / total : std::numeric_limits<T>::quiet_NaN();
       }
       c += width;
     }
@@ -111,14 +112,16 @@ void backward(const void* grad_out, const void* feat, const void* masks, const v
   const T* g = static_cast<const T*>(grad_out);
   const T* o = static_cast<const T*>(out);
   const T* ms = static_cast<const T*>(mass);
-  // gs = grad_out / mass (zero for an empty class), k[b,c] = <gs[b,c], out[b,c]>.
+  // gs = grad_out / mass, k[b,c] = <gs[b,c], out[b,c]>; both zero for an empty class (its
+  // NaN prototype depends on no input, and must not reach k through 0 * NaN).
   std::vector<T> gs(B * C * D), k(B * C);
   for (int64_t r = 0; r < B * C; ++r) {
-    const T inv = ms[r] != T(0) ? T(1) / ms[r] : T(0);
+    const bool empty = ms[r] == T(0);
+    const T inv = empty ? T(0) : T(1) / ms[r];
     T kk = 0;
     for (int64_t d = 0; d < D; ++d) {
       gs[r * D + d] = g[r * D + d] * inv;
-      kk += gs[r * D + d] * o[r * D + d];
+      if (!empty) kk += gs[r * D + d] * o[r * D + d];
     }
     k[r] = kk;
   }

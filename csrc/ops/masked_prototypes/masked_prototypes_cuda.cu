@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int i = tid / kCG, c = tid % kCG;
       if (i < nd && c < nc) {
         const A msum = fin_s[DB * kCG + c];
-        out[(b * C + c0 + c) * D + d0 + i] = from_acc<T>(msum != A(0) ? fin_s[tid] / msum : A(0));
+        out[(b * C + c0 + c) * D + d0 + i] = from_acc<T>(msum != A(0) ? fin_s[tid] / msum : quiet_nan<A>());
       }
     }
     if (d0 == 0 && tid < nc) mass[b * C + c0 + tid] = fin_s[DB * kCG + tid];
@@ -98,7 +98,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Backward, C <= kClassGroup. Block = (episode b, shot s, tile of kPix pixels); thread =
 // (pixel, slice of the channels). Per channel d: grad_feat[d,p] = sum_c gs[c,d] m[c,p] and
-// grad_masks[c,p] += gs[c,d] (feat[d,p] - out[c,d]), gs = grad_out / mass (0 for mass 0).
+// grad_masks[c,p] += gs[c,d] (feat[d,p] - out[c,d]), gs = grad_out / mass; an empty class
+// (mass 0, NaN prototype) contributes nothing: gs = 0 and out is read as 0 (0 * NaN is NaN).
 constexpr int kPix = 64;
 constexpr int kSlices = kThreads / kPix;
 constexpr int kDChunk = 128;
@@ -141,9 +142,9 @@ __global__ void __launch_bounds__(kThreads)
       const int dd = e / C, c = e % C;
       const int64_t bc = b * C + c;
       const A msum = mass[bc];
-      const A inv = msum != A(0) ? A(1) / msum : A(0);
-      gs_s[dd][c] = to_acc(grad_out[bc * D + dc0 + dd]) * inv;
-      o_s[dd][c] = to_acc(out[bc * D + dc0 + dd]);
+      const bool empty = msum == A(0);
+      gs_s[dd][c] = empty ? A(0) : to_acc(grad_out[bc * D + dc0 + dd]) * (A(1) / msum);
+      o_s[dd][c] = empty ? A(0) : to_acc(out[bc * D + dc0 + dd]);
     }
     __syncthreads();
 #pragma unroll 4
@@ -212,7 +213,11 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t p = idx % HW, t = idx / HW;
     const int64_t c = t % C, bs = t / C, b = bs / S;
     const A msum = mass[b * C + c];
-    const A inv = msum != A(0) ? A(1) / msum : A(0);
+    if (msum == A(0)) {  // an empty class: its NaN prototype depends on no input
+      grad_masks[idx] = from_acc<T>(A(0));
+      continue;
+    }
+    const A inv = A(1) / msum;
     const T* f = feat + bs * D * HW + p;
     const T* g = grad_out + (b * C + c) * D;
     const T* o = out + (b * C + c) * D;
@@ -244,8 +249,8 @@ unsigned stride_grid(int64_t total) {
 
 void masked_prototypes_forward_cuda(Device dev, DType dt, const void* feat, const void* masks, void* out,
                                     void* mass, int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW) {
-  check_sizes(B, S, C, D, HW);
-  if (B == 0 || C == 0) return;  // S, D or HW == 0 still define mass (and out): zeros
+  if (B == 0 || C == 0) return;  // S or HW == 0 still define mass (zeros) and out (NaN)
+  check_sizes(B, S, C, D, HW);   // after the empty-input return: the CPU accepts any empty input
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "masked_prototypes", [&](auto tag) {
@@ -267,8 +272,8 @@ void masked_prototypes_forward_cuda(Device dev, DType dt, const void* feat, cons
 void masked_prototypes_backward_cuda(Device dev, DType dt, const void* grad_out, const void* feat,
                                      const void* masks, const void* out, const void* mass, void* grad_feat,
                                      void* grad_masks, int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW) {
-  check_sizes(B, S, C, D, HW);
   if (B == 0 || S == 0 || HW == 0 || (grad_feat == nullptr && grad_masks == nullptr)) return;
+  check_sizes(B, S, C, D, HW);
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "masked_prototypes", [&](auto tag) {

@@ -186,8 +186,8 @@ void check_sizes(int64_t B, int64_t Q, int64_t N, int64_t D) {
 void protoloss_forward_cuda(Device dev, DType dt, const void* queries, const void* protos, const int64_t* targets,
                             void* loss, void* accuracy, void* dist, void* lse, void* workspace, int64_t B, int64_t Q,
                             int64_t N, int64_t D, Metric metric, double inv_temperature) {
+  if (B == 0) return;  // before the size checks, as on the CPU
   check_sizes(B, Q, N, D);
-  if (B == 0) return;
   MEDMETA_CHECK(N > 0, "prototypical_loss needs at least one class");
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
@@ -222,9 +222,9 @@ void protoloss_backward_cuda(Device dev, DType dt, const void* grad_loss, const 
                              const int64_t* targets, const void* dist, const void* lse, void* grad_queries,
                              void* grad_protos, void* workspace, int64_t B, int64_t Q, int64_t N, int64_t D,
                              Metric metric, double inv_temperature) {
-  check_sizes(B, Q, N, D);
   // Q == 0 or N == 0 with D > 0: the other gradient is 0 * rows, written by the kernel.
   if (B == 0 || D == 0 || (grad_queries == nullptr && grad_protos == nullptr)) return;
+  check_sizes(B, Q, N, D);
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "prototypical_loss", [&](auto tag) {

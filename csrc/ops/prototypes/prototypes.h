@@ -3,7 +3,9 @@
 //   weights [B,S] (dtype dt) or null for plain means
 //   -> out [B,N,D] (dtype dt) and wsum [B,N] (accumulation type: float64 for float64,
 //      else float32), the total weight (count) of each class. A class with wsum == 0
-//      gets a zero prototype; the Python layer reports it as an error.
+//      gets a NaN prototype (the mean of no examples, as torch's mean of an empty set) and
+//      passes no gradient to grad_emb / grad_weights; the Python layer reports it as an
+//      error unless value checks are off.
 #pragma once
 
 #include <cstdint>

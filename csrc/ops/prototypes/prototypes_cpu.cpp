@@ -2,6 +2,7 @@
 // D-tile) task, accumulating each example into its class row (no one-hot matrix).
 #include "ops/prototypes/prototypes.h"
 
+#include <limits>
 #include <vector>
 
 #include "common/cpu.h"
@@ -29,8 +30,8 @@ MEDMETA_CPU_CLONES void forward_tasks(const T* emb, const int64_t* labels, const
       total[l] += ws;
       axpy_row(ws, emb + (b * S + s) * D + d0, o + l * D, w);
     }
-    for (int64_t n = 0; n < N; ++n) {
-      const T inv = total[n] != T(0) ? T(1) / total[n] : T(0);
+    for (int64_t n = 0; n < N; ++n) {  // zero total weight: NaN, the mean of no examples
+      const T inv = total[n] != T(0) ? T(1) / total[n] : std::numeric_limits<T>::quiet_NaN();
       MEDMETA_SIMD
       for (int64_t i = 0; i < w; ++i) o[n * D + i] *= inv;
     }

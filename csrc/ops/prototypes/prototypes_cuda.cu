@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(kThreads)
         a += acc_s[(k * classes + n) * cols + c];
         tot += total_s[k * classes + n];
       }
-      const A inv = tot != A(0) ? A(1) / tot : A(0);
+      const A inv = tot != A(0) ? A(1) / tot : quiet_nan<A>();  // no examples: NaN (as the CPU)
       out[(b * N + n0 + n) * D + d0 + c] = from_acc<T>(a * inv);
     }
     if (dt == 0) {
@@ -166,8 +166,8 @@ void check_sizes(int64_t B, int64_t S, int64_t N, int64_t D) {
 
 void prototypes_forward_cuda(Device dev, DType dt, const void* emb, const int64_t* labels, const void* weights,
                              void* out, void* wsum, int64_t B, int64_t S, int64_t N, int64_t D) {
-  check_sizes(B, S, N, D);
-  if (B == 0 || N == 0) return;  // S == 0 or D == 0 still define out / wsum (zeros)
+  if (B == 0 || N == 0) return;  // S == 0 or D == 0 still define out / wsum (NaN / zeros)
+  check_sizes(B, S, N, D);       // after the empty-input return: the CPU accepts any empty input
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "prototypes", [&](auto tag) {
@@ -188,8 +188,8 @@ void prototypes_forward_cuda(Device dev, DType dt, const void* emb, const int64_
 void prototypes_backward_cuda(Device dev, DType dt, const void* grad_out, const void* emb, const int64_t* labels,
                               const void* weights, const void* out, const void* wsum, void* grad_emb,
                               void* grad_weights, int64_t B, int64_t S, int64_t N, int64_t D) {
-  check_sizes(B, S, N, D);
   if (B == 0 || S == 0 || (grad_emb == nullptr && grad_weights == nullptr)) return;
+  check_sizes(B, S, N, D);
   DeviceGuard guard(dev.index);
   const cudaStream_t stream = stream_of(dev);
   dispatch(dt, "prototypes", [&](auto tag) {

@@ -21,6 +21,13 @@ There is no per-task Python loop. Second-order meta-gradients build the inner gr
 meta-gradient is the query gradient at the adapted weights. At test time the adaptation
 runs without a graph and updates in place (:func:`medmeta.ops.inner_update_`).
 
+Fewer ways than the head has: an n-way task (n <= ``ways``) uses the head's first n outputs
+(:meth:`FastWeightLearner.task_logits`), in the inner loop, for the queries and in the
+deployed model (whose head keeps the first n rows), so logits are always ``[..., n]``; the
+other rows get no gradient and are left as they are. Class slots are interchangeable (the
+episode sampler permutes classes), so any n of them serve. More ways than ``ways`` are
+refused.
+
 Batch norm is transductive during meta-training and in :meth:`FastWeightLearner.predict`
 (statistics of the batch being normalised, per task, as in MAML). A model returned by
 :meth:`FastWeightLearner.adapt` runs in eval mode with running statistics set to the
@@ -85,6 +92,16 @@ def head_input_dim(
             "pass input_shape=[C, H, W] (or [F], [C, L]) or feature_dim=D"
         )
     return embedding_dim(backbone, tuple(int(s) for s in input_shape))
+
+
+@torch.no_grad()
+def first_outputs(head: Linear, n: int) -> Linear:
+    """A copy of ``head`` keeping its first ``n`` outputs (rows)."""
+    sliced = Linear(head.in_features, n, bias=head.bias is not None).to(head.weight)
+    sliced.weight.copy_(head.weight[:n])
+    if head.bias is not None:
+        sliced.bias.copy_(head.bias[:n])
+    return sliced
 
 
 def broadcast(params: Params, tasks: int) -> Params:
@@ -161,6 +178,9 @@ class FastWeightLearner(MetaLearner):
             (no batch axis) to probe it with; one is required.
     """
 
+    fixed_ways = True
+    shape_hparams = ("feature_dim", "input_shape")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -209,6 +229,14 @@ class FastWeightLearner(MetaLearner):
         """Logits ``[T, n, N]`` with fast weights after ``version`` inner steps."""
         return self.forward_tasks(x, fast)
 
+    def task_logits(
+        self, x: torch.Tensor, fast: Params, version: int, n_way: int | None
+    ) -> torch.Tensor:
+        """:meth:`forward_fast` for ``n_way``-way tasks: the first ``n_way`` outputs
+        ``[T, n, n_way]`` (all ``ways`` of them when ``None``)."""
+        logits = self.forward_fast(x, fast, version)
+        return logits if n_way is None or n_way == logits.shape[-1] else logits[..., :n_way]
+
     def adapted_names(self) -> list[str]:
         """Names of the parameters the inner loop adapts (default: backbone and head)."""
         return [n for n, _ in self.named_parameters() if n.startswith(("backbone.", "head."))]
@@ -237,6 +265,7 @@ class FastWeightLearner(MetaLearner):
         *,
         second_order: bool,
         on_step: StepCallback | None = None,
+        n_way: int | None = None,
     ) -> Params:
         """``steps`` differentiable inner steps for all tasks at once.
 
@@ -245,6 +274,7 @@ class FastWeightLearner(MetaLearner):
             x, y: support inputs ``[T, S, ...]`` and labels ``[T, S]``.
             second_order: build the inner gradients with ``create_graph=True``.
             on_step: called as ``on_step(k, fast)`` after step k = 1..steps.
+            n_way: N of the tasks (default ``ways``; see :meth:`task_logits`).
 
         Returns:
             The adapted fast weights ``name -> [T, ...]``, differentiable in the
@@ -252,7 +282,7 @@ class FastWeightLearner(MetaLearner):
         """
         names = list(fast)
         for step in range(steps):
-            loss = support_loss(self.forward_fast(x, fast, step), y)
+            loss = support_loss(self.task_logits(x, fast, step, n_way), y)
             grads = torch.autograd.grad(
                 loss, list(fast.values()), create_graph=second_order, materialize_grads=True
             )
@@ -262,17 +292,20 @@ class FastWeightLearner(MetaLearner):
                 on_step(step + 1, fast)
         return fast
 
-    def adapt_detached(self, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+    def adapt_detached(
+        self, x: torch.Tensor, y: torch.Tensor, steps: int, n_way: int | None = None
+    ) -> Params:
         """Test-time (and Reptile) adaptation: first-order, no graph to the meta-parameters,
         updated in place with :func:`medmeta.ops.inner_update_`. Returns detached fast
-        weights ``name -> [T, ...]`` for ``x [T, S, ...]``, ``y [T, S]``. Gradients are
-        enabled inside, also under ``torch.no_grad`` or ``torch.inference_mode``."""
+        weights ``name -> [T, ...]`` for ``x [T, S, ...]``, ``y [T, S]`` of ``n_way``-way
+        tasks (default ``ways``). Gradients are enabled inside, also under
+        ``torch.no_grad`` or ``torch.inference_mode``."""
         with torch.inference_mode(False), torch.enable_grad():
             x, y = (t.clone() if t.is_inference() else t for t in (x, y))
             fast = detached_copies(self.adapted_parameters(), x.shape[0])
             leaves = list(fast.values())
             for step in range(steps):
-                loss = support_loss(self.forward_fast(x, fast, step), y)
+                loss = support_loss(self.task_logits(x, fast, step, n_way), y)
                 grads = torch.autograd.grad(loss, leaves, materialize_grads=True)
                 rate = self.inner_rate(step)
                 if not isinstance(rate, float):
@@ -285,26 +318,31 @@ class FastWeightLearner(MetaLearner):
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query cross-entropy after ``inner_steps`` inner steps on each support set
         (MAML's meta-objective, Finn et al. 2017, eq. 1) and the query accuracy ``[B]``."""
+        self.check_ways(batch.ways)
         support, query = self.task_inputs(batch.support_x, batch.query_x)
         fast = broadcast(self.adapted_parameters(), batch.batch_size)
         fast = self.inner_loop(
-            fast, support, batch.support_y, self.inner_steps, second_order=not self.first_order
-        )
-        return query_metrics(self.forward_fast(query, fast, self.inner_steps), batch.query_y)
+            fast, support, batch.support_y, self.inner_steps,
+            second_order=not self.first_order, n_way=batch.ways,
+        )  # fmt: skip
+        logits = self.task_logits(query, fast, self.inner_steps, batch.ways)
+        return query_metrics(logits, batch.query_y)
 
     def predict(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
-        """Query logits ``[B, Q, N]`` after ``eval_steps`` steps on each support set.
+        """Query logits ``[B, Q, N]`` after ``eval_steps`` steps on each support set (N from
+        the support labels, at most ``ways``).
 
         Adaptation needs gradients, so it runs under ``torch.enable_grad`` even when called
         under ``torch.no_grad``; no graph to the meta-parameters is built. Logits are detached.
         """
+        n_way = self.task_ways(support_y)
         with torch.no_grad():
             support, query = self.task_inputs(support_x, query_x)
-        fast = self.adapt_detached(support, support_y, self.eval_steps)
+        fast = self.adapt_detached(support, support_y, self.eval_steps, n_way)
         with torch.no_grad():
-            return self.forward_fast(query, fast, self.eval_steps)
+            return self.task_logits(query, fast, self.eval_steps, n_way)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
         """A stand-alone classifier for one task (``support_x [S, ...]``, ``support_y [S]``).
@@ -313,14 +351,18 @@ class FastWeightLearner(MetaLearner):
         ``head``) with the weights after ``eval_steps`` steps, in eval mode. Batch norm at
         deployment: its running statistics are set to the support set's batch statistics
         (:func:`set_batch_norm_statistics`), so single inputs can be classified, and on the
-        support set the output equals :meth:`predict` with ``query_x = support_x``.
+        support set the output equals :meth:`predict` with ``query_x = support_x``. For an
+        n-way support set with n < ``ways`` the deployed head keeps the first n rows.
         """
+        n_way = self.task_ways(support_y)
         with torch.no_grad():
             support, _ = self.task_inputs(support_x.unsqueeze(0), None)
-        fast = self.adapt_detached(support, support_y.unsqueeze(0), self.eval_steps)
+        fast = self.adapt_detached(support, support_y.unsqueeze(0), self.eval_steps, n_way)
         net = self.single_task_model({k: v[0] for k, v in fast.items()}, self.eval_steps)
         self.set_deployment_statistics(net, support_x)
-        return Adapted(net, self.ways).eval()
+        if n_way < self.ways:
+            net.head = first_outputs(net.head, n_way)
+        return Adapted(net, n_way).eval()
 
     # -- deployment helpers ----------------------------------------------------------------
     def single_task_model(self, weights: Params, version: int) -> nn.Sequential:

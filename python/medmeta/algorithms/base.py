@@ -16,6 +16,7 @@ Learners are created by name with :func:`create` and rebuilt from checkpoints wi
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,12 +77,44 @@ class MetaLearner(nn.Module, ABC):
     """
 
     name: ClassVar[str] = ""
+    #: True for methods with an N-way output layer (the MAML family, SNAIL): they classify
+    #: up to ``ways`` classes (fewer by using the first n outputs); metric methods take
+    #: any N from the episode.
+    fixed_ways: ClassVar[bool] = False
+    #: Hyper-parameters sized from the backbone's output, at least one of which the method
+    #: needs (:func:`create` fills them in from ``input_shape``).
+    shape_hparams: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, ways: int, **hparams: Any) -> None:
         super().__init__()
         self.backbone = backbone
         self.ways = ways
         self.hparams = dict(hparams)
+
+    # -- episode size --------------------------------------------------------------------
+    def task_ways(self, support_y: torch.Tensor) -> int:
+        """N of the episodes with support labels ``support_y [..., S]`` in ``[0, N)``: one
+        more than the largest label (a device sync on CUDA).
+
+        Metric methods classify any N; a method with an N-way output layer
+        (:attr:`fixed_ways`) refuses N above the ``ways`` it was built for, and for fewer
+        ways uses its first N outputs (the absent classes' outputs are sliced off, so
+        logits are always ``[..., N]``).
+        """
+        n = int(support_y.max()) + 1 if support_y.numel() else 0
+        if n < 1:
+            raise ValueError(f"{self.name}: the support set is empty or its labels are negative")
+        self.check_ways(n)
+        return n
+
+    def check_ways(self, n: int) -> None:
+        """Refuse ``n``-way episodes a fixed-width method cannot classify."""
+        if self.fixed_ways and n > self.ways:
+            raise ValueError(
+                f"{self.name} was built for {self.ways}-way tasks (its output layer has "
+                f"{self.ways} classes) and cannot classify {n} classes; use at most "
+                f"{self.ways} classes or train a {n}-way model"
+            )
 
     # -- meta-training -------------------------------------------------------------
     @abstractmethod
@@ -114,6 +147,32 @@ class MetaLearner(nn.Module, ABC):
         """What rebuilds this learner (with :func:`create`): name, ways and hyper-parameters."""
         return {"algorithm": self.name, "ways": self.ways, "hparams": dict(self.hparams)}
 
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every ``torch.Generator`` the learner or a submodule holds as an attribute, by
+        dotted path (e.g. SNAIL's support shuffling). Their states are training state:
+        :func:`~medmeta.train.meta_fit` saves and restores them for an exact resume."""
+        return {
+            f"{prefix}.{attr}" if prefix else attr: value
+            for prefix, module in self.named_modules()
+            for attr, value in vars(module).items()
+            if isinstance(value, torch.Generator)
+        }
+
+    def generator_states(self) -> dict[str, torch.Tensor]:
+        """The states of :meth:`generators` (``uint8`` tensors)."""
+        return {name: g.get_state() for name, g in self.generators().items()}
+
+    def load_generator_states(self, states: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`generator_states` returned; the names must match."""
+        generators = self.generators()
+        if set(states) != set(generators):
+            raise ValueError(
+                f"{self.name}: generator states for {sorted(states)}, the learner has "
+                f"{sorted(generators)}"
+            )
+        for name, state in states.items():
+            generators[name].set_state(state.cpu())
+
 
 _REGISTRY: dict[str, type[MetaLearner]] = {}
 
@@ -132,12 +191,52 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, backbone: nn.Module, ways: int, **hparams: Any) -> MetaLearner:
-    """A learner by name, e.g. ``create("protonet", Conv4(3), ways=5)``."""
+def create(
+    name: str,
+    backbone: nn.Module,
+    ways: int,
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    **hparams: Any,
+) -> MetaLearner:
+    """A learner by name: ``create("protonet", Conv4(3), ways=5)``.
+
+    Methods that size a layer from the backbone's output (the MAML family's head, Relation
+    Networks' relation module, SNAIL's sequence model, the supervised baseline's head;
+    see ``shape_hparams``) need the shape of one input, ``input_shape`` (no batch axis,
+    e.g. ``(3, 28, 28)``): the backbone is run once on zeros to fill in their shape
+    arguments (:func:`shape_arguments`). It may be passed to any method. ``num_classes``
+    (the number of training classes) is needed by the supervised baseline. Explicit
+    ``hparams`` win over what is filled in.
+    """
+    cls = _lookup(name)
+    accepted = inspect.signature(cls).parameters
+    if input_shape is not None:
+        shapes = shape_arguments(backbone, input_shape, num_classes)
+        hparams = {k: v for k, v in shapes.items() if k in accepted} | hparams
+    elif num_classes is not None and "num_classes" in accepted:
+        hparams = {"num_classes": num_classes} | hparams
+    if cls.shape_hparams and not any(hparams.get(k) is not None for k in cls.shape_hparams):
+        raise ValueError(
+            f"{name} sizes its layers from the backbone's output: give the shape of one "
+            f"input, e.g. create({name!r}, backbone, ways={ways}, input_shape=(3, 28, 28)) "
+            f"(or pass {' or '.join(cls.shape_hparams)})"
+        )
+    if "num_classes" in accepted and accepted["num_classes"].default is inspect.Parameter.empty:
+        if "num_classes" not in hparams:
+            raise ValueError(
+                f"{name} needs num_classes (the number of training classes), e.g. "
+                f"create({name!r}, backbone, ways={ways}, input_shape=..., num_classes=10)"
+            )
+    return cls(backbone, ways, **hparams)
+
+
+def _lookup(name: str) -> type[MetaLearner]:
     _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](backbone, ways, **hparams)
+    return _REGISTRY[name]
 
 
 def shape_arguments(
@@ -190,22 +289,8 @@ def build(
     num_classes: int | None = None,
     **hparams: Any,
 ) -> MetaLearner:
-    """:func:`create` with the shape arguments the method takes filled in from the backbone
-    (see :func:`shape_arguments`); explicit ``hparams`` win.
-
-    ``num_classes`` (the number of training classes) is needed by the supervised baseline.
-    """
-    import inspect
-
-    _import_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown algorithm {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    shapes = shape_arguments(backbone, input_shape, num_classes)
-    if "num_classes" in accepted and "num_classes" not in hparams and num_classes is None:
-        raise ValueError(f"{name} needs num_classes (the number of training classes)")
-    kwargs = {k: v for k, v in shapes.items() if k in accepted}
-    return create(name, backbone, ways, **(kwargs | hparams))
+    """:func:`create` with ``input_shape`` required (kept for existing callers)."""
+    return create(name, backbone, ways, input_shape=input_shape, num_classes=num_classes, **hparams)
 
 
 def _import_all() -> None:

@@ -51,7 +51,8 @@ class SupervisedBaseline(MetaLearner):
 
     Args:
         backbone: embedding network, ``[n, ...] -> [n, D]``.
-        ways: N for :meth:`predict` / :meth:`adapt`.
+        ways: N of the training episodes; :meth:`predict` / :meth:`adapt` take N from the
+            episode's support labels.
         num_classes: rows of the linear head; every global class id seen in training
             (``batch.classes``) must be below it (the dataset's number of classes is
             always enough; rows of classes never seen stay unused).
@@ -61,6 +62,7 @@ class SupervisedBaseline(MetaLearner):
     """
 
     name = "supervised"
+    shape_hparams = ("embedding_dim",)
 
     def __init__(
         self,
@@ -163,26 +165,28 @@ class SupervisedBaseline(MetaLearner):
     ) -> torch.Tensor:
         """Nearest-centroid logits ``[B, Q, N] = -distance(f(query), support class means)``."""
         check_episode(self.name, support_x, support_y, query_x)
+        n_way = self.task_ways(support_y)
         zs, zq = embed_episodes(self.backbone, support_x, query_x)
-        return self._centroid_logits(zs, support_y, zq, self.ways)
+        return self._centroid_logits(zs, support_y, zq, n_way)
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
         """Embedding network + nearest-centroid head (eval mode), with ``embed``,
         ``prototypes`` and ``metric`` set for enrolment export."""
         check_task(self.name, support_x, support_y)
+        n_way = self.task_ways(support_y)
         with evaluating(self):
             zs, _ = embed_episodes(self.backbone, support_x[None], support_x[None, :0])
         if self.normalize:
             zs = F.normalize(zs, dim=-1)
-        protos = ops.prototypes(zs, support_y[None], self.ways)[0]
+        protos = ops.prototypes(zs, support_y[None], n_way)[0]
         embed = deployable(self.backbone)
         if self.normalize:
             embed = nn.Sequential(embed, L2Normalize())
         head = PrototypeHead(protos, self.metric)
         return Adapted(
             nn.Sequential(embed, head),
-            self.ways,
+            n_way,
             embed=embed,
             prototypes=protos,
             metric=self.metric,

@@ -245,12 +245,15 @@ class MAMLPlusPlus(FastWeightLearner):
         """Step ``step``'s learned per-layer rates: one one-element tensor per parameter."""
         return list(self.lslr[min(step, self.inner_steps - 1)].split(1))
 
-    def _version(self, version: int) -> int:
+    def _bn_version(self, version: int) -> int:
+        """The batch-norm version of fast weights after ``version`` steps. (Not named
+        ``_version``: that is ``nn.Module``'s state-dict format number, and a method of that
+        name put a bound method into every checkpoint, which ``weights_only`` loads refuse.)"""
         return min(version, self.inner_steps)
 
     def forward_fast(self, x: torch.Tensor, fast: Params, version: int) -> torch.Tensor:
         """Logits with the fast weights of ``version`` and that version's batch norm."""
-        v = self._version(version)
+        v = self._bn_version(version)
         mode: BatchNormMode = "batch"
         if self._recording:
             mode = "record"
@@ -268,13 +271,14 @@ class MAMLPlusPlus(FastWeightLearner):
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """The multi-step loss (training, while annealing) or the final query loss, and the
         final query accuracy ``[B]``. Records per-step running statistics in training mode."""
+        self.check_ways(batch.ways)
         weights = msl_weights(self.inner_steps, int(self.meta_step), self.msl_steps)
         weights = weights if self.training else None
         step_losses: list[torch.Tensor] = []
 
         def multi_step_loss(k: int, fast: Params) -> None:
             if k < self.inner_steps:  # the last step's loss is added below
-                logits = self.forward_fast(batch.query_x, fast, k)
+                logits = self.task_logits(batch.query_x, fast, k, batch.ways)
                 step_losses.append(weights[k - 1] * support_loss(logits, batch.query_y))
 
         self._recording = self.training
@@ -286,8 +290,9 @@ class MAMLPlusPlus(FastWeightLearner):
                 self.inner_steps,
                 second_order=self.second_order,
                 on_step=multi_step_loss if weights is not None else None,
+                n_way=batch.ways,
             )
-            logits = self.forward_fast(batch.query_x, fast, self.inner_steps)
+            logits = self.task_logits(batch.query_x, fast, self.inner_steps, batch.ways)
         finally:
             self._recording = False
         loss, accuracy = query_metrics(logits, batch.query_y)
@@ -307,7 +312,7 @@ class MAMLPlusPlus(FastWeightLearner):
     # -- deployment ------------------------------------------------------------------------------
     def single_task_model(self, weights: Params, version: int) -> nn.Sequential:
         """The adapted weights plus batch-norm affine parameters of the final version."""
-        affine = {k: v[0] for k, v in self.bn.affine(self._version(version), 1).items()}
+        affine = {k: v[0] for k, v in self.bn.affine(self._bn_version(version), 1).items()}
         return super().single_task_model({**weights, **affine}, version)
 
     def set_deployment_statistics(self, net: nn.Module, support_x: torch.Tensor) -> None:
@@ -316,7 +321,7 @@ class MAMLPlusPlus(FastWeightLearner):
         if not self.bn_running_stats:
             super().set_deployment_statistics(net, support_x)
             return
-        v = self._version(self.eval_steps)
+        v = self._bn_version(self.eval_steps)
         layers = dict(net.named_modules())
         with torch.no_grad():
             for i, name in enumerate(self.bn.names):

@@ -237,7 +237,8 @@ class MatchingNetworks(MetaLearner):
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
         """Class log-probabilities ``[B, Q, N]`` of the queries."""
-        return self._log_probs(support_x, support_y, query_x, self.ways)
+        check_episode(self.name, support_x, support_y, query_x)
+        return self._log_probs(support_x, support_y, query_x, self.task_ways(support_y))
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
@@ -245,7 +246,8 @@ class MatchingNetworks(MetaLearner):
 
         Runs in eval mode and returns an eval-mode copy (see ``protonet.adapt``)."""
         check_task(self.name, support_x, support_y)
-        labels = check_labels(self.name, "support_y", support_y[None], self.ways, every_class=True)
+        n_way = self.task_ways(support_y)
+        labels = check_labels(self.name, "support_y", support_y[None], n_way, every_class=True)
         with evaluating(self):
             zs, _ = embed_episodes(self.backbone, support_x[None], support_x[None, :0])
             if self.fce:
@@ -254,8 +256,8 @@ class MatchingNetworks(MetaLearner):
             deployable(self.backbone),
             zs[0],
             labels[0],
-            self.ways,
+            n_way,
             self.temperature,
             deployable(self.query_encoder) if self.fce else None,
         )
-        return Adapted(head, self.ways).eval()
+        return Adapted(head, n_way).eval()

@@ -29,7 +29,9 @@ once on the support stream ``[B, S, C]`` (causally) and once on the query stream
 
 During meta-training the support order is shuffled per episode (the sampler's episodes
 are class-major, and a sequence model must not learn an order), with the learner's own
-seeded ``torch.Generator``.
+seeded ``torch.Generator``, whose state :func:`~medmeta.train.meta_fit` checkpoints (see
+:meth:`~medmeta.algorithms.MetaLearner.generators`), so a resumed run shuffles exactly as an
+uninterrupted one.
 
 Two choices beyond the paper make SNAIL train in tens rather than hundreds of steps:
 the embeddings are layer-normalised before they enter the sequence (the attention
@@ -196,19 +198,23 @@ def sequence_inputs(
 
 
 class SNAILHead(nn.Module):
-    """Deployable SNAIL classifier for one support set: ``x [n, ...] -> logits [n, N]``."""
+    """Deployable SNAIL classifier for one n-way support set: ``x [.., ...] -> logits
+    [.., n]`` (the first n of the core's outputs)."""
 
-    def __init__(self, embed: nn.Module, core: SNAILCore, support: torch.Tensor) -> None:
+    def __init__(
+        self, embed: nn.Module, core: SNAILCore, support: torch.Tensor, n_way: int
+    ) -> None:
         super().__init__()
         self.embed = embed
         self.core = core
-        self.register_buffer("support", support.detach().clone())  # [S, D + N] inputs
+        self.n_way = n_way
+        self.register_buffer("support", support.detach().clone())  # [S, D + ways] inputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)  # [n, D]
         ways = self.support.shape[-1] - z.shape[-1]
         queries = torch.cat([z, z.new_zeros(z.shape[0], ways)], -1)
-        return self.core(self.support[None], queries[None])[0]
+        return self.core(self.support[None], queries[None])[0, :, : self.n_way]
 
 
 @register
@@ -217,8 +223,8 @@ class SNAIL(MetaLearner):
 
     Args:
         backbone: embedding network, ``[n, ...] -> [n, D]``.
-        ways: N: the size of the label input and of the output; meta-training batches
-            may have fewer ways (the first ``batch.ways`` logits are used).
+        ways: N: the size of the label input and of the output; episodes may have fewer
+            ways (the first n logits are used), not more.
         embedding_dim: D, the backbone's output size.
         shots: K the TC blocks are sized for: their depth is ``ceil(log2(N*K + 1))`` so
             the receptive field covers the sequence; other K still work.
@@ -230,6 +236,8 @@ class SNAIL(MetaLearner):
     """
 
     name = "snail"
+    fixed_ways = True
+    shape_hparams = ("embedding_dim",)
 
     def __init__(
         self,
@@ -299,11 +307,7 @@ class SNAIL(MetaLearner):
 
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query cross-entropy over the B episodes, and the query accuracy ``[B]``."""
-        if batch.ways > self.ways:
-            raise ValueError(
-                f"snail: the batch has {batch.ways}-way episodes but the learner was built "
-                f"for at most ways={self.ways} (the size of its label input)"
-            )
+        self.check_ways(batch.ways)
         logits = self._logits(
             batch.support_x, batch.support_y, batch.query_x, batch.ways, self.shuffle
         )
@@ -315,18 +319,22 @@ class SNAIL(MetaLearner):
     def predict(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
-        """Logits ``[B, Q, N]``; the support is read in the given order."""
-        return self._logits(support_x, support_y, query_x, self.ways, shuffle=False)
+        """Logits ``[B, Q, N]`` (N from the support labels, at most ``ways``); the support
+        is read in the given order."""
+        check_episode(self.name, support_x, support_y, query_x)
+        n_way = self.task_ways(support_y)
+        return self._logits(support_x, support_y, query_x, n_way, shuffle=False)
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
         """A :class:`SNAILHead` holding the support sequence's inputs (eval mode)."""
         check_task(self.name, support_x, support_y)
-        labels = check_labels(self.name, "support_y", support_y[None], self.ways)
+        n_way = self.task_ways(support_y)
+        labels = check_labels(self.name, "support_y", support_y[None], n_way)
         with evaluating(self):
             zs, _ = embed_episodes(self.backbone, support_x[None], support_x[None, :0])
             zs = self.norm(zs)
         support, _ = sequence_inputs(zs, labels, zs[:, :0], self.ways)
         embed = nn.Sequential(deployable(self.backbone), deployable(self.norm))
-        head = SNAILHead(embed, deployable(self.core), support[0])
-        return Adapted(head, self.ways).eval()
+        head = SNAILHead(embed, deployable(self.core), support[0], n_way)
+        return Adapted(head, n_way).eval()

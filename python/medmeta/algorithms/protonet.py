@@ -231,9 +231,9 @@ class PrototypicalNetworks(MetaLearner):
 
     Args:
         backbone: embedding network ``f``, ``[n, ...] -> [n, D]``.
-        ways: N, classes per episode for :meth:`predict` / :meth:`adapt` (support labels
-            are in ``[0, ways)``); :meth:`meta_loss` uses the batch's own ``ways``, so
-            training with more ways than testing (which Snell et al. found helps) works.
+        ways: N of the training episodes (the default of the CLI's evaluation); every
+            method takes N from the episode (support labels in ``[0, N)``), so training
+            with more ways than testing (which Snell et al. found helps) works.
         metric: ``"sqeuclidean"`` (the paper's choice; a Bregman divergence, so the
             prototype is the cluster mean), ``"euclidean"``, ``"cosine"`` or ``"dot"``.
         temperature: logits are ``-distance / temperature``.
@@ -270,8 +270,9 @@ class PrototypicalNetworks(MetaLearner):
     ) -> torch.Tensor:
         """Logits ``[B, Q, N] = -distance(f(query), prototypes) / temperature``."""
         check_episode(self.name, support_x, support_y, query_x)
+        n_way = self.task_ways(support_y)
         zs, zq = embed_episodes(self.backbone, support_x, query_x)
-        protos = ops.prototypes(zs, support_y, self.ways)
+        protos = ops.prototypes(zs, support_y, n_way)
         return -ops.pairwise_distance(zq, protos, self.metric) / self.temperature
 
     @torch.no_grad()
@@ -282,14 +283,15 @@ class PrototypicalNetworks(MetaLearner):
         so ``adapt(sx, sy)(qx)`` equals ``predict`` of an eval-mode learner.
         """
         check_task(self.name, support_x, support_y)
+        n_way = self.task_ways(support_y)
         with evaluating(self):
             zs, _ = embed_episodes(self.backbone, support_x[None], support_x[None, :0])
-            protos = ops.prototypes(zs, support_y[None], self.ways)[0]  # [N, D]
+            protos = ops.prototypes(zs, support_y[None], n_way)[0]  # [N, D]
         embed = deployable(self.backbone)
         head = PrototypeHead(protos, self.metric, self.temperature)
         return Adapted(
             nn.Sequential(embed, head),
-            self.ways,
+            n_way,
             embed=embed,
             prototypes=protos,
             metric=self.metric,

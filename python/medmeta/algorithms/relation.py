@@ -174,6 +174,7 @@ class RelationNetworks(MetaLearner):
     """
 
     name = "relation"
+    shape_hparams = ("feature_shape", "embedding_dim")
 
     def __init__(
         self,
@@ -256,16 +257,18 @@ class RelationNetworks(MetaLearner):
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
     ) -> torch.Tensor:
         """Pre-sigmoid relation scores ``[B, Q, N]`` (the logits)."""
-        return self._scores(support_x, support_y, query_x, self.ways)
+        check_episode(self.name, support_x, support_y, query_x)
+        return self._scores(support_x, support_y, query_x, self.task_ways(support_y))
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
         """A :class:`RelationHead` with the support set's class features (eval mode)."""
         check_task(self.name, support_x, support_y)
+        n_way = self.task_ways(support_y)
         with evaluating(self):
             zs, _ = embed_episodes(self.backbone, support_x[None], support_x[None, :0])
-            classes = class_features(zs, support_y[None], self.ways, self.aggregate)[0]
+            classes = class_features(zs, support_y[None], n_way, self.aggregate)[0]
         head = RelationHead(
             deployable(self.backbone), deployable(self.relation), classes, self.feature_shape
         )
-        return Adapted(head, self.ways).eval()
+        return Adapted(head, n_way).eval()

@@ -75,11 +75,11 @@ class Reptile(FastWeightLearner):
         (computed before the meta-step, at no extra inner-loop cost).
         """
         self.train()
-        fast = self.adapt_detached(batch.support_x, batch.support_y, self.inner_steps)
+        self.check_ways(batch.ways)
+        fast = self.adapt_detached(batch.support_x, batch.support_y, self.inner_steps, batch.ways)
         with torch.no_grad():
-            loss, accuracy = query_metrics(
-                self.forward_fast(batch.query_x, fast, self.inner_steps), batch.query_y
-            )
+            logits = self.task_logits(batch.query_x, fast, self.inner_steps, batch.ways)
+            loss, accuracy = query_metrics(logits, batch.query_y)
         optimizer.zero_grad(set_to_none=True)
         for name, theta in self.adapted_parameters().items():
             theta.grad = theta.detach() - fast[name].mean(0)

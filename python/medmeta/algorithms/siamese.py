@@ -196,29 +196,31 @@ class SiameseNetwork(MetaLearner):
         """Logits ``[B, Q, N]``: minus the distance to each class's prototype (or nearest
         support example)."""
         check_episode(self.name, support_x, support_y, query_x)
+        n_way = self.task_ways(support_y)
         zs, zq = self._embed(support_x, query_x)
-        return self._logits(zs, support_y, zq, self.ways)
+        return self._logits(zs, support_y, zq, n_way)
 
     @torch.no_grad()
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
         """Embedding network + prototype (or nearest-neighbour) head, in eval mode. The
         prototype form sets ``embed``/``prototypes``/``metric`` for enrolment export."""
         check_task(self.name, support_x, support_y)
+        n_way = self.task_ways(support_y)
         with evaluating(self):
             zs, _ = self._embed(support_x[None], support_x[None, :0])
         embed = deployable(self.backbone)
         if self.normalize:
             embed = nn.Sequential(embed, L2Normalize())
         if self.classifier == "prototype":
-            protos = ops.prototypes(zs, support_y[None], self.ways)[0]
+            protos = ops.prototypes(zs, support_y[None], n_way)[0]
             head = PrototypeHead(protos, "euclidean")
             return Adapted(
                 nn.Sequential(embed, head),
-                self.ways,
+                n_way,
                 embed=embed,
                 prototypes=protos,
                 metric="euclidean",
             ).eval()
-        labels = check_labels(self.name, "support_y", support_y[None], self.ways, every_class=True)
-        head = NearestNeighbourHead(zs[0], labels[0], self.ways)
-        return Adapted(nn.Sequential(embed, head), self.ways).eval()
+        labels = check_labels(self.name, "support_y", support_y[None], n_way, every_class=True)
+        head = NearestNeighbourHead(zs[0], labels[0], n_way)
+        return Adapted(nn.Sequential(embed, head), n_way).eval()

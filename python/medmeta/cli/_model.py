@@ -11,6 +11,7 @@ deterministic), plus a copy of the checkpoint, so the folder stands alone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from medmeta._files import atomic_write_bytes
 from medmeta.algorithms.base import MetaLearner
 from medmeta.cli._errors import ModelError
 from medmeta.train.checkpoint import atomic_save, load_learner
+
+logger = logging.getLogger(__name__)
 
 CARD = "model.json"
 SUPPORT = "support.pt"
@@ -82,7 +85,13 @@ def read_card(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_model(folder: str | os.PathLike[str], device: str = "cpu") -> TrainedModel:
-    """The learner of a model folder (best checkpoint when there is one, else the last)."""
+    """The learner of a model folder: the checkpoint its card names (``best.pt`` when
+    training validated).
+
+    If that file is missing but ``last.pt`` is there, the last weights are used with a
+    warning, and the card's temperature (fitted on the named checkpoint's weights) is
+    dropped from the loaded card, so card and weights stay consistent.
+    """
     path = Path(folder)
     card = read_card(path)
     checkpoint = path / card.get("checkpoint", "best.pt")
@@ -90,6 +99,13 @@ def load_model(folder: str | os.PathLike[str], device: str = "cpu") -> TrainedMo
         fallback = path / "last.pt"
         if not fallback.is_file():
             raise ModelError(f"{path}: no checkpoint ({checkpoint.name} or last.pt)")
+        logger.warning(
+            "%s: the model card names %s, which is missing; using last.pt (the last "
+            "training step) instead. The card's temperature was fitted on %s's weights, so "
+            "it is not applied: probabilities are uncalibrated (temperature 1)",
+            path, checkpoint.name, checkpoint.name,
+        )  # fmt: skip
+        card = {**card, "checkpoint": fallback.name, "temperature": None}
         checkpoint = fallback
     try:
         learner = load_learner(checkpoint, map_location=device)

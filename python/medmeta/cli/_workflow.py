@@ -13,7 +13,7 @@ import torch
 
 from medmeta import __version__
 from medmeta.cli import _data, _setup
-from medmeta.cli._errors import UsageError
+from medmeta.cli._errors import ModelError, UsageError
 from medmeta.cli._model import TrainedModel, save_adapted, write_card
 from medmeta.data import ArrayDataset, DataError
 
@@ -196,28 +196,25 @@ def evaluate_model(
     progress: bool = True,
 ) -> Any:
     """:func:`medmeta.eval.evaluate` on preprocessed ``test_set`` (``ways`` default: every
-    class of the test set, at most the model's ways)."""
+    class of the test set, at most the model's ways). Metric methods evaluate any N; methods
+    with an N-way output layer (``learner.fixed_ways``) at most the N they were trained for."""
     from medmeta.eval import evaluate
 
     n = len(_data.present_classes(test_set))
     ways = ways or min(n, model.learner.ways)
     if ways > n:
         raise DataError(f"--ways {ways} needs {ways} classes, the data has {n}", "--ways")
-    if ways != model.learner.ways and model.card["algorithm"] in FIXED_WAYS:
+    if model.learner.fixed_ways and ways > model.learner.ways:
         raise UsageError(
-            f"{model.card['algorithm']} was trained for {model.learner.ways}-way tasks; "
-            f"evaluate with --ways {model.learner.ways}"
+            f"--ways {ways}: {model.card['algorithm']} was trained for "
+            f"{model.learner.ways}-way tasks and its output layer classifies at most "
+            f"{model.learner.ways} classes; use --ways {model.learner.ways} or fewer"
         )
-    with task_ways(model.learner, ways):
-        return evaluate(
-            model.learner, test_set, ways=ways, shots=shots, queries=queries,
-            episodes=episodes, seed=seed, device=device, temperature=temperature,
-            progress=progress,
-        )  # fmt: skip
-
-
-#: Methods whose output layer has a fixed number of classes (MAML family, SNAIL).
-FIXED_WAYS = ("maml", "fomaml", "reptile", "metasgd", "anil", "mamlpp", "snail")
+    return evaluate(
+        model.learner, test_set, ways=ways, shots=shots, queries=queries,
+        episodes=episodes, seed=seed, device=device, temperature=temperature,
+        progress=progress,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- adaptation
@@ -252,18 +249,17 @@ def adapt_model(
     """Adapt to ``shots`` seeded examples of every class of preprocessed ``task``; the
     remaining examples measure the adapted classifier's accuracy."""
     s_idx, s_lab, rest, classes = _data.support_split(task, shots, seed)
-    if len(classes) != model.learner.ways and model.card["algorithm"] in FIXED_WAYS:
+    if model.learner.fixed_ways and len(classes) > model.learner.ways:
         raise DataError(
-            f"{model.card['algorithm']} adapts to {model.learner.ways}-way tasks; the support "
-            f"set has {len(classes)} classes (select them with --classes)",
+            f"{model.card['algorithm']} was trained for {model.learner.ways}-way tasks and "
+            f"classifies at most {model.learner.ways} classes; the support set has "
+            f"{len(classes)} (select at most {model.learner.ways} with --classes)",
             "support",
         )
     x = torch.as_tensor(_data.as_numpy(task.x))
     sx, sy = x[s_idx].to(device), torch.as_tensor(s_lab, device=device)
     names = [task.class_names[c] for c in classes]
-    learner = model.learner.to(device)
-    with task_ways(learner, len(classes)):
-        adapted = learner.adapt(sx, sy).eval()
+    adapted = model.learner.to(device).adapt(sx, sy).eval()
     qx = x[rest]
     qy = torch.as_tensor(_data.relabel(task.labels[rest], classes))
     accuracy = None
@@ -282,24 +278,15 @@ def adapt_model(
                         folder, info)  # fmt: skip
 
 
-class task_ways:
-    """Temporarily set a learner's ``ways`` to the task's class count (metric learners
-    classify any N; methods in :data:`FIXED_WAYS` are checked before)."""
-
-    def __init__(self, learner: Any, ways: int) -> None:
-        self.learner, self.ways, self.saved = learner, ways, learner.ways
-
-    def __enter__(self) -> None:
-        self.learner.ways = self.ways
-
-    def __exit__(self, *exc: object) -> None:
-        self.learner.ways = self.saved
-
-
 def readapt(
     model: TrainedModel, support_x: torch.Tensor, support_y: torch.Tensor, names: list[str]
 ) -> Any:
     """The classifier of an adapted folder, rebuilt from its stored support set
     (``model.support()``)."""
-    with task_ways(model.learner, len(names)):
-        return model.learner.adapt(support_x, support_y).eval()
+    adapted = model.learner.adapt(support_x, support_y).eval()
+    if adapted.ways != len(names):
+        raise ModelError(
+            f"{model.folder}: the stored support set has {adapted.ways} classes, the card "
+            f"names {len(names)}"
+        )
+    return adapted

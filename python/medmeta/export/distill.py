@@ -138,10 +138,10 @@ def _teachers(teachers: Any, ways: int) -> list[MetaLearner]:
     for i, t in enumerate(group):
         if not isinstance(t, MetaLearner):
             raise TypeError(f"distill: teachers[{i}] must be a MetaLearner, got {type(t).__name__}")
-        if t.ways != ways:
-            raise ValueError(
-                f"distill: teachers[{i}] ({t.name}) predicts {t.ways}-way episodes, but ways={ways}"
-            )
+        try:  # metric teachers predict any N, those with an N-way output layer at most N
+            t.check_ways(ways)
+        except ValueError as err:
+            raise ValueError(f"distill: teachers[{i}] cannot teach ways={ways}: {err}") from None
     return list(group)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from medmeta.ops._checks import set_value_checks
 from medmeta.ops._info import backend_info
-from medmeta.ops._native import NativeLoadError
+from medmeta.ops._native import CudaVersionError, NativeLoadError
 from medmeta.ops.distance import pairwise_distance
 from medmeta.ops.inner_update import inner_update, inner_update_
 from medmeta.ops.loss import prototypical_loss
 from medmeta.ops.prototypes import masked_prototypes, prototypes
 
 __all__ = [
+    "CudaVersionError",
     "NativeLoadError",
     "backend_info",
     "inner_update",

@@ -18,7 +18,12 @@ _value_checks = True
 
 
 def set_value_checks(enabled: bool) -> None:
-    """Turn the data-reading checks (label ranges, empty classes, NaN) on or off."""
+    """Turn the data-reading checks (label ranges, empty classes, NaN) on or off.
+
+    Unchecked, a class without support examples (zero total weight or mask mass) gets a NaN
+    prototype from :func:`~medmeta.ops.prototypes` and :func:`~medmeta.ops.masked_prototypes`
+    on every backend.
+    """
     global _value_checks
     _value_checks = bool(enabled)
 

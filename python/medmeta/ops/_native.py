@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -30,9 +30,70 @@ class NativeLoadError(ImportError):
     """The native extension medmeta._C is missing or failed to load."""
 
 
+class CudaVersionError(RuntimeError):
+    """medmeta._C's CUDA kernels cannot run under this machine's CUDA driver."""
+
+
+class CudaVersions(NamedTuple):
+    """What :func:`check_cuda_versions` decided."""
+
+    error: str | None  # why the CUDA kernels cannot run here, and the fix; None: they can
+    torch_mismatch: bool  # torch's CUDA major version differs from the build's
+
+
+def _version_text(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def check_cuda_versions(built_runtime: int, driver: int, torch_cuda: str | None) -> CudaVersions:
+    """Whether the CUDA kernels of a build can run under this driver (a pure function).
+
+    Args:
+        built_runtime: the CUDA runtime version the extension was built (and statically
+            linked) with, ``1000 * major + 10 * minor`` (``13000`` is 13.0); 0: no CUDA kernels.
+        driver: the CUDA version the installed driver supports (``cudaDriverGetVersion``,
+            same encoding); 0: no driver.
+        torch_cuda: ``torch.version.cuda`` (``"12.8"``), or None for a torch without CUDA.
+
+    The driver must support the runtime's major version: CUDA's minor-version compatibility
+    covers an older driver of the same major (13.0 kernels on a 13.0+ driver, 12.8 kernels on
+    a 12.x driver), a major the driver predates does not run at all. A torch CUDA major other
+    than the build's works while the driver supports both, but is the usual cause of a too-new
+    build, so it is reported too.
+    """
+    torch_major = None
+    if torch_cuda:
+        try:
+            torch_major = int(str(torch_cuda).split(".")[0])
+        except ValueError:
+            torch_major = None
+    mismatch = (
+        built_runtime > 0 and torch_major is not None and torch_major != built_runtime // 1000
+    )
+    if built_runtime <= 0 or (driver > 0 and driver // 1000 >= built_runtime // 1000):
+        return CudaVersions(None, mismatch)
+    built = _version_text(built_runtime)
+    if driver <= 0:
+        error = f"medmeta._C has CUDA {built} kernels, but no NVIDIA driver was found to run them"
+        return CudaVersions(error, mismatch)
+    found = f"the NVIDIA driver supports CUDA up to {_version_text(driver)}"
+    fits = torch_major is not None and torch_major <= driver // 1000
+    toolkit = f"/usr/local/cuda-{torch_cuda if fits else f'{driver // 1000}.x'}"
+    torch_note = f" (torch uses CUDA {torch_cuda})" if torch_cuda else ""
+    error = (
+        f"medmeta._C was built with the CUDA {built} runtime (linked statically), but {found}"
+        f"{torch_note}, so medmeta's CUDA kernels cannot run here. Rebuild medmeta with the CUDA "
+        f"toolkit that matches torch and the driver: `CUDACXX={toolkit}/bin/nvcc pip install "
+        f"--no-build-isolation .` in the medmeta source tree; or install an NVIDIA driver for "
+        f"CUDA {built_runtime // 1000}.x; or rebuild with `MEDMETA_CUDA=OFF` (CPU kernels only)."
+    )
+    return CudaVersions(error, mismatch)
+
+
 _lib: ModuleType | None = None
 _load_error: str | None = None
 _threads = -1
+_cuda_ok = False  # the driver can run the CUDA kernels (checked once, at the first CUDA op)
 
 
 def _load() -> ModuleType:
@@ -73,6 +134,24 @@ def use_reference() -> bool:
     return backend() == "reference"
 
 
+def cuda_versions() -> CudaVersions:
+    """:func:`check_cuda_versions` for this build, this driver and this torch."""
+    built = int(lib().build_info()["cuda_runtime"])
+    return check_cuda_versions(built, int(lib().cuda_driver_version()), torch.version.cuda)
+
+
+def check_cuda() -> None:
+    """Raise :class:`CudaVersionError` (both versions, and the fix) when the driver cannot
+    run this build's CUDA kernels, instead of an obscure device error from the first kernel."""
+    global _cuda_ok
+    if _cuda_ok:
+        return
+    error = cuda_versions().error
+    if error is not None:
+        raise CudaVersionError(error)
+    _cuda_ok = True
+
+
 def device_args(t: torch.Tensor) -> tuple[int, int]:
     """(device index, stream handle) for a kernel call on ``t``'s device; -1 means the CPU."""
     if t.device.type == "cpu":
@@ -82,6 +161,8 @@ def device_args(t: torch.Tensor) -> tuple[int, int]:
             lib().set_num_threads(n)
             _threads = n
         return -1, 0
+    if not _cuda_ok:
+        check_cuda()
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     return index, torch.cuda.current_stream(t.device).cuda_stream
 
@@ -103,5 +184,10 @@ def build_info() -> dict[str, Any]:
         return {"loaded": False, "error": _load_error, "hint": REBUILD_HINT}
     info["loaded"] = True
     info["cuda_devices"] = int(lib().cuda_device_count()) if info["cuda"] else 0
+    info["cuda_driver"] = int(lib().cuda_driver_version())
+    info["torch_cuda"] = torch.version.cuda
+    versions = check_cuda_versions(info["cuda_runtime"], info["cuda_driver"], torch.version.cuda)
+    info["cuda_error"] = versions.error
+    info["cuda_torch_mismatch"] = versions.torch_mismatch
     info["cpu_threads"] = int(lib().num_threads())
     return info

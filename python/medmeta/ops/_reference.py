@@ -49,20 +49,32 @@ def prototypical_loss(
     return loss, accuracy
 
 
+def class_means(sums: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """sums [B,N,D] / total [B,N]. A class with zero total is NaN (the mean of no examples,
+    as torch's mean of an empty set) and passes no gradient: it depends on no input (a plain
+    division would spread 0 * inf = NaN into every gradient)."""
+    empty = total == 0
+    return (sums / total.masked_fill(empty, 1).unsqueeze(-1)).masked_fill(
+        empty.unsqueeze(-1), float("nan")
+    )
+
+
 def prototypes(
     embeddings: torch.Tensor, labels: torch.Tensor, n_way: int, weights: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """embeddings [B,S,D], labels [B,S] -> (weighted) class means [B,n_way,D]."""
+    """embeddings [B,S,D], labels [B,S] -> (weighted) class means [B,n_way,D]; NaN for a
+    class with zero total weight (no example)."""
     assign = F.one_hot(labels, n_way).to(embeddings.dtype)  # [B,S,N]
     if weights is not None:
         assign = assign * weights.unsqueeze(-1)
-    return torch.bmm(assign.transpose(1, 2), embeddings) / assign.sum(1).unsqueeze(-1)
+    return class_means(torch.bmm(assign.transpose(1, 2), embeddings), assign.sum(1))
 
 
 def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """features [B,S,D,H,W], masks [B,S,C,H,W] -> masked average pooling [B,C,D]."""
+    """features [B,S,D,H,W], masks [B,S,C,H,W] -> masked average pooling [B,C,D]; NaN for
+    a class with zero mask mass."""
     pooled = torch.einsum("bsdhw,bschw->bcd", features, masks)
-    return pooled / masks.sum(dim=(1, 3, 4)).unsqueeze(-1)
+    return class_means(pooled, masks.sum(dim=(1, 3, 4)))
 
 
 def inner_update(

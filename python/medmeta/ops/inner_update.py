@@ -73,6 +73,8 @@ def _backward_native(
     ga = [torch.zeros(a.numel(), dtype=acc, device=a.device) for a in lrs] if need_lr else []
     dev, stream = _native.device_args(grads[0])
     n = len(grads)
+    # kept alive until the launch: the kernels write the per-block sums there
+    scratch, partials = _rate_partials(grads, lrs, acc) if need_lr and dev >= 0 else (None, [])
     _native.lib().inner_update_backward(
         dev,
         stream,
@@ -85,8 +87,36 @@ def _backward_native(
         [g.numel() for g in grads],
         _lr_numels(grads, lrs),
         lr,
+        partials,
     )
+    del scratch  # the caching allocator orders its reuse after the kernels on this stream
     return gg, [g.to(a.dtype).reshape(a.shape) for g, a in zip(ga, lrs, strict=True)]
+
+
+def rate_partials(numel: int, element_size: int) -> int:
+    """Per-block partial sums the CUDA backward of one single learned rate needs (one per
+    ``inner_update_chunk_bytes`` of the tensor; the C++ ``inner_update_partials``)."""
+    chunk = _native.lib().inner_update_chunk_bytes
+    return -(-numel * element_size // chunk)
+
+
+def _rate_partials(
+    grads: Sequence[torch.Tensor], lrs: Sequence[torch.Tensor], acc: torch.dtype
+) -> tuple[torch.Tensor | None, list[int]]:
+    """Scratch and its pointers for the single learned rates (0 elsewhere): their gradients
+    are summed per block, then in block order, so they are bitwise reproducible (no atomics)."""
+    sizes = [
+        rate_partials(g.numel(), g.element_size()) if a.numel() == 1 else 0
+        for g, a in zip(grads, lrs, strict=True)
+    ]
+    if not any(sizes):
+        return None, []
+    scratch = torch.empty(sum(sizes), dtype=acc, device=grads[0].device)
+    base, step, ptrs, offset = scratch.data_ptr(), scratch.element_size(), [], 0
+    for size in sizes:
+        ptrs.append(base + offset * step if size else 0)
+        offset += size
+    return scratch, ptrs
 
 
 @torch.library.custom_op("medmeta::inner_update", mutates_args=())

@@ -211,7 +211,10 @@ def prototypes(
 
     Raises:
         ValueError: a class of some episode has no support example (or zero total weight);
-            the message names the episode and the class.
+            the message names the episode and the class. With value checks off
+            (:func:`medmeta.ops.set_value_checks`) nothing is raised and such a class gets a
+            NaN prototype (the mean of no examples; it passes no gradient), on every
+            backend: CPU, CUDA and ``MEDMETA_BACKEND=reference``.
     """
     embeddings = _checks.tensor(_OP, "embeddings", embeddings, 3, "[B,S,D]")
     if isinstance(n_way, bool) or not isinstance(n_way, int) or n_way < 1:
@@ -395,7 +398,9 @@ def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tens
         ``[B, C, D]`` prototypes, differentiable in features and masks.
 
     Raises:
-        ValueError: a class of some episode has zero mask mass (message names both).
+        ValueError: a class of some episode has zero mask mass (message names both). With
+            value checks off (:func:`medmeta.ops.set_value_checks`) nothing is raised and
+            such a class gets a NaN prototype (it passes no gradient), on every backend.
     """
     features = _checks.tensor(_MASKED_OP, "features", features, 5, "[B,S,D,H,W]")
     masks = _checks.tensor(_MASKED_OP, "masks", masks, 5, "[B,S,C,H,W]")

@@ -139,6 +139,32 @@ def _validate(
     return acc, ci, float(loss)
 
 
+def _restore_best(
+    best_path: Path, best: Mapping[str, Any], last_path: Path
+) -> dict[str, torch.Tensor] | None:
+    """The weights of the best step recorded in ``last.pt``, from ``best.pt``; ``None``
+    (with a warning) when ``best.pt`` is missing, unreadable or of another step. The
+    recorded best is then forgotten, so the next validation (there is one at the last
+    step) writes a new ``best.pt`` and the weights returned, ``best.pt`` and the model card
+    always agree."""
+    reason = "is missing"
+    if best_path.exists():
+        try:
+            best_ckpt = load_checkpoint(best_path)
+        except (OSError, RuntimeError, ValueError, EOFError) as err:
+            reason = f"cannot be read ({err})"
+        else:
+            if best_ckpt["step"] == best["step"]:
+                return best_ckpt["learner"]["state_dict"]
+            reason = f"holds step {best_ckpt['step']}"
+    logger.warning(
+        "%s %s, not the best step %d recorded in %s: that step is forgotten and the best "
+        "step is chosen again from the validations after resuming",
+        best_path, reason, best["step"], last_path,
+    )  # fmt: skip
+    return None
+
+
 def _make_optimizer(
     learner: MetaLearner, optimizer: OptimizerArg | None, lr: float
 ) -> torch.optim.Optimizer:
@@ -203,8 +229,12 @@ def meta_fit(
     (default: ``val_every``) and at the end, together with ``log.csv`` and ``log.json``.
     With ``resume=True`` an existing ``last.pt`` is restored (weights, optimizer,
     scheduler, grad scaler, step, sampler generator, torch/numpy/Python RNG states, history)
-    and training continues to ``steps``: the result is bit-identical to an uninterrupted run
-    on the same device and thread settings (CUDA kernels with atomics can break this).
+    and the learner's own generators (:meth:`~medmeta.algorithms.MetaLearner.generators`,
+    e.g. SNAIL's support shuffling) and training continues to ``steps``: the result is
+    bit-identical to an uninterrupted run on the same device and thread settings, for every
+    registered algorithm (tested). If ``best.pt`` does not hold the best step recorded in
+    ``last.pt``, that step is forgotten (with a warning) and the best is chosen again from
+    the validations after resuming (one runs at the last step).
 
     Training runs in a forked torch RNG seeded with ``seed`` (dropout etc.), so the
     caller's global torch RNG is left as it was.
@@ -225,7 +255,7 @@ def meta_fit(
         val_every: validate every this many steps.
         val_episodes: number of validation episodes.
         val_ways: N of the validation episodes (default ``ways``; validation sets often
-            have fewer classes).
+            have fewer classes, and every learner validates fewer ways than it trains).
         device: where to train; the learner is moved there.
         amp: mixed precision: ``None`` = on CUDA only; bf16 autocast where supported,
             else fp16 with a ``GradScaler``. No effect on CPU.
@@ -243,7 +273,8 @@ def meta_fit(
     Raises:
         DataError: the data cannot supply the episodes (e.g. ``ways`` above the number of
             classes), raised before any training.
-        ValueError: bad arguments, or a checkpoint in ``out_dir`` from different settings.
+        ValueError: bad arguments (e.g. ``ways`` or ``val_ways`` above what a learner with an
+            N-way output layer has), or a checkpoint in ``out_dir`` from different settings.
         FloatingPointError: the training loss became NaN/inf.
     """
     _check_int("steps", steps, 1)
@@ -270,6 +301,8 @@ def meta_fit(
         train_set, ways, shots, queries, batch_size=meta_batch, generator=seed
     )
     val_n = ways if val_ways is None else val_ways
+    for n in (ways, val_n):  # before any training: a fixed-width learner's limit
+        learner.check_ways(n)
     val_seed = seed + VAL_SEED_OFFSET
     val_sampler = (
         EpisodeSampler(val_set, val_n, shots, queries, batch_size=1, generator=val_seed)
@@ -349,6 +382,7 @@ def meta_fit(
             scaler=scaler.state_dict() if scaler is not None else None,
             sampler=train_sampler.state_dict(),
             rng=get_rng_state(dev),
+            learner_generators=learner.generator_states(),
             history=history,
             best=best,
             accum=accum,
@@ -388,21 +422,23 @@ def meta_fit(
                 scaler.load_state_dict(ckpt["scaler"])
             train_sampler.load_state_dict(ckpt["sampler"])
             set_rng_state(ckpt["rng"], dev)
+            if "learner_generators" in ckpt:
+                learner.load_generator_states(ckpt["learner_generators"])
+            elif learner.generators():
+                logger.warning(
+                    "%s predates saved learner generators: %s start afresh, so the resumed "
+                    "run is not bit-identical to an uninterrupted one",
+                    last_path, ", ".join(learner.generators()),
+                )  # fmt: skip
             step = resumed_from = int(ckpt["step"])
             history = [dict(r) for r in ckpt["history"]]
             best = dict(ckpt["best"])
             accum = dict(ckpt["accum"])
             elapsed = float(ckpt["elapsed"])
             if best["step"] is not None:
-                best_ckpt = load_checkpoint(best_path) if best_path.exists() else None
-                if best_ckpt is not None and best_ckpt["step"] == best["step"]:
-                    best_state = best_ckpt["learner"]["state_dict"]
-                else:
-                    logger.warning(
-                        "%s does not hold the best step %d recorded in %s; the best weights "
-                        "are restored only if a later validation improves on them",
-                        best_path, best["step"], last_path,
-                    )  # fmt: skip
+                best_state = _restore_best(best_path, best, last_path)
+                if best_state is None:
+                    best = {"step": None, "accuracy": None, "ci95": None}
             log.reset(history)
             logger.info("resuming from %s at step %d", last_path, step)
         elif out is not None:
