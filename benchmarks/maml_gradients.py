@@ -191,17 +191,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     command = [*H.module_command(prog or "", "benchmarks.maml_gradients"), *argv]
     torch.set_num_threads(args.threads)
-    records = run(args.steps, args.tasks, args.lr)
-    _print(records)
     peers = {}
     for module in ("learn2learn", "higher", "torchopt"):
         try:
             peers[module] = getattr(__import__(module), "__version__", "unknown")
         except ImportError as e:
             peers[module] = f"not available: {e}"
+    # the tree's state when the run starts (what it measured), not when it ends
     env = H.environment(
         torch.device("cpu"), args.threads, command, {"peers": peers}, args.allow_dirty
     )
+    records = run(args.steps, args.tasks, args.lr)
+    _print(records)
     path = args.out / "maml_gradients.json"
     settings = {
         "ways": WAYS,
