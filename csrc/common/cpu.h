@@ -44,6 +44,7 @@ template <typename F>
 void parallel_for(int64_t begin, int64_t end, int64_t grain, const F& f) {
   const int64_t n = end - begin;
   if (n <= 0) return;
+  (void)grain;  // serial builds (the edge library) split nothing
 #if defined(MEDMETA_WITH_OPENMP)
   const int64_t threads = std::min<int64_t>(cpu_num_threads(), (n + grain - 1) / std::max<int64_t>(grain, 1));
   if (threads > 1 && !omp_in_parallel()) {

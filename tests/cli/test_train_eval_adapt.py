@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,15 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path: Path, capsys):
     assert card["backbone"]["kwargs"] == {"hidden": 8}
 
 
+def _image_folder(root: Path, counts: dict[str, int]) -> None:
+    from PIL import Image
+
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((28, 28, 3), 20 * i, np.uint8)).save(root / name / f"{i}.png")
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "needle"),
     [
@@ -121,12 +131,34 @@ def test_config_file_sets_defaults_and_flags_win(tmp_path: Path, capsys):
         (["train", "--data", "pbc_blood", "--algorithm", "magic", "--out", "x"], 2, "--algorithm"),
         (["eval", "--model", "no_such_folder", "--data", "pbc_blood"], 4, "not a model folder"),
         (["train", "--config", "missing.toml", "--out", "x"], 2, "missing.toml"),
+        # an existing file as the output folder, or above it: usage, before any work
+        (["train", "--data", "pbc_blood", "--out", "afile"], 2, "--out afile: expected a folder"),
+        (["train", "--data", "pbc_blood", "--out", "afile/run"], 2, "(afile is a file)"),
+        (["adapt", "--model", "m", "--support", "pbc_blood", "--out", "afile"], 2, "--out afile"),
+        (["demo", "--out", "afile"], 2, "--out afile"),
+        # counts out of range are usage errors naming the flag
+        (
+            ["train", "--data", "pbc_blood", "--ways", "1", "--out", "x"],
+            2,
+            "--ways: must be an integer >= 2, got 1",
+        ),
+        (["eval", "--model", "m", "--data", "pbc_blood", "--ways", "1"], 2, "--ways"),
+        (["train", "--data", "pbc_blood", "--shots", "0", "--out", "x"], 2, "--shots"),
+        (["eval", "--model", "m", "--data", "pbc_blood", "--episodes", "0"], 2, "--episodes"),
+        # a data error names the folder, not "dataset:"
+        (
+            ["train", "--data", "small", "--ways", "2", "--shots", "5", "--out", "x"],
+            3,
+            "small: 2 class(es) have fewer than shots + queries",
+        ),
     ],
 )
 def test_errors_are_one_line_with_a_meaningful_exit_status(
     argv, code, needle, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    _image_folder(tmp_path / "small", {"a": 2, "b": 9})
     assert main(argv) == code
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[0].startswith(f"medmeta {argv[0]}: error:") and needle in err[0], err

@@ -1,9 +1,12 @@
-"""The HTML report renders in a real browser (headless Chromium): a screenshot that is not
-blank, the header styled by the inline CSS, and every figure loaded (naturalWidth > 0).
-Skipped where no Chromium is installed (``apt-get install chromium``)."""
+"""The HTML report renders in a real browser (headless Chromium) as one self-contained file,
+copied alone into an empty folder: a screenshot that is not blank, the header styled by the
+inline CSS, and every figure loaded (naturalWidth > 0). CI installs Chromium (``.ci/run``)
+and fails without it; elsewhere the test skips where none is installed
+(``apt-get install chromium``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +23,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.skipif(
-        CHROMIUM is None, reason="needs headless Chromium on PATH (apt-get install chromium)"
+        CHROMIUM is None and os.environ.get("CI") != "true",
+        reason="needs headless Chromium on PATH (apt-get install chromium)",
     ),
     pytest.mark.slow,  # a headless browser renders the report
 ]
@@ -49,14 +53,27 @@ def chromium(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def report(run, tmp_path_factory):
-    return write_report(tmp_path_factory.mktemp("chromium") / "medmeta-demo", make_report_data(run))
+    """The report's HTML file alone in an empty folder (no plots/ beside it)."""
+    assert CHROMIUM is not None, "CI must install Chromium (.ci/run)"
+    paths = write_report(
+        tmp_path_factory.mktemp("chromium") / "medmeta-demo", make_report_data(run)
+    )
+    alone = tmp_path_factory.mktemp("alone") / "report.html"
+    shutil.copy(paths.html, alone)
+    return alone
+
+
+def test_html_embeds_every_figure_and_links_nothing(report):
+    page = report.read_text(encoding="utf-8")
+    assert page.count('src="data:image/png;base64,') == len(PLOT_NAMES)
+    assert 'src="plots/' not in page and 'src="http' not in page and "url(" not in page
 
 
 def test_screenshot_is_not_blank_and_styled(report, tmp_path):
     from matplotlib.image import imread
 
     shot = tmp_path / "shot.png"
-    chromium(f"--screenshot={shot}", "--window-size=1200,3000", report.html.as_uri(), cwd=tmp_path)
+    chromium(f"--screenshot={shot}", "--window-size=1200,3000", report.as_uri(), cwd=tmp_path)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     img = imread(shot)[..., :3]  # [H, W, 3] floats in [0, 1]
     assert img.shape[:2] == (3000, 1200)
@@ -70,9 +87,9 @@ def test_screenshot_is_not_blank_and_styled(report, tmp_path):
 
 
 def test_every_figure_loads(report):
-    probe = report.html.with_name("probe.html")
+    probe = report.with_name("probe.html")
     probe.write_text(
-        report.html.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
+        report.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"),
         encoding="utf-8",
     )
     try:

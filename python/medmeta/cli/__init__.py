@@ -2,7 +2,7 @@
 
 Subcommand modules are imported only when their command runs, so ``medmeta datasets`` and
 ``medmeta predict`` (the torch-free edge path) never import torch. Errors reach the user as
-one readable line with a meaningful exit status (see :mod:`medmeta.cli._errors`); ``--debug``
+one readable line with a meaningful exit status (see :mod:`medmeta.edge.cli.errors`); ``--debug``
 shows the traceback instead.
 """
 
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from medmeta.cli._allocator import keep_freed_memory
-from medmeta.cli._errors import EXIT_CODES_HELP, exit_code_of, one_line
+from medmeta.edge.cli import configure_logging
+from medmeta.edge.cli.errors import EXIT_CODES_HELP, run_command
 
 # name -> (module with ``main(argv, prog) -> int``, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -82,39 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     args = _top_parser().parse_args(argv)
-    _configure_logging(debug)
+    configure_logging(debug)
     module_name, _ = SUBCOMMANDS[args.command]
     if args.command in COMPUTE_COMMANDS:
         keep_freed_memory()
-    try:
-        module = importlib.import_module(module_name)
-        return int(module.main(args.args, prog=f"medmeta {args.command}") or 0)
-    except KeyboardInterrupt:
-        print("medmeta: interrupted", file=sys.stderr)
-        return 130
-    except SystemExit:
-        raise
-    except BaseException as err:  # one line for people, the traceback with --debug
-        if debug:
-            raise
-        code = exit_code_of(err)
-        print(f"medmeta {args.command}: error: {one_line(err)}", file=sys.stderr)
-        if code == 1:
-            print(
-                "(an unexpected error; run again with --debug for the traceback)", file=sys.stderr
-            )
-        return code
-
-
-def _configure_logging(debug: bool) -> None:
-    """INFO from medmeta's own loggers (warnings from others); DEBUG with ``--debug``."""
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.WARNING)
-    logging.getLogger("medmeta").setLevel(logging.DEBUG if debug else logging.WARNING)
+    prog = f"medmeta {args.command}"
+    return run_command(
+        prog, lambda: importlib.import_module(module_name).main(args.args, prog=prog), debug=debug
+    )
 
 
 def _version() -> str:

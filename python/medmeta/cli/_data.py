@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from medmeta.cli import _medical
 from medmeta.data import ArrayDataset, DataError
+from medmeta.edge.cli.classes import CLASSES_HELP as CLASSES_HELP  # re-exported
+from medmeta.edge.cli.classes import parse_classes
 
 DATA_HELP = (
     "an embedded dataset name (see `medmeta datasets`), an .npz file (MedMNIST layout "
     "train_images/train_labels/... or images/labels/class_names), or a folder with one "
-    "sub-folder of images per class"
-)
-CLASSES_HELP = (
-    "classes to use, by id or name: '0-4', '5,6,7' or 'basophil,eosinophil' (default: all)"
+    "sub-folder per class of images, DICOM files or NIfTI volumes (every slice an example)"
 )
 
 
@@ -27,6 +27,8 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
     from medmeta.data import registry
 
     path = Path(spec)
+    if path.is_dir() and _medical.is_medical(path):
+        return _medical.load_medical_classes(path)
     if path.is_dir():
         from medmeta.data.formats.image_folder import load_image_folder
 
@@ -41,7 +43,11 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
             raise DataError("a classification dataset is needed; this file holds masks", spec)
         return ds
     if path.exists():
-        raise DataError("expected an .npz file or an image folder (one sub-folder per class)", spec)
+        raise DataError(
+            "expected an .npz file or a folder with one sub-folder per class (of images, "
+            "DICOM files or NIfTI volumes)",
+            spec,
+        )
     known = [d.name for d in registry.list_datasets()]
     if spec not in known:
         raise DataError(
@@ -52,34 +58,6 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
     if not isinstance(ds, ArrayDataset):
         raise DataError("a classification dataset is needed", spec)
     return ds
-
-
-def parse_classes(spec: str | None, class_names: Sequence[str]) -> list[int] | None:
-    """Class ids from ``'0-4'``, ``'5,6,7'`` or names (``None`` when ``spec`` is empty)."""
-    if spec is None or not str(spec).strip():
-        return None
-    names = list(class_names)
-    ids: list[int] = []
-    for part in (p.strip() for p in str(spec).split(",")):
-        if not part:
-            continue
-        if part in names:
-            ids.append(names.index(part))
-        elif "-" in part and all(s.strip().isdigit() for s in part.split("-", 1)):
-            lo, hi = (int(s) for s in part.split("-", 1))
-            if lo > hi:
-                raise DataError(f"empty class range {part!r}", "--classes")
-            ids.extend(range(lo, hi + 1))
-        elif part.isdigit():
-            ids.append(int(part))
-        else:
-            raise DataError(f"unknown class {part!r}; classes are {names}", "--classes")
-    bad = [i for i in ids if not 0 <= i < len(names)]
-    if bad:
-        raise DataError(f"class ids {bad} out of range [0, {len(names)})", "--classes")
-    if len(set(ids)) != len(ids):
-        raise DataError(f"classes listed twice in {spec!r}", "--classes")
-    return ids
 
 
 def select_classes(ds: ArrayDataset, spec: str | None, option: str = "--classes") -> ArrayDataset:
@@ -144,3 +122,34 @@ def as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         return x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+#: Share of each training class held out for calibration when no validation classes are given.
+CALIBRATION_FRACTION = 0.2
+
+
+def calibration_split(
+    ds: ArrayDataset, need: int, seed: int, fraction: float = CALIBRATION_FRACTION
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """``(train, held_out)``: ``fraction`` of each class's examples (at least ``need``, one
+    episode's worth) held out, chosen with ``seed``, from the classes that keep ``need``
+    examples for training. ``held_out`` is None when fewer than 2 classes can spare them."""
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for c in present_classes(ds):
+        idx = rng.permutation(np.flatnonzero(ds.labels == c))
+        k = max(need, round(fraction * len(idx)))
+        if len(idx) - k >= need:
+            held.append(idx[:k])
+    if len(held) < 2:
+        return ds, None
+    out = np.sort(np.concatenate(held))
+    keep = np.setdiff1d(np.arange(len(ds)), out)
+    return ds.subset(keep), ds.subset(out)
+
+
+def describe_source(spec: str | ArrayDataset, ds: ArrayDataset) -> str:
+    """The name of a ``--data`` source for messages: the path or dataset name."""
+    return (
+        spec if isinstance(spec, str) else str(ds.meta.get("path") or ds.meta.get("name") or "data")
+    )

@@ -25,10 +25,10 @@ import torch
 
 from medmeta import __version__
 from medmeta.cli import _workflow
-from medmeta.cli._errors import CheckFailed
 from medmeta.cli._model import load_model
 from medmeta.cli._torchfree import run_without_torch
 from medmeta.data import ArrayDataset, load
+from medmeta.edge.cli.errors import CheckFailed
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 
 from medmeta._files import atomic_write_bytes
 from medmeta.algorithms.base import MetaLearner
-from medmeta.cli._errors import ModelError
+from medmeta.edge.cli.errors import ModelError
 from medmeta.train.checkpoint import atomic_save, load_learner
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def load_model(folder: str | os.PathLike[str], device: str = "cpu") -> TrainedMo
             "it is not applied: probabilities are uncalibrated (temperature 1)",
             path, checkpoint.name, checkpoint.name,
         )  # fmt: skip
-        card = {**card, "checkpoint": fallback.name, "temperature": None}
+        card = {**card, "checkpoint": fallback.name, "temperature": None, "calibration": None}
         checkpoint = fallback
     try:
         learner = load_learner(checkpoint, map_location=device)

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from medmeta.cli._errors import UsageError
 from medmeta.data import ArrayDataset, DataError
+from medmeta.edge.cli.errors import UsageError
 
 BACKBONES = ("conv4", "resnet12", "mlp", "conv1d")
 
@@ -39,11 +39,17 @@ def image_geometry(x: Any) -> tuple[int, int, int]:
 
 
 def make_preprocessing(
-    ds: ArrayDataset, *, image_size: int | None, channels: int | None, backbone: str
+    ds: ArrayDataset,
+    *,
+    image_size: int | None,
+    channels: int | None,
+    backbone: str,
+    window: str | tuple[float, float] | None = None,
 ) -> Any:
     """The :class:`medmeta.edge.Preprocessing` for this data: images resized to
-    ``image_size`` (default: their own size) with ``channels`` channels (default: their own);
-    vectors as they are (``[1, F]`` series for the 1-D CNN)."""
+    ``image_size`` (default: their own size) with ``channels`` channels (default: their own)
+    and, with ``window`` (a CT preset or ``(center, width)``), intensities windowed to
+    ``[0, 1]``; vectors as they are (``[1, F]`` series for the 1-D CNN)."""
     from medmeta.edge.preprocess import Preprocessing
 
     kind = data_kind(ds.x)
@@ -52,7 +58,9 @@ def make_preprocessing(
         if image_size is None and h != w:
             raise UsageError(f"images are {h}x{w}; give --image-size to resize them to a square")
         size = image_size or h
-        return Preprocessing.for_images((channels or c, size, size))
+        return Preprocessing.for_images((channels or c, size, size), window=window)
+    if window is not None:
+        raise UsageError("--window applies to images (DICOM, NIfTI, CT slices), not to vectors")
     features = int(ds.x.shape[1])
     if backbone == "conv1d":
         return Preprocessing.for_series((1, features))
@@ -166,3 +174,28 @@ def set_threads(threads: int | None) -> None:
         if threads < 1:
             raise UsageError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+
+
+def data_summary(name: str, ds: ArrayDataset, preprocessing: Any) -> str:
+    """One line on the data a command is about to use: examples per class, the stored image
+    size and channels, and what the preprocessing changes (resize, colour, window)."""
+    counts = np.bincount(ds.labels, minlength=ds.num_classes)
+    counts = counts[counts > 0]
+    line = f"data: {name}: {len(ds)} examples in {len(counts)} classes ({counts.min()}-{counts.max()} per class)"
+    if data_kind(ds.x) != "image":
+        return line + f", {int(np.asarray(ds.x).shape[1])} features"
+    c, h, w = image_geometry(ds.x)
+    line += f", images {h}x{w} with {c} channel{'s' if c > 1 else ''}"
+    mc, mh, mw = preprocessing.input_shape
+    changes = []
+    if (mh, mw) != (h, w):
+        changes.append(f"resized to {mh}x{mw}")
+    if mc != c:
+        changes.append(f"{'gray to RGB' if mc == 3 else 'RGB to gray'}")
+    if preprocessing.window is not None:
+        center, width = preprocessing.window
+        changes.append(f"windowed at center {center:g}, width {width:g}")
+    elif np.asarray(ds.x).dtype.kind == "f":
+        x = np.asarray(ds.x)
+        changes.append(f"float values {float(x.min()):.3g}..{float(x.max()):.3g} used as they are")
+    return line + ("; " + ", ".join(changes) if changes else "")

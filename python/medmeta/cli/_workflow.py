@@ -4,6 +4,7 @@ it to a support set, export it. The demo chains the same functions."""
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,9 @@ import torch
 
 from medmeta import __version__
 from medmeta.cli import _data, _setup
-from medmeta.cli._errors import ModelError, UsageError
 from medmeta.cli._model import TrainedModel, save_adapted, write_card
 from medmeta.data import ArrayDataset, DataError
+from medmeta.edge.cli.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class TrainOutcome:
             "val_accuracy": self.fit.best_accuracy,
             "val_ci95": self.fit.best_ci95,
             "temperature": self.card.get("temperature"),
+            "calibration": self.card.get("calibration"),
             "seconds": round(seconds, 2),
         }
 
@@ -61,7 +63,76 @@ class TrainOutcome:
                 f"  best validation: {100 * self.fit.best_accuracy:.1f} ± {100 * self.fit.best_ci95:.1f}% "
                 f"at step {self.fit.best_step}; temperature {self.card.get('temperature'):.3g}"
             )
+        calibration = self.card.get("calibration")
+        lines.append(
+            f"  probabilities: {calibration}"
+            if calibration
+            else "  probabilities: UNCALIBRATED (temperature 1); give --val-classes to calibrate"
+        )
         return "\n".join(lines)
+
+
+def _validation_data(
+    raw: ArrayDataset,
+    train_raw: ArrayDataset,
+    val_set: ArrayDataset | None,
+    val_classes: str | None,
+    need: int,
+    seed: int,
+) -> tuple[ArrayDataset, ArrayDataset | None, str | None]:
+    """``(training examples, validation examples, how the temperature is calibrated)``.
+
+    Validation classes (``val_set`` or ``--val-classes``) calibrate on new classes, as a
+    deployed model meets them. Without them, a share of the training classes' examples is
+    held out (:func:`_data.calibration_split`) for best-checkpoint selection and the
+    temperature, and the card says so; when the classes are too small for that the
+    probabilities stay uncalibrated (calibration None) and a warning says so.
+    """
+    if val_set is None and val_classes:
+        val_set = _data.select_classes(raw, val_classes, "--val-classes")
+        overlap = set(_data.present_classes(val_set)) & set(_data.present_classes(train_raw))
+        if overlap:
+            names = [raw.class_names[c] for c in sorted(overlap)]
+            raise UsageError(f"--val-classes overlap --classes: {names}")
+    if val_set is not None:
+        return train_raw, val_set, "temperature fitted on episodes of the validation classes"
+    train_part, held = _data.calibration_split(train_raw, need, seed)
+    if held is None:
+        logger.warning(
+            "no --val-classes, and the training classes are too small to hold out %d examples "
+            "each: no best-checkpoint selection, and probabilities are UNCALIBRATED "
+            "(temperature 1); give --val-classes to calibrate them",
+            need,
+        )
+        return train_raw, None, None
+    share = round(100 * _data.CALIBRATION_FRACTION)
+    logger.warning(
+        "no --val-classes: holding out %d of %d training examples (%d%% of each class, at "
+        "least %d) to select the best checkpoint and calibrate the probabilities; these are "
+        "examples of the training classes, so give --val-classes to calibrate on new classes",
+        len(held), len(train_raw), share, need,
+    )  # fmt: skip
+    return (
+        train_part,
+        held,
+        (
+            f"temperature fitted on held-out examples ({share}% of each class) of the training "
+            "classes, not on new classes"
+        ),
+    )
+
+
+def _warn_early_convergence(fit: Any, steps: int, share: float = 0.05) -> None:
+    """Warn when training episodes were solved within the first ``share`` of the steps: the
+    task is likely too easy or leaks (duplicate images across classes?), and the rest of the
+    run mostly overfits."""
+    early = [h for h in fit.history if h["step"] <= max(1, share * steps) and h["accuracy"] >= 0.99]
+    if early and steps >= 20:
+        logger.warning(
+            "training episodes were solved (accuracy %.0f%%) by step %d of %d: the task may be "
+            "too easy or leak (e.g. duplicate images); later steps mostly overfit",
+            100 * early[0]["accuracy"], early[0]["step"], steps,
+        )  # fmt: skip
 
 
 def train_model(
@@ -90,6 +161,7 @@ def train_model(
     progress: bool = True,
     command: str | None = None,
     val_set: ArrayDataset | None = None,
+    window: str | tuple[float, float] | None = None,
 ) -> TrainOutcome:
     """Meta-train ``algorithm`` on the ``classes`` of ``data`` and write a model folder.
 
@@ -101,17 +173,18 @@ def train_model(
 
     raw = _data.load_dataset(data) if isinstance(data, str) else data
     train_raw = _data.select_classes(raw, classes)
-    if val_set is None and val_classes:
-        val_set = _data.select_classes(raw, val_classes, "--val-classes")
-        overlap = set(_data.present_classes(val_set)) & set(_data.present_classes(train_raw))
-        if overlap:
-            names = [raw.class_names[c] for c in sorted(overlap)]
-            raise UsageError(f"--val-classes overlap --classes: {names}")
+    train_raw, val_set, calibration = _validation_data(
+        raw, train_raw, val_set, val_classes, shots + queries, seed
+    )
     kind = _setup.data_kind(raw.x)
     backbone = backbone or _setup.default_backbone(kind)
     pre = _setup.make_preprocessing(
-        raw, image_size=image_size, channels=channels, backbone=backbone
+        raw, image_size=image_size, channels=channels, backbone=backbone, window=window
     )
+    if progress:
+        print(
+            _setup.data_summary(_data.describe_source(data, raw), train_raw, pre), file=sys.stderr
+        )
     train_set = _setup.preprocess_dataset(train_raw, pre)
     val = _setup.preprocess_dataset(val_set, pre) if val_set is not None else None
     n_train = len(_data.present_classes(train_set))
@@ -133,6 +206,7 @@ def train_model(
         val_episodes=val_episodes, val_ways=val_ways, device=device, progress=progress,
         resume=resume, backbone_spec=spec, log_every=max(1, min(50, steps // 30)),
     )  # fmt: skip
+    _warn_early_convergence(fit, steps)
     temperature = None
     if val is not None:
         temperature = fit_temperature(
@@ -154,6 +228,7 @@ def train_model(
             "best_step": fit.best_step, "val_accuracy": fit.best_accuracy, "val_ci95": fit.best_ci95,
         },
         "temperature": temperature,
+        "calibration": calibration,
         "checkpoint": "best.pt" if fit.best_path is not None else "last.pt",
         "medmeta_version": __version__,
         "command": command,
@@ -176,10 +251,22 @@ def _learning_curves(fit: Any, folder: Path) -> Path | None:
 # ----------------------------------------------------------------------------- evaluation
 
 
-def task_data(model: TrainedModel, data: str | ArrayDataset, classes: str | None) -> ArrayDataset:
-    """``classes`` of ``data``, preprocessed the way ``model`` was trained."""
-    raw = _data.load_dataset(data) if isinstance(data, str) else data
-    return _setup.preprocess_dataset(_data.select_classes(raw, classes), model.preprocessing)
+def task_data(
+    model: TrainedModel, data: str | ArrayDataset, classes: str | None, *, announce: bool = False
+) -> ArrayDataset:
+    """``classes`` of ``data``, preprocessed the way ``model`` was trained; ``announce``
+    prints the one-line data summary and warns when the inputs' geometry is converted."""
+    raw = _data.select_classes(_data.load_dataset(data) if isinstance(data, str) else data, classes)
+    if announce:
+        summary = _setup.data_summary(_data.describe_source(data, raw), raw, model.preprocessing)
+        print(summary, file=sys.stderr)
+        if "resized to" in summary or " to gray" in summary or "to RGB" in summary:
+            logger.warning(
+                "the inputs are converted to the model's input %s (see the data line above); "
+                "check that this is intended",
+                "x".join(map(str, model.preprocessing.input_shape)),
+            )
+    return _setup.preprocess_dataset(raw, model.preprocessing)
 
 
 def evaluate_model(

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 
 from medmeta.cli import _data, _setup
-from medmeta.cli._config import make_parser, parse_args
+from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
 
 EPILOG = """examples:
   medmeta adapt --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 --out runs/adapted
@@ -25,7 +25,9 @@ def build_parser(prog: str) -> object:
     p.add_argument("--model", required=True, help="model folder from `medmeta train`")
     p.add_argument("--support", required=True, help="the labelled task data: " + _data.DATA_HELP)
     p.add_argument("--classes", help="the task's classes; " + _data.CLASSES_HELP)
-    p.add_argument("--shots", type=int, help="support examples per class (default: all examples)")
+    p.add_argument(
+        "--shots", type=int_at_least(1), help="support examples per class (default: all examples)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of support examples")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="adapted model folder to write")
@@ -35,12 +37,13 @@ def build_parser(prog: str) -> object:
 
 def main(argv: Sequence[str], prog: str = "medmeta adapt") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
+    output_folder(args.out)
     from medmeta.cli import _workflow
     from medmeta.cli._model import load_model
 
     device = _setup.resolve_device(args.device)
     model = load_model(args.model, device)
-    task = _workflow.task_data(model, args.support, args.classes)
+    task = _workflow.task_data(model, args.support, args.classes, announce=True)
     outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed,
                                     out=args.out, device=device)  # fmt: skip
     info = {"model": str(outcome.folder), **outcome.extra}

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from medmeta.cli._errors import UsageError
+from medmeta.edge.cli.errors import UsageError
 
 HELP = """usage: medmeta bench [SUITE] [options]
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from medmeta.cli import _setup
-from medmeta.cli._config import make_parser, parse_args
+from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
 
 EPILOG = """examples:
   medmeta demo                       # about 2 minutes on a 2-core CPU; report in ./medmeta-demo/
@@ -29,11 +29,15 @@ def build_parser(prog: str) -> object:
     p.add_argument("--quick", action="store_true", help="a small run (< 1 minute) for smoke tests")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--algorithm", default="protonet", help="the method (default protonet)")
-    p.add_argument("--steps", type=int, help="meta-training steps (default 300, quick 30)")
-    p.add_argument("--episodes", type=int, help="test episodes per setting (default 600, quick 40)")
+    p.add_argument(
+        "--steps", type=int_at_least(1), help="meta-training steps (default 300, quick 30)"
+    )
+    p.add_argument(
+        "--episodes", type=int_at_least(1), help="test episodes per setting (default 600, quick 40)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds everything (default 0)")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 quantized export")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime")
+    p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch and onnxruntime")
     p.add_argument("--out", default="medmeta-demo", help="report folder (default ./medmeta-demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -41,6 +45,7 @@ def build_parser(prog: str) -> object:
 
 def main(argv: Sequence[str], prog: str = "medmeta demo") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
+    output_folder(args.out)
     from medmeta.cli._demo import run_demo
 
     _setup.set_threads(args.threads)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medmeta.cli import _data, _setup
-from medmeta.cli._config import make_parser, parse_args
-from medmeta.cli._errors import UsageError
+from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
+from medmeta.edge.cli.errors import UsageError
 
 EPILOG = """examples:
   medmeta eval --model runs/protonet --data pbc_blood --classes 5-7 --episodes 600
@@ -27,10 +27,18 @@ def build_parser(prog: str) -> object:
     p.add_argument("--model", required=True, help="model folder from `medmeta train` or `adapt`")
     p.add_argument("--data", required=True, help=_data.DATA_HELP)
     p.add_argument("--classes", help="test classes; " + _data.CLASSES_HELP)
-    p.add_argument("--ways", type=int, help="N (default: all test classes, at most the model's)")
-    p.add_argument("--shots", type=int, default=5, help="K support examples per class (default 5)")
-    p.add_argument("--queries", type=int, default=15, help="Q queries per class (default 15)")
-    p.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
+    p.add_argument(
+        "--ways", type=int_at_least(2), help="N (default: all test classes, at most the model's)"
+    )
+    p.add_argument(
+        "--shots", type=int_at_least(1), default=5, help="K support examples per class (default 5)"
+    )
+    p.add_argument(
+        "--queries", type=int_at_least(1), default=15, help="Q queries per class (default 15)"
+    )
+    p.add_argument(
+        "--episodes", type=int_at_least(1), default=600, help="test episodes (default 600)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes (default 0)")
     p.add_argument(
         "--temperature",
@@ -38,7 +46,7 @@ def build_parser(prog: str) -> object:
         help="'model' (the one fitted at training, default), 'none', or a number",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
     p.add_argument("--plots", metavar="DIR", help="write confusion-matrix, per-class and "
                    "reliability plots to DIR")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from medmeta.cli import _data
-from medmeta.cli._config import make_parser, parse_args
-from medmeta.cli._errors import UsageError
+from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
+from medmeta.edge.cli.errors import UsageError
 
 EPILOG = """examples:
   medmeta export --model runs/adapted --out model.onnx               # an adapted folder
@@ -34,7 +34,9 @@ def build_parser(prog: str) -> object:
     )
     p.add_argument("--support", help="labelled task data to adapt to: " + _data.DATA_HELP)
     p.add_argument("--classes", help="classes of --support; " + _data.CLASSES_HELP)
-    p.add_argument("--shots", type=int, help="support examples per class (default: all)")
+    p.add_argument(
+        "--shots", type=int_at_least(1), help="support examples per class (default: all)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of support examples")
     p.add_argument("--form", choices=("classifier", "enrolment", "both"), default="classifier")
     p.add_argument("--int8", action="store_true", help="also write an int8 quantized model")
@@ -72,7 +74,8 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     result = to_onnx(
         adapted, out, support_x=support_x, support_y=support_y,
         preprocessing=model.preprocessing, class_names=names,
-        temperature=model.card.get("temperature"), form=args.form, int8=args.int8,
+        temperature=model.card.get("temperature"),
+        temperature_source=model.card.get("calibration"), form=args.form, int8=args.int8,
         opset=args.opset,
     )  # fmt: skip
     files = {k: str(v) for k, v in (("classifier", result.classifier), ("embedder", result.embedder),

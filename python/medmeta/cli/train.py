@@ -8,7 +8,8 @@ import time
 from collections.abc import Sequence
 
 from medmeta.cli import _data, _setup
-from medmeta.cli._config import make_parser, parse_args
+from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
+from medmeta.edge.cli.errors import UsageError
 
 EPILOG = """examples:
   medmeta train --data pbc_blood --classes 0-4 --val-classes 5 --algorithm protonet \\
@@ -34,22 +35,35 @@ def build_parser(prog: str) -> object:
     p.add_argument("--algorithm", default="protonet", help="a method (default protonet)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="a hyper-parameter of the method, e.g. inner_steps=3 (repeatable)")  # fmt: skip
-    p.add_argument("--ways", type=int, default=5, help="N, classes per episode (default 5)")
-    p.add_argument("--shots", type=int, default=5, help="K, support examples per class (default 5)")
-    p.add_argument("--queries", type=int, default=15, help="Q, queries per class (default 15)")
-    p.add_argument("--steps", type=int, default=400, help="meta-updates (default 400)")
-    p.add_argument("--meta-batch", type=int, default=4, help="episodes per meta-update (default 4)")
+    p.add_argument(
+        "--ways", type=int_at_least(2), default=5, help="N, classes per episode (default 5)"
+    )
+    p.add_argument(
+        "--shots", type=int_at_least(1), default=5, help="K, support examples per class (default 5)"
+    )
+    p.add_argument(
+        "--queries", type=int_at_least(1), default=15, help="Q, queries per class (default 15)"
+    )
+    p.add_argument("--steps", type=int_at_least(1), default=400, help="meta-updates (default 400)")
+    p.add_argument(
+        "--meta-batch", type=int_at_least(1), default=4, help="episodes per meta-update (default 4)"
+    )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--backbone", choices=_setup.BACKBONES,
                    help="default conv4 for images, mlp for vectors")  # fmt: skip
     p.add_argument("--width", help="backbone width(s), e.g. 64 (conv4) or 256,128 (mlp)")
-    p.add_argument("--image-size", type=int, help="resize images to this square size")
+    p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
+    p.add_argument("--window", help="intensity window for CT/DICOM/NIfTI values: a preset "
+                   "(soft_tissue, lung, bone, brain, liver, ...) or CENTER,WIDTH; part of the "
+                   "model's preprocessing, applied again at prediction")  # fmt: skip
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for the model")
-    p.add_argument("--val-every", type=int, default=100, help="validate every this many steps")
-    p.add_argument("--val-episodes", type=int, default=100, help="validation episodes")
+    p.add_argument(
+        "--val-every", type=int_at_least(1), default=100, help="validate every this many steps"
+    )
+    p.add_argument("--val-episodes", type=int_at_least(1), default=100, help="validation episodes")
     p.add_argument("--seed", type=int, default=0, help="seeds episodes and initialisation")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--fresh", action="store_true", help="do not resume from --out/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,6 +73,7 @@ def build_parser(prog: str) -> object:
 
 def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
+    output_folder(args.out)
     from medmeta.cli._workflow import train_model
 
     _setup.set_threads(args.threads)
@@ -70,7 +85,7 @@ def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
         lr=args.lr, backbone=args.backbone, width=args.width, image_size=args.image_size,
         channels=args.channels, val_every=args.val_every, val_episodes=args.val_episodes,
         seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
-        resume=not args.fresh, progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
+        resume=not args.fresh, window=_window(args.window), progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
     )  # fmt: skip
     summary = outcome.summary(time.perf_counter() - start)
     if args.json:
@@ -78,3 +93,14 @@ def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
     else:
         print(outcome.describe(), file=sys.stdout)
     return 0
+
+
+def _window(text: str | None) -> str | tuple[float, float] | None:
+    """``--window``: a preset name or ``CENTER,WIDTH``."""
+    if text is None or "," not in text:
+        return text
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"--window: expected a preset or CENTER,WIDTH, got {text!r}") from None
+    return center, width

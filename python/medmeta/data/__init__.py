@@ -27,6 +27,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from medmeta.edge.windowing import WINDOW_PRESETS, apply_window
+
 from .dataset import ArrayDataset, SegmentationDataset, check_class_sizes
 from .errors import DataError, SkippedFile
 from .registry import (
@@ -38,7 +40,6 @@ from .registry import (
     list_datasets,
     load,
 )
-from .windowing import WINDOW_PRESETS, apply_window
 
 _LAZY = {
     "load_npz": "formats.npz",
@@ -70,7 +71,7 @@ _LAZY = {
     "as_features": "episodes",
     "split_classes": "episodes",
 }
-_SUBMODULES = ("episodes", "transforms", "formats", "registry", "dataset", "errors", "windowing")
+_SUBMODULES = ("episodes", "transforms", "formats", "registry", "dataset", "errors")
 
 __all__ = [
     "CROSS_DOMAIN_DATASETS",

@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import DataError, SkippedFile
 
-__all__ = ["ArrayDataset", "SegmentationDataset", "check_class_sizes"]
+__all__ = ["ArrayDataset", "SegmentationDataset", "check_class_sizes", "dataset_origin"]
 
 
 def _is_torch(obj: object) -> bool:
@@ -403,6 +403,11 @@ def check_class_sizes(
     small = [(k, names[k], counts[names[k]]) for k in wanted if counts[names[k]] < need]
     if small:
         parts = [f"class {name!r} (label {k}) has only {n} examples" for k, name, n in small]
-        where = getattr(dataset, "meta", {}).get("name", "dataset")
-        raise DataError(f"{'; '.join(parts)}; need {why} per class", where)
+        raise DataError(f"{'; '.join(parts)}; need {why} per class", dataset_origin(dataset))
     return counts
+
+
+def dataset_origin(dataset: object) -> str:
+    """Where a dataset came from, for error messages: its file or folder, else its name."""
+    meta = getattr(dataset, "meta", None) or {}
+    return str(meta.get("path") or meta.get("name") or "the dataset")

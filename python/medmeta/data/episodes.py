@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset import ArrayDataset
+from .dataset import ArrayDataset, dataset_origin
 from .errors import DataError
 
 
@@ -181,7 +181,7 @@ class EpisodeSampler:
             raise DataError(
                 f"{len(small)} class(es) have fewer than shots + queries = {shots} + {queries} = {need} "
                 f"examples: {', '.join(small)}",
-                "dataset",
+                dataset_origin(dataset),
             )
         if len(present) < ways:
             raise DataError(

@@ -10,10 +10,11 @@ exception, never skip silently and never hang.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from medmeta.edge.errors import DataError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -31,20 +32,6 @@ OnError = Literal["raise", "skip"]
 #: Default cap on the decoded size of one array/volume/image (2 GiB). A header that claims
 #: more is refused before anything is allocated; pass ``max_bytes=`` to a loader to change it.
 DEFAULT_MAX_BYTES = 2 * 1024**3
-
-
-class DataError(ValueError):
-    """A data file or argument is invalid.
-
-    Attributes:
-        source: the file, folder or argument at fault (``None`` when not applicable).
-        problem: what is wrong, in words (expected vs. found).
-    """
-
-    def __init__(self, problem: str, source: str | os.PathLike[str] | None = None) -> None:
-        self.source = None if source is None else os.fspath(source)
-        self.problem = problem
-        super().__init__(problem if self.source is None else f"{self.source}: {problem}")
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medmeta.edge.windowing import resolve_window
+
 from .errors import DataError
-from .windowing import resolve_window
 
 __all__ = [
     "Compose",
@@ -161,7 +162,7 @@ class Window(Transform):
     """Intensity window: ``[center - width/2, center + width/2]`` -> ``[0, 1]``, clipped.
 
     ``window`` is a preset (``"lung"``, ``"soft_tissue"``, ``"bone"``, ``"brain"``, ... from
-    :data:`~medmeta.data.windowing.WINDOW_PRESETS`, in HU) or ``(center, width)``.
+    :data:`~medmeta.edge.windowing.WINDOW_PRESETS`, in HU) or ``(center, width)``.
     """
 
     def __init__(

@@ -1,31 +1,47 @@
 """medmeta's native CPU kernels on numpy buffers, for the torch-free edge runtime.
 
 The same C++ kernels that compute prototypes and distances in training
-(:mod:`medmeta.ops`) run here on numpy arrays through ``medmeta._C`` (which does not import
-torch), so a device enrols exactly like training does. If ``_C`` cannot load, these raise
-:class:`NativeCoreError` with the reason; nothing falls back to another implementation.
+(:mod:`medmeta.ops`) run here on numpy arrays, through the plain C library that the
+``medmeta-edge`` wheel carries next to this file (``libmedmeta_kernels.so``; its header is
+``include/medmeta_kernels.h``), loaded with :mod:`ctypes`: no torch, no pybind11, one library
+for every Python version. ``MEDMETA_EDGE_KERNELS=/path/to/lib`` loads another build. If the
+library cannot load, these raise :class:`NativeCoreError` with the reason; nothing falls back
+to another implementation.
 
-The kernels trust their inputs (a label out of range would write out of bounds), so every
-check happens here first.
+The library checks label ranges and sizes itself; the shapes and dtypes are checked here.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+import ctypes
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["METRICS", "NativeCoreError", "class_prototypes", "pairwise_distances", "row_distances"]
+__all__ = [
+    "ABI_VERSION",
+    "METRICS",
+    "NativeCoreError",
+    "class_prototypes",
+    "library_path",
+    "pairwise_distances",
+    "row_distances",
+]
 
 METRICS = {"sqeuclidean": 0, "euclidean": 1, "cosine": 2, "dot": 3}
-_FLOAT32 = 0
-_CPU = -1
+#: The C interface this module speaks (``MEDMETA_KERNELS_ABI_VERSION`` in the header).
+ABI_VERSION = 1
+_LIBRARY_NAME = {"win32": "medmeta_kernels.dll", "darwin": "libmedmeta_kernels.dylib"}.get(
+    sys.platform, "libmedmeta_kernels.so"
+)
 
-_lib: ModuleType | None = None
+_lib: ctypes.CDLL | None = None
 
 
 class NativeCoreError(ImportError):
-    """medmeta's native core (``medmeta._C``) is missing or failed to load."""
+    """medmeta's native kernel library is missing, or failed to load or to run."""
 
 
 def check_label_range(labels: np.ndarray, n_way: int) -> None:
@@ -35,20 +51,65 @@ def check_label_range(labels: np.ndarray, n_way: int) -> None:
         raise ValueError(f"labels: must be in [0, {n_way}), found {bad}")
 
 
-def native() -> ModuleType:
-    """The loaded ``medmeta._C``; raises :class:`NativeCoreError` with the reason."""
+def library_path() -> Path:
+    """Where the kernel library is: ``$MEDMETA_EDGE_KERNELS``, else next to this file, else
+    in ``medmeta/edge/`` of another ``sys.path`` entry (an editable checkout of medmeta
+    beside an installed medmeta-edge)."""
+    override = os.environ.get("MEDMETA_EDGE_KERNELS")
+    if override:
+        return Path(override)
+    candidates = [Path(__file__).with_name(_LIBRARY_NAME)]
+    candidates += [Path(p) / "medmeta" / "edge" / _LIBRARY_NAME for p in sys.path if p]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[0]
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    f32, i64, c_int = ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_int
+    lib.medmeta_kernels_abi_version.restype = c_int
+    lib.medmeta_last_error.restype = ctypes.c_char_p
+    lib.medmeta_class_prototypes_f32.argtypes = [
+        f32, ctypes.POINTER(ctypes.c_int64), i64, i64, i64, f32, f32,
+    ]  # fmt: skip
+    lib.medmeta_pairwise_distances_f32.argtypes = [f32, f32, i64, i64, i64, i64, c_int, f32, f32]
+    lib.medmeta_class_prototypes_f32.restype = c_int
+    lib.medmeta_pairwise_distances_f32.restype = c_int
+
+
+def native() -> ctypes.CDLL:
+    """The loaded kernel library; raises :class:`NativeCoreError` with the reason."""
     global _lib
     if _lib is None:
+        path = library_path()
         try:
-            from medmeta import _C
-        except ImportError as exc:
+            lib = ctypes.CDLL(str(path))
+            _bind(lib)
+        except (OSError, AttributeError) as exc:
             raise NativeCoreError(
-                f"medmeta's native core (medmeta._C) could not be loaded ({type(exc).__name__}: "
-                f"{exc}); the edge runtime enrols prototypes with it. Reinstall medmeta for this "
-                "platform (pip install --force-reinstall --no-deps medmeta)."
+                f"medmeta's kernel library {path} could not be loaded ({exc}); the edge runtime "
+                "enrols prototypes with it. Reinstall medmeta-edge for this platform "
+                "(pip install --force-reinstall --no-deps medmeta-edge)."
             ) from exc
-        _lib = _C
+        version = lib.medmeta_kernels_abi_version()
+        if version != ABI_VERSION:
+            raise NativeCoreError(
+                f"{path} implements kernel ABI {version}, this medmeta.edge needs {ABI_VERSION}; "
+                "reinstall medmeta-edge so the library and the Python code match"
+            )
+        _lib = lib
     return _lib
+
+
+def _call(name: str, *args: object) -> None:
+    lib = native()
+    if getattr(lib, name)(*args) != 0:
+        raise ValueError(lib.medmeta_last_error().decode(errors="replace"))
+
+
+def _f32(x: np.ndarray) -> ctypes._Pointer:  # type: ignore[type-arg]
+    return x.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
 
 def _matrix(name: str, x: np.ndarray, width: int | None = None) -> np.ndarray:
@@ -84,21 +145,17 @@ def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, n_way: int) -> 
         raise ValueError(f"class {int(np.argmin(counts))} has no support example")
     out = np.empty((n_way, emb.shape[1]), np.float32)
     wsum = np.empty(n_way, np.float32)
-    native().prototypes_forward(
-        _CPU, 0, _FLOAT32, emb.ctypes.data, lab.ctypes.data, 0, out.ctypes.data,
-        wsum.ctypes.data, 1, emb.shape[0], n_way, emb.shape[1],
-    )  # fmt: skip
+    _call("medmeta_class_prototypes_f32", _f32(emb),
+          lab.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)), emb.shape[0], n_way, emb.shape[1],
+          _f32(out), _f32(wsum))  # fmt: skip
     return out
 
 
 def _distance(x: np.ndarray, y: np.ndarray, B: int, Q: int, N: int, D: int, metric: str):
     out = np.empty((B, Q, N), np.float32)
     workspace = np.empty(max(B * (Q + N), 1), np.float32)
-    if B * Q * N:
-        native().distance_forward(
-            _CPU, 0, _FLOAT32, x.ctypes.data, y.ctypes.data, out.ctypes.data,
-            workspace.ctypes.data, B, Q, N, D, _metric(metric),
-        )  # fmt: skip
+    _call("medmeta_pairwise_distances_f32", _f32(x), _f32(y), B, Q, N, D, _metric(metric),
+          _f32(out), _f32(workspace))  # fmt: skip
     return out
 
 

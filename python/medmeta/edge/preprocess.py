@@ -63,7 +63,7 @@ def _floats(name: str, values: Any) -> tuple[float, ...] | None:
 def _window(window: Any) -> tuple[float, float] | None:
     if window is None:
         return None
-    from medmeta.data.windowing import resolve_window
+    from medmeta.edge.windowing import resolve_window
 
     return resolve_window(window if isinstance(window, str) else tuple(window))
 
@@ -245,7 +245,7 @@ class Preprocessing:
 
     def _intensity(self, x: np.ndarray) -> np.ndarray:
         if self.window is not None:
-            from medmeta.data.windowing import apply_window
+            from medmeta.edge.windowing import apply_window
 
             return apply_window(x, self.window)
         if self.scale is not None:

@@ -283,6 +283,14 @@ def _tensor(name: str, value: Any, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=dtype).contiguous()
 
 
+def _calibration(temperature: float | None, evaluation: Any, source: str | None) -> dict[str, Any]:
+    """Metadata ``calibrated`` and ``calibration`` (what fitted the temperature, in words)."""
+    given = temperature is not None or _temperature(None, evaluation) != 1.0
+    if not given:
+        return {"calibrated": False, "calibration": "uncalibrated (temperature 1)"}
+    return {"calibrated": True, "calibration": source or "temperature given at export"}
+
+
 def _temperature(temperature: float | None, evaluation: Any) -> float:
     if temperature is None and evaluation is not None:
         temperature = getattr(evaluation, "temperature", None)
@@ -340,6 +348,7 @@ def to_onnx(
     preprocessing: Preprocessing | dict[str, Any] | None = None,
     class_names: Sequence[str] | None = None,
     temperature: float | None = None,
+    temperature_source: str | None = None,
     evaluation: Any = None,
     form: str = "classifier",
     int8: bool = False,
@@ -362,6 +371,8 @@ def to_onnx(
             by dtype, no normalisation, for ``support_x``'s shape).
         class_names: ``ways`` names (default ``class_0``...).
         temperature: calibration temperature (default: ``evaluation.temperature``, else 1).
+        temperature_source: how the temperature was fitted, in words (metadata
+            ``calibration``; ``calibrated`` is False when there is no temperature).
         evaluation: an ``EvalResult`` (or its dict) whose accuracy and CI go in the metadata.
         form: ``"classifier"``, ``"enrolment"`` or ``"both"``.
         int8: also write an int8 QDQ model with :mod:`medmeta.export.quantize` and its parity.
@@ -438,6 +449,7 @@ def to_onnx(
         "input_shape": input_shape,
         "preprocessing": pre.to_dict(),
         "temperature": T,
+        **_calibration(temperature, evaluation, temperature_source),
         "evaluation": evaluation_summary(evaluation),
         "precision": "float32",
         "support_size": None if sx is None else int(sx.shape[0]),

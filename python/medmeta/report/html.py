@@ -1,12 +1,16 @@
 """Render a report :class:`~medmeta.report.document.Document` as one HTML page.
 
-The page is self-contained apart from the PNG figures it links by relative path: inline
-CSS, system fonts, no scripts. All text goes through :func:`html.escape`.
+The page is one self-contained file: inline CSS, system fonts, no scripts, and the figures
+embedded as ``data:image/png;base64`` URIs when their bytes are given (else linked by
+relative path), so it can be attached to a message or an audit record on its own. All text
+goes through :func:`html.escape`.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from medmeta.report.document import (
@@ -117,7 +121,13 @@ def _table(t: Table) -> str:
     )
 
 
-def _block(b: Block) -> str:
+def _figure_src(src: str, figures: Mapping[str, bytes] | None) -> str:
+    if figures is not None and src in figures:
+        return "data:image/png;base64," + base64.b64encode(figures[src]).decode("ascii")
+    return quote(src, safe="/")
+
+
+def _block(b: Block, figures: Mapping[str, bytes] | None = None) -> str:
     if isinstance(b, Paragraph):
         return f'<p class="muted">{_e(b.text)}</p>' if b.muted else f"<p>{_e(b.text)}</p>"
     if isinstance(b, Bullets):
@@ -132,13 +142,15 @@ def _block(b: Block) -> str:
     if isinstance(b, Table):
         return _table(b)
     if isinstance(b, Figure):
-        src = quote(b.src, safe="/")
+        src = _figure_src(b.src, figures)
         return (
             f'<figure id="figure-{b.number}"><img src="{_e(src)}" alt="{_e(b.alt)}">'
             f"<figcaption><b>Figure {b.number}.</b> {_e(b.caption)}</figcaption></figure>"
         )
     if isinstance(b, FigureGrid):
-        return '<div class="grid">\n' + "\n".join(_block(f) for f in b.figures) + "\n</div>"
+        return (
+            '<div class="grid">\n' + "\n".join(_block(f, figures) for f in b.figures) + "\n</div>"
+        )
     if isinstance(b, Code):
         return f"<pre><code>{_e(b.text)}</code></pre>"
     if isinstance(b, Tiles):
@@ -153,12 +165,13 @@ def _block(b: Block) -> str:
     raise TypeError(f"unknown report block {type(b).__name__}")  # pragma: no cover
 
 
-def render_html(doc: Document) -> str:
-    """The whole page as a string (UTF-8 text, ``<!DOCTYPE html>``)."""
+def render_html(doc: Document, figures: Mapping[str, bytes] | None = None) -> str:
+    """The whole page as a string (UTF-8 text, ``<!DOCTYPE html>``); ``figures`` maps a
+    figure's ``src`` to its PNG bytes, embedded in the page."""
     toc = "".join(f'<a href="#{_e(s.id)}">{_e(s.title)}</a>' for s in doc.sections if s.blocks)
     sections = "\n".join(
         f'<section id="{_e(s.id)}">\n<h2>{_e(s.title)}</h2>\n'
-        + "\n".join(_block(b) for b in s.blocks)
+        + "\n".join(_block(b, figures) for b in s.blocks)
         + "\n</section>"
         for s in doc.sections
         if s.blocks

@@ -75,9 +75,9 @@ def write_report(
 ) -> ReportPaths:
     """Write ``report.html``, ``report.md``, ``report.json`` and ``plots/*.png`` to ``out_dir``.
 
-    Both documents link the figures by relative path (``plots/<name>.png``), so the folder
-    can be moved or zipped; the HTML is otherwise self-contained (inline CSS, no scripts,
-    no external fonts). Parts of ``data`` that are ``None`` or empty are left out. Every file
+    ``report.html`` is one self-contained file (figures embedded, inline CSS, no scripts, no
+    external fonts) that can be sent or archived on its own; ``report.md`` links the figures
+    by relative path (``plots/<name>.png``), kept for those who want the PNGs. Parts of ``data`` that are ``None`` or empty are left out. Every file
     is written atomically; figures of an earlier report in the same folder that this one
     does not have are removed, so the folder never mixes two reports.
 
@@ -132,6 +132,7 @@ def write_report(
     text = json.dumps(report_dict(checked, rel, emb_map), indent=1, allow_nan=False)
     atomic_write_bytes(paths.json, (text + "\n").encode("utf-8"))
     atomic_write_bytes(paths.markdown, render_markdown(doc).encode("utf-8"))
-    atomic_write_bytes(paths.html, render_html(doc).encode("utf-8"))
+    figures = {rel[name]: path.read_bytes() for name, path in plot_paths.items()}
+    atomic_write_bytes(paths.html, render_html(doc, figures).encode("utf-8"))
     logger.info("report written to %s (%d figures)", paths.html, len(plot_paths))
     return paths

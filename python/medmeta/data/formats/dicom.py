@@ -2,7 +2,7 @@
 
 * :func:`read_dicom` reads one file (single- or multi-frame) to ``[F, H, W]`` float32, with the
   modality LUT (``RescaleSlope * stored + RescaleIntercept``, i.e. Hounsfield units for CT)
-  and an optional display window (:data:`~medmeta.data.windowing.WINDOW_PRESETS`).
+  and an optional display window (:data:`~medmeta.edge.windowing.WINDOW_PRESETS`).
 * :func:`load_dicom_series` reads a series folder into a volume ``[Z, H, W]`` ordered by slice
   position along the slice normal (``ImagePositionPatient`` projected on the cross product of
   the ``ImageOrientationPatient`` row and column directions).
@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from medmeta.edge.windowing import apply_window, resolve_window
+
 from ..dataset import ArrayDataset
 from ..errors import (
     DEFAULT_MAX_BYTES,
@@ -45,7 +47,6 @@ from ..errors import (
     missing_extra,
     report_skipped,
 )
-from ..windowing import apply_window, resolve_window
 
 __all__ = [
     "DicomImage",

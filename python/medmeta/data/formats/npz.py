@@ -176,6 +176,7 @@ def load_npz(
     meta: dict[str, Any] = {
         "name": name or os.path.splitext(os.path.basename(source))[0],
         "file": os.path.basename(source),
+        "path": source,
         "format": "npz",
     }
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from medmeta.cli._errors import UsageError
+from medmeta.edge.cli.errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -138,3 +138,34 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
         for key in defaults:
             actions[key].required = False
     return parser.parse_args(argv)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum`` (a bad value is a usage error, 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def output_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
+    """``path`` as the folder a command will write, checked before any work starts: an
+    existing file there (or above it) is a usage error naming the option."""
+    folder = Path(path)
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            where = "" if p == folder else f" ({p} is a file)"
+            raise UsageError(
+                f"{option} {folder}: expected a folder to write into, found an existing file{where}"
+            )
+    return folder

@@ -1,6 +1,10 @@
-"""Exit statuses of the ``medmeta`` command and the errors that map to them."""
+"""Exit statuses of the ``medmeta`` and ``medmeta-edge`` commands, the errors that map to them,
+and the one runner that turns a subcommand's exception into one line and its status."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -44,24 +48,16 @@ class CheckFailed(CLIError):
 
 def exit_code_of(err: BaseException) -> int:
     """The exit status for an exception raised by a subcommand."""
-    from medmeta.data.errors import DataError  # numpy only
+    from medmeta.edge.errors import DataError
+    from medmeta.edge.schema import EdgeModelError
 
     if isinstance(err, CLIError):
         return err.code
+    if isinstance(err, EdgeModelError):
+        return EXIT_MODEL
     if isinstance(err, (DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
         return EXIT_DATA
-    edge_error = _edge_error_type()
-    if edge_error is not None and isinstance(err, edge_error):
-        return EXIT_MODEL
     return EXIT_INTERNAL
-
-
-def _edge_error_type() -> type[BaseException] | None:
-    try:
-        from medmeta.edge.schema import EdgeModelError  # numpy only
-    except ImportError:  # pragma: no cover - part of the package
-        return None
-    return EdgeModelError
 
 
 def one_line(err: BaseException) -> str:
@@ -70,3 +66,26 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, FileNotFoundError) and err.filename:
         text = f"{err.filename}: no such file or folder"
     return text or type(err).__name__
+
+
+def run_command(name: str, command: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Run ``command()`` and return its exit status; an exception becomes one line on stderr
+    (``{name}: error: ...``) and the status of :func:`exit_code_of` (the traceback with
+    ``debug``), Ctrl-C becomes 130."""
+    try:
+        return int(command() or 0)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except BaseException as err:  # one line for people, the traceback with --debug
+        if debug:
+            raise
+        code = exit_code_of(err)
+        print(f"{name}: error: {one_line(err)}", file=sys.stderr)
+        if code == EXIT_INTERNAL:
+            print(
+                "(an unexpected error; run again with --debug for the traceback)", file=sys.stderr
+            )
+        return code

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
+from medmeta.edge.errors import DataError
 
 __all__ = ["WINDOW_PRESETS", "apply_window", "resolve_window"]
 

@@ -1,0 +1,306 @@
+"""``predict``: classify inputs with a medmeta ONNX file through the torch-free edge runtime
+(numpy + onnxruntime; this command never imports torch). The same command is
+``medmeta-edge predict`` on a device (image files and folders) and ``medmeta predict`` with the
+full package, which also reads ``.npz`` files and embedded datasets (it passes its own
+:class:`Readers`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmeta.edge.cli.classes import CLASSES_HELP, parse_classes
+from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
+from medmeta.edge.cli.errors import ModelError, UsageError
+from medmeta.edge.errors import DataError
+from medmeta.edge.images import IMAGE_EXTENSIONS, read_image
+
+logger = logging.getLogger(__name__)
+
+EPILOG = """examples:
+  %(prog)s --model model.onnx --inputs scan1.png scan2.png
+  %(prog)s --model model.onnx --inputs labelled/ --json      # class sub-folders: also accuracy
+  %(prog)s --model model.embed.onnx --support new_classes/ --inputs queries/ --out preds.csv
+
+--inputs takes image files or a folder of images (with one sub-folder per class: labelled,
+and the accuracy is printed){more}. With the enrolment form (model.embed.onnx) --support
+enrols the classes on the device first (a folder with one sub-folder of images per
+class{more_support}); with a classifier it is not needed. Inputs far from every class
+prototype are flagged out-of-distribution instead of being forced into a class. --out
+writes .csv, .json or .npz (probabilities).
+"""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What ``--inputs`` or ``--support`` read: ``raw`` inputs (one array ``[n, ...]`` or a
+    list of arrays of any shape), an id per input, and labels into ``class_names`` or None."""
+
+    raw: list[np.ndarray] | np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None = None
+    class_names: list[str] | None = None
+    note: str | None = None  # what was read and how, said in the output
+
+
+@dataclass(frozen=True)
+class Readers:
+    """How ``predict`` reads its data: ``inputs(items) -> Inputs`` for ``--inputs`` and
+    ``support(spec, classes) -> Inputs`` (labelled) for ``--support`` with ``--classes``."""
+
+    inputs: Callable[[Sequence[str]], Inputs]
+    support: Callable[[str, str | None], Inputs]
+    inputs_help: str = "image files or a folder of images"
+    support_help: str = "a folder with one sub-folder of images per class"
+    epilog_more: str = ""
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_labelled_folder(
+    root: Path, classes: str | None = None, option: str = "--classes"
+) -> Inputs:
+    """The images of ``root/<class>/<image>`` (classes in sorted order; ``classes`` selects by
+    id or name), as :class:`Inputs` with labels."""
+    folders = _class_folders(root)
+    if not folders:
+        raise DataError("no class sub-folders found (expected root/<class>/<image>)", root)
+    names = [f.name for f in folders]
+    try:
+        chosen = parse_classes(classes, names)
+    except DataError as err:
+        raise DataError(err.problem, option) from None
+    raw: list[np.ndarray] = []
+    ids: list[str] = []
+    labels: list[int] = []
+    for k, c in enumerate(range(len(names)) if chosen is None else chosen):
+        files = _images_in(folders[c])
+        if not files:
+            raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)})", folders[c])
+        raw += [read_image(f) for f in files]
+        ids += [str(f) for f in files]
+        labels += [k] * len(files)
+    kept = names if chosen is None else [names[c] for c in chosen]
+    return Inputs(raw, ids, np.asarray(labels, dtype=np.int64), kept)
+
+
+def read_image_inputs(items: Sequence[str]) -> Inputs:
+    """``--inputs`` on a device: image files, a folder of images, or a folder with one
+    sub-folder of images per class (labelled)."""
+    files = [Path(i) for i in items]
+    if len(files) == 1 and files[0].is_dir():
+        folder = files[0]
+        if _class_folders(folder):
+            return read_labelled_folder(folder)
+        files = _images_in(folder)
+        if not files:
+            raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder", folder)
+    for f in files:
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)} or a folder; the "
+                "full medmeta package also reads .npz files and embedded datasets)",
+                f,
+            )
+    return Inputs([read_image(f) for f in files], [str(f) for f in files])
+
+
+def read_support_folder(spec: str, classes: str | None) -> Inputs:
+    """``--support`` on a device: a folder with one sub-folder of images per class."""
+    root = Path(spec)
+    if not root.is_dir():
+        raise DataError(
+            "expected a folder with one sub-folder of images per class (the full medmeta "
+            "package also reads .npz files and embedded datasets)",
+            spec,
+        )
+    return read_labelled_folder(root, classes)
+
+
+#: The readers of ``medmeta-edge predict``: images only (numpy and Pillow).
+IMAGE_READERS = Readers(read_image_inputs, read_support_folder)
+
+
+def build_parser(prog: str, readers: Readers = IMAGE_READERS) -> Any:
+    epilog = EPILOG.format(more=readers.epilog_more, more_support=readers.epilog_more)
+    p = make_parser(prog, "Classify inputs with an exported model, without PyTorch.", epilog)
+    p.add_argument("--model", required=True, help="a medmeta .onnx file (classifier or embedder)")
+    p.add_argument("--inputs", required=True, nargs="+", help=readers.inputs_help)
+    p.add_argument(
+        "--support", help="labelled examples to enrol (embedder form): " + readers.support_help
+    )
+    p.add_argument("--classes", help="classes of --support to enrol; " + CLASSES_HELP)
+    p.add_argument("--threads", type=int_at_least(1), help="onnxruntime intra-op threads")
+    p.add_argument(
+        "--out", metavar="FILE", help="write per-input results to FILE (.csv, .json or .npz)"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    return p
+
+
+def _enrol(model: Any, support: Inputs) -> None:
+    """Enrol ``support`` (labelled), one call per input shape (raw images may differ)."""
+    assert support.labels is not None and support.class_names is not None
+    names = np.asarray(support.class_names, dtype=object)[support.labels]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, r in enumerate(support.raw):
+        groups.setdefault(tuple(np.shape(r)), []).append(i)
+    for first, idx in enumerate(groups.values()):
+        batch = np.stack([np.asarray(support.raw[i]) for i in idx])
+        model.enrol(batch, [str(n) for n in names[idx]], replace=first == 0)
+
+
+def _predict(model: Any, raw: list[np.ndarray] | np.ndarray) -> Any:
+    """One call when the inputs share a shape, else one per input (merged)."""
+    if isinstance(raw, np.ndarray) or len({r.shape for r in raw}) == 1:
+        return model.predict(np.stack(raw) if isinstance(raw, list) else raw)
+    from medmeta.edge.results import Prediction
+
+    parts = [model.predict(r[None]) for r in raw]
+
+    def cat(key: str) -> np.ndarray | None:
+        if getattr(parts[0], key) is None:
+            return None
+        return np.concatenate([getattr(p, key) for p in parts])
+
+    return Prediction(
+        labels=cat("labels"), class_names=[n for p in parts for n in p.class_names],
+        probabilities=cat("probabilities"), classes=parts[0].classes, ood=cat("ood"),
+        distance=cat("distance"), ood_threshold=parts[0].ood_threshold,
+    )  # fmt: skip
+
+
+def _rows(pred: Any, ids: list[str], truth: list[str] | None) -> list[dict[str, Any]]:
+    rows = []
+    for i, name in enumerate(ids):
+        row: dict[str, Any] = {
+            "input": name,
+            "prediction": pred.class_names[i],
+            "probability": float(pred.probabilities[i].max()),
+            "ood": None if pred.ood is None else bool(pred.ood[i]),
+        }
+        if truth is not None:
+            row["true"] = truth[i]
+        row.update(
+            {f"p[{c}]": float(p) for c, p in zip(pred.classes, pred.probabilities[i], strict=True)}
+        )
+        rows.append(row)
+    return rows
+
+
+def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> None:
+    from medmeta._files import atomic_write_bytes
+
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["input"])
+        writer.writeheader()
+        writer.writerows(rows)
+        data = buffer.getvalue().encode()
+    elif suffix == ".json":
+        data = (json.dumps(rows, indent=2) + "\n").encode()
+    elif suffix == ".npz":
+        arrays: dict[str, Any] = {"probabilities": pred.probabilities, "labels": pred.labels,
+                                  "classes": np.asarray(pred.classes)}  # fmt: skip
+        if pred.ood is not None:
+            arrays.update(ood=pred.ood, distance=pred.distance)
+        protos = getattr(model, "prototypes", None)
+        if protos is not None:
+            arrays["prototypes"] = np.asarray(protos)
+        buffer_b = io.BytesIO()
+        np.savez(buffer_b, **arrays)
+        data = buffer_b.getvalue()
+    else:
+        raise UsageError(f"--out must end in .csv, .json or .npz, got {path.name}")
+    atomic_write_bytes(path, data)
+
+
+def main(
+    argv: Sequence[str], prog: str = "medmeta-edge predict", readers: Readers = IMAGE_READERS
+) -> int:
+    args = parse_args(build_parser(prog, readers), argv)
+    from medmeta.edge.runtime import EdgeModel
+
+    if not Path(args.model).is_file():
+        raise ModelError(f"{args.model}: no such model file (an .onnx written by `medmeta export`)")
+    model = EdgeModel(args.model, threads=args.threads)
+    if model.metadata.get("calibrated") is False:
+        logger.warning(
+            "%s: probabilities are UNCALIBRATED (temperature 1; the model was exported without a "
+            "fitted temperature), so they overstate confidence; train with --val-classes or "
+            "held-out examples to calibrate them",
+            args.model,
+        )
+    if args.support:
+        _enrol(model, readers.support(args.support, args.classes))
+    inputs = readers.inputs(args.inputs)
+    raw, ids, labels, names = inputs.raw, inputs.ids, inputs.labels, inputs.class_names
+    try:
+        pred = _predict(model, raw)
+    except (ValueError, TypeError) as err:  # inputs the model cannot take (shape, dtype, NaN)
+        raise DataError(str(err), "--inputs") from err
+    truth = None if labels is None or names is None else [names[i] for i in labels]
+    rows = _rows(pred, ids, truth)
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "role": model.metadata.get("role"),
+        "classes": list(pred.classes),
+        "inputs": len(rows),
+        "ood": None if pred.ood is None else int(np.sum(pred.ood)),
+        "ood_threshold": pred.ood_threshold,
+        "calibration": model.metadata.get("calibration"),
+    }
+    if inputs.note:
+        pre = model.metadata.get("preprocessing") or {}
+        window = pre.get("window")
+        summary["read"] = (
+            f"{inputs.note}; the model's preprocessing: "
+            + (
+                f"window center {window[0]:g}, width {window[1]:g}"
+                if window
+                else "no intensity window"
+            )
+            + f", resized to {'x'.join(map(str, model.input_shape[1:]))}"
+        )
+    if truth is not None:
+        # top-1 over every input (an OOD flag does not count as an error here)
+        top1 = [pred.classes[k] for k in pred.labels]
+        summary["accuracy"] = float(np.mean([a == b for a, b in zip(top1, truth, strict=True)]))
+    if args.out:
+        _write(Path(args.out), rows, pred, model)
+        summary["out"] = args.out
+    if args.json:
+        print(json.dumps({**summary, "predictions": rows}, indent=2))
+    else:
+        for r in rows:
+            label = r["prediction"] if r["prediction"] is not None else "out-of-distribution"
+            print(
+                f"{r['input']}\t{label}\t{r['probability']:.3f}" + ("\t(OOD)" if r["ood"] else "")
+            )
+        if "read" in summary:
+            print(f"read: {summary['read']}", file=sys.stderr)
+        tail = f"{len(rows)} inputs"
+        if "accuracy" in summary:
+            tail += f", accuracy {100 * summary['accuracy']:.1f}%"
+        if summary["ood"]:
+            tail += f", {summary['ood']} flagged out-of-distribution"
+        print(tail)
+    return 0
