@@ -116,3 +116,26 @@ def test_export_needs_a_support_set_for_a_trained_model(
 ):
     assert main(["export", "--model", str(trained_model), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "--support" in capsys.readouterr().err
+
+
+def test_int8_export_reports_parity_on_held_out_examples(
+    trained_model: Path, tmp_path: Path, capsys
+):
+    """The int8 parity is measured on the task's examples outside the support set it was
+    calibrated on, and printed as a readable summary with the accuracy change's CI."""
+    out = tmp_path / "model.onnx"
+    argv = ["export", "--model", str(trained_model), "--support", "pbc_blood", "--classes", "5-7",
+            "--shots", "5", "--int8", "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    parity = json.loads(capsys.readouterr().out)["int8_parity"]
+    blood = load("pbc_blood")
+    held_out = (
+        int(np.isin(blood.labels, [5, 6, 7]).sum()) - 15
+    )  # every task example but the support
+    assert parity["examples"] == held_out and parity["on"].startswith("held-out examples")
+    assert 0.9 <= parity["top1_agreement"] <= 1.0
+    assert 0 <= parity["accuracy_change_ci95"] < 0.05
+    assert main([*argv[:-1], str(tmp_path / "again.onnx")]) == 0
+    text = capsys.readouterr().out
+    assert f"int8 parity on {held_out} held-out examples" in text
+    assert "top-1 agreement" in text and "(change " in text and "points, 95% CI)" in text

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from medmeta.cli import _data
 from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
@@ -56,6 +59,7 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"--out must be an .onnx file, got {args.out}")
     model = load_model(args.model)
+    held_out = None
     if args.support:
         task = _workflow.task_data(model, args.support, args.classes)
         outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed, out=None)
@@ -63,6 +67,8 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
             outcome.adapted, outcome.support_x, outcome.support_y, outcome.class_names,
             outcome.accuracy,
         )  # fmt: skip
+        if len(outcome.query_y):
+            held_out = (outcome.query_x.numpy(), outcome.query_y.numpy())
     elif model.is_adapted:
         support_x, support_y, names = model.support()
         adapted = _workflow.readapt(model, support_x, support_y, names)
@@ -83,7 +89,7 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     info = {"files": files, "exporter": result.exporter, "classes": names,
             "held_out_accuracy": accuracy}  # fmt: skip
     if result.parity:
-        info["int8_parity"] = result.parity
+        info["int8_parity"] = _held_out_parity(result, held_out)
     if args.json:
         print(json.dumps(info, indent=2, default=float))
     else:
@@ -93,6 +99,42 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
         if accuracy is not None:
             print(f"adapted model's accuracy on the task's other examples: {100 * accuracy:.1f}%")
         if result.parity:
-            print("int8 parity: " + ", ".join(f"{k} {v:.4g}" for k, v in result.parity.items()
-                                              if isinstance(v, (int, float))))  # fmt: skip
+            print(describe_parity(info["int8_parity"]))
     return 0
+
+
+def _held_out_parity(result: Any, held_out: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """The int8 parity on the task's held-out examples (never used to calibrate the int8
+    model) when there are any, else on the support set it was calibrated on (said so)."""
+    from medmeta.export import quantize
+
+    if held_out is None:
+        return {**result.parity, "on": "the support set (calibration data; no held-out examples)"}
+    source = result.classifier or result.embedder
+    x, y = held_out
+    labels = y if source == result.classifier else None
+    report = quantize.parity_report(source, result.int8, x, labels)
+    report["on"] = "held-out examples of the task (not used to calibrate int8)"
+    return report
+
+
+def describe_parity(p: dict[str, Any]) -> str:
+    """The int8 parity report as two readable lines."""
+    line = (
+        f"int8 parity on {p['examples']} {p['on']}: top-1 agreement "
+        f"{100 * p['top1_agreement']:.1f}% ({p['disagreements']} differ), probabilities differ "
+        f"by {p['mean_abs_prob_diff']:.3g} on average, {p['max_abs_prob_diff']:.3g} at most"
+    )
+    if "float_accuracy" in p:
+        ci = p.get("accuracy_change_ci95")
+        change = f"{100 * p['accuracy_change']:+.1f}" + (
+            f" ± {100 * ci:.1f}" if ci is not None else ""
+        )
+        line += (
+            f"\n  accuracy {100 * p['float_accuracy']:.1f}% float -> {100 * p['int8_accuracy']:.1f}% "
+            f"int8 (change {change} points, 95% CI)"
+        )
+    return (
+        line
+        + f"; int8 file {p['int8_bytes'] / 2**20:.2f} MB (float {p['float_bytes'] / 2**20:.2f} MB)"
+    )

@@ -388,8 +388,9 @@ def parity_report(
         A dict of plain floats/ints: ``examples``, ``max_abs_prob_diff`` (over all examples
         and classes), ``mean_abs_prob_diff``, ``top1_agreement`` (fraction of examples with
         the same arg-max), ``disagreements`` (count), and with ``labels``
-        ``float_accuracy``, ``int8_accuracy`` and ``accuracy_change`` (int8 - float,
-        a fraction: -0.01 is one point lost); also both file sizes in bytes.
+        ``float_accuracy``, ``int8_accuracy``, ``accuracy_change`` (int8 - float,
+        a fraction: -0.01 is one point lost) and ``accuracy_change_ci95`` (half-width of its
+        95% CI, paired over the examples); also both file sizes in bytes.
 
     Raises:
         FileNotFoundError, ValueError, TypeError: missing/corrupt files, bad inputs or labels.
@@ -428,6 +429,11 @@ def parity_report(
         report["float_accuracy"] = float((top_float == y).mean())
         report["int8_accuracy"] = float((top_int8 == y).mean())
         report["accuracy_change"] = report["int8_accuracy"] - report["float_accuracy"]
+        # paired per example: the change's 95% CI half-width (normal approximation)
+        d = (top_int8 == y).astype(np.float64) - (top_float == y).astype(np.float64)
+        report["accuracy_change_ci95"] = (
+            float(1.96 * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        )
     return report
 
 
