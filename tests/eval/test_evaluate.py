@@ -113,3 +113,26 @@ def test_images_with_dataset_class_names_and_plots(tmp_path):
     for p in paths:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, p
+
+
+def test_auroc_and_per_class_rates_carry_cis_that_shrink_with_episodes(train_part):
+    """AUROC's CI is over episodes like the accuracy's; per-class sensitivity/specificity get
+    bootstrap intervals around the pooled value, narrower with 4x the episodes."""
+    from medmeta.eval import metrics as M
+
+    learner = mlp_learner()
+    few = evaluate(learner, train_part, **TASK, episodes=30, seed=5)
+    many = evaluate(learner, train_part, **TASK, episodes=120, seed=5)
+    preds = collect_predictions(learner, train_part, **TASK, episodes=30, seed=5)
+    probs = torch.softmax(preds.logits.double(), -1).numpy()
+    per_episode = M.episode_macro_auroc(probs, preds.labels.numpy())
+    assert few.auroc_ci95 == pytest.approx(M.mean_ci95(per_episode[np.isfinite(per_episode)])[1])
+    assert 0 < many.auroc_ci95 < few.auroc_ci95
+    for r in (few, many):
+        for name, stats in r.per_class.items():
+            for rate in ("sensitivity", "specificity"):
+                low, high = stats[f"{rate}_ci"]
+                assert low <= stats[rate] <= high, (name, rate)
+    width = lambda r: np.nanmean(r.sensitivity_ci[:, 1] - r.sensitivity_ci[:, 0])  # noqa: E731
+    assert width(many) < 0.75 * width(few)
+    assert json.loads(json.dumps(few.to_dict()))["auroc_ci95"] == pytest.approx(few.auroc_ci95)

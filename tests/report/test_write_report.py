@@ -135,14 +135,16 @@ def test_numbers_appear_as_in_the_summary(full, run):
     for name, r in run["evaluations"]:
         acc = re.search(r"accuracy (\d+\.\d\d ± \d+\.\d\d)%", r.summary()).group(1)
         assert f"{acc}%" in text and f"{acc}%" in md
-        for value in (f"{r.auroc:.3f}", f"{r.ece:.3f}", f"{r.macro_f1:.3f}",
+        for value in (f"{r.auroc:.3f} ± {r.auroc_ci95:.3f}", f"{r.ece:.3f}", f"{r.macro_f1:.3f}",
                       f"{100 * r.balanced_accuracy:.2f}%"):  # fmt: skip
             assert value in text and value in md
         assert name in text
-        for c, stats in r.per_class.items():
+        for c, stats in r.per_class.items():  # each rate with its 95% interval
             assert c in text
-            assert f"{100 * stats['sensitivity']:.1f}%" in text
-            assert f"{100 * stats['specificity']:.1f}%" in text
+            for rate in ("sensitivity", "specificity"):
+                low, high = stats[f"{rate}_ci"]
+                shown = f"{100 * stats[rate]:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
+                assert shown in text and shown in md
     for key, value in data.summary:  # keys capitalised for display
         assert key[0].upper() + key[1:] in text and value in text
     assert f"{100 * run['adapt_accuracy']:.2f}%" in text

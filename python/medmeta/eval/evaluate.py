@@ -191,15 +191,26 @@ class EvalResult:
     support: np.ndarray
     reliability: Reliability
     episode_accuracy: np.ndarray = field(repr=False)
+    auroc_ci95: float = math.nan
+    sensitivity_ci: np.ndarray | None = field(default=None, repr=False)  # [C, 2], 95%
+    specificity_ci: np.ndarray | None = field(default=None, repr=False)  # [C, 2], 95%
 
     @property
     def per_class(self) -> dict[str, dict[str, float | int | None]]:
-        """``{class name: {"sensitivity", "specificity", "support"}}`` (None when undefined)."""
+        """``{class name: {"sensitivity", "specificity", "support", "sensitivity_ci",
+        "specificity_ci"}}`` (None when undefined; the CIs are 95% ``[low, high]`` over
+        episodes, see :func:`medmeta.eval.metrics.bootstrap_class_rates`)."""
+
+        def ci(bounds: np.ndarray | None, i: int) -> list[float | None] | None:
+            return None if bounds is None else [_num(bounds[i, 0]), _num(bounds[i, 1])]
+
         return {
             name: {
                 "sensitivity": _num(self.sensitivity[i]),
                 "specificity": _num(self.specificity[i]),
                 "support": int(self.support[i]),
+                "sensitivity_ci": ci(self.sensitivity_ci, i),
+                "specificity_ci": ci(self.specificity_ci, i),
             }
             for i, name in enumerate(self.class_names)
         }
@@ -213,6 +224,7 @@ class EvalResult:
             "balanced_accuracy": _num(self.balanced_accuracy),
             "macro_f1": _num(self.macro_f1),
             "auroc": _num(self.auroc),
+            "auroc_ci95": _num(self.auroc_ci95),
             "ece": _num(self.ece),
             "nll": _num(self.nll),
             "brier": _num(self.brier),
@@ -236,7 +248,7 @@ class EvalResult:
             f"{self.ways}-way {self.shots}-shot, {self.episodes} episodes: accuracy "
             f"{100 * self.accuracy:.2f} ± {100 * self.ci95:.2f}%, balanced "
             f"{100 * self.balanced_accuracy:.2f}%, macro-F1 {self.macro_f1:.3f}, AUROC "
-            f"{self.auroc:.3f}, ECE {self.ece:.3f}, NLL {self.nll:.3f}, Brier {self.brier:.3f}"
+            f"{self.auroc:.3f} ± {self.auroc_ci95:.3f}, ECE {self.ece:.3f}, NLL {self.nll:.3f}, Brier {self.brier:.3f}"
         )
 
 
@@ -284,13 +296,17 @@ def summarize(
     confusion = M.confusion_matrix(true_ds, pred_ds, len(present))
     counts = M.class_counts(pred, y, remap[cls], len(present))
     rel = reliability(probs.max(-1).reshape(-1), correct.reshape(-1), bins)
+    ep_auroc = M.episode_macro_auroc(probs, y)
+    finite = ep_auroc[np.isfinite(ep_auroc)]
+    auroc_ci = M.mean_ci95(finite)[1] if len(finite) else math.nan
+    sens_ci, spec_ci = M.bootstrap_class_rates(pred, y, remap[cls], len(present), seed=seed or 0)
     return EvalResult(
         accuracy=acc,
         ci95=ci,
         accuracy_std=float(ep_acc.std()),
         balanced_accuracy=float(np.nanmean(counts.sensitivity)),
         macro_f1=float(M.episode_macro_f1(pred, y, N).mean()),
-        auroc=float(np.nanmean(M.episode_macro_auroc(probs, y))),
+        auroc=float(np.nanmean(ep_auroc)),
         ece=rel.ece,
         nll=nll(logits, y),
         brier=brier_score(probs, y),
@@ -308,6 +324,9 @@ def summarize(
         support=counts.support,
         reliability=rel,
         episode_accuracy=ep_acc,
+        auroc_ci95=float(auroc_ci),
+        sensitivity_ci=sens_ci,
+        specificity_ci=spec_ci,
     )
 
 

@@ -242,3 +242,38 @@ def class_counts(
             cls.reshape(-1), weights=mask.sum(-1).reshape(-1), minlength=num_classes
         ).astype(np.int64)
     return ClassCounts(**counts)
+
+
+def bootstrap_class_rates(
+    pred: np.ndarray,
+    labels: np.ndarray,
+    classes: np.ndarray,
+    num_classes: int,
+    *,
+    resamples: int = 200,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% percentile intervals ``[C, 2]`` of the pooled sensitivity and specificity of each
+    class (:func:`class_counts`), from ``resamples`` bootstrap resamples of the episodes.
+
+    They measure the variation over episodes (which support sets and queries were drawn),
+    like the accuracy's CI; they do not cover the finite test set itself. NaN where a class
+    is undefined in too many resamples.
+    """
+    rng = np.random.default_rng(seed)
+    E = pred.shape[0]
+    sens = np.empty((resamples, num_classes))
+    spec = np.empty((resamples, num_classes))
+    for b in range(resamples):
+        idx = rng.integers(0, E, E)
+        counts = class_counts(pred[idx], labels[idx], classes[idx], num_classes)
+        sens[b], spec[b] = counts.sensitivity, counts.specificity
+
+    def interval(v: np.ndarray) -> np.ndarray:
+        out = np.full((num_classes, 2), np.nan)
+        ok = np.isfinite(v).mean(0) >= 0.95
+        if ok.any():
+            out[ok] = np.nanpercentile(v[:, ok], [2.5, 97.5], axis=0).T
+        return out
+
+    return interval(sens), interval(spec)

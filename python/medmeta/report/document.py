@@ -19,8 +19,10 @@ from medmeta.report.formatting import (
     field_value,
     fmt_ci,
     fmt_float,
+    fmt_float_ci,
     fmt_ms,
     fmt_pct,
+    fmt_pct_interval,
     is_missing,
 )
 
@@ -181,7 +183,11 @@ def _summary_tiles(data: ReportData) -> list[Tile]:
     if data.evaluations:
         name, r = list(data.evaluations)[-1]
         tiles.append(
-            Tile(f"AUROC, {name}", fmt_float(r.auroc), "0.5 = chance, 1.0 = perfect ranking")
+            Tile(
+                f"AUROC, {name}",
+                fmt_float_ci(r.auroc, r.auroc_ci95),
+                "95% CI over episodes; 0.5 = chance, 1.0 = perfect ranking",
+            )
         )
     ad = data.adaptation or {}
     if not is_missing(ad.get("accuracy")):
@@ -218,7 +224,7 @@ def _training_text(history: Sequence[Mapping[str, Any]]) -> str | None:
 
 def _metrics_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
     header = ["Evaluation", "Episodes", "Accuracy (95% CI)", "Chance", "Balanced accuracy",
-              "Macro-F1", "AUROC", "ECE", "NLL", "Brier"]  # fmt: skip
+              "Macro-F1", "AUROC (95% CI)", "ECE", "NLL", "Brier"]  # fmt: skip
     rows = [
         [
             name,
@@ -227,7 +233,7 @@ def _metrics_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
             _chance(r),
             fmt_pct(r.balanced_accuracy),
             fmt_float(r.macro_f1),
-            fmt_float(r.auroc),
+            fmt_float_ci(r.auroc, r.auroc_ci95),
             fmt_float(r.ece),
             fmt_float(r.nll),
             fmt_float(r.brier),
@@ -254,7 +260,10 @@ def _per_class_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
         for _, r in evals:
             stats = r.per_class.get(c)
             row += (
-                [fmt_pct(stats["sensitivity"], 1), fmt_pct(stats["specificity"], 1)]
+                [
+                    fmt_pct_interval(stats["sensitivity"], stats.get("sensitivity_ci")),
+                    fmt_pct_interval(stats["specificity"], stats.get("specificity_ci")),
+                ]
                 if stats
                 else [MISSING, MISSING]
             )
@@ -265,7 +274,8 @@ def _per_class_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
         header,
         rows,
         [False] + [True] * (len(header) - 1),
-        "Per-class sensitivity and specificity",
+        "Per-class sensitivity and specificity (95% interval: bootstrap over the episodes, so it "
+        "reflects which support and query images were drawn, not the finite test set)",
         groups,
     )
 

@@ -49,6 +49,22 @@ def fmt_ci(acc: Any, ci: Any) -> str:
     return f"{100 * float(acc):.2f} ± {100 * float(ci):.2f}%"
 
 
+def fmt_float_ci(v: Any, ci: Any, digits: int = 3) -> str:
+    """A number and its 95% CI half-width: ``"0.951 ± 0.006"`` (the number alone without)."""
+    if is_missing(v) or is_missing(ci):
+        return fmt_float(v, digits)
+    return f"{float(v):.{digits}f} ± {float(ci):.{digits}f}"
+
+
+def fmt_pct_interval(v: Any, bounds: Any) -> str:
+    """A fraction as a percentage with its 95% interval: ``"92.1% (89.0-94.8)"``."""
+    if is_missing(v):
+        return MISSING
+    if bounds is None or any(is_missing(b) for b in bounds):
+        return fmt_pct(v, 1)
+    return f"{100 * float(v):.1f}% ({100 * float(bounds[0]):.1f}-{100 * float(bounds[1]):.1f})"
+
+
 def fmt_float(v: Any, digits: int = 3) -> str:
     """A number with ``digits`` decimals (``n/a`` when undefined)."""
     return MISSING if is_missing(v) else f"{float(v):.{digits}f}"
