@@ -136,3 +136,6 @@ def test_auroc_and_per_class_rates_carry_cis_that_shrink_with_episodes(train_par
     width = lambda r: np.nanmean(r.sensitivity_ci[:, 1] - r.sensitivity_ci[:, 0])  # noqa: E731
     assert width(many) < 0.75 * width(few)
     assert json.loads(json.dumps(few.to_dict()))["auroc_ci95"] == pytest.approx(few.auroc_ci95)
+    # n is the distinct images, not the query draws (which repeat them)
+    assert few.distinct_images == len(train_part) == int(few.images.sum())
+    assert int(many.support.sum()) == 120 * 3 * 5 and many.distinct_images == len(train_part)

@@ -145,6 +145,8 @@ def test_numbers_appear_as_in_the_summary(full, run):
                 low, high = stats[f"{rate}_ci"]
                 shown = f"{100 * stats[rate]:.1f}% ({100 * low:.1f}-{100 * high:.1f})"
                 assert shown in text and shown in md
+        if r.distinct_images is not None:  # n = distinct images, the draws in brackets
+            assert f"drawn from {r.distinct_images:,} distinct images" in text
     for key, value in data.summary:  # keys capitalised for display
         assert key[0].upper() + key[1:] in text and value in text
     assert f"{100 * run['adapt_accuracy']:.2f}%" in text

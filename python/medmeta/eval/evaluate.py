@@ -194,6 +194,13 @@ class EvalResult:
     auroc_ci95: float = math.nan
     sensitivity_ci: np.ndarray | None = field(default=None, repr=False)  # [C, 2], 95%
     specificity_ci: np.ndarray | None = field(default=None, repr=False)  # [C, 2], 95%
+    images: np.ndarray | None = field(default=None, repr=False)  # [C] distinct test images
+
+    @property
+    def distinct_images(self) -> int | None:
+        """Distinct test images the episodes drew their queries from (``support`` counts the
+        query draws, which repeat images), or None when unknown."""
+        return None if self.images is None else int(self.images.sum())
 
     @property
     def per_class(self) -> dict[str, dict[str, float | int | None]]:
@@ -209,6 +216,7 @@ class EvalResult:
                 "sensitivity": _num(self.sensitivity[i]),
                 "specificity": _num(self.specificity[i]),
                 "support": int(self.support[i]),
+                "images": None if self.images is None else int(self.images[i]),
                 "sensitivity_ci": ci(self.sensitivity_ci, i),
                 "specificity_ci": ci(self.specificity_ci, i),
             }
@@ -232,6 +240,7 @@ class EvalResult:
             "shots": self.shots,
             "queries": self.queries,
             "episodes": self.episodes,
+            "distinct_images": self.distinct_images,
             "seed": self.seed,
             "temperature": self.temperature,
             "class_names": list(self.class_names),
@@ -397,5 +406,7 @@ def evaluate(
     result = summarize(
         preds, shots=shots, queries=queries, seed=seed, temperature=temperature, bins=bins
     )
+    labels = np.asarray(test_set.labels, dtype=np.int64)
+    result.images = np.bincount(labels, minlength=max(result.class_ids) + 1)[result.class_ids]
     logger.info("evaluate: %s", result.summary())
     return result

@@ -170,6 +170,11 @@ def _chance(r: EvalResult) -> str:
     return fmt_pct(1.0 / r.ways, 1) if r.ways else MISSING
 
 
+def _drawn_from(r: EvalResult) -> str:
+    n = getattr(r, "distinct_images", None)
+    return "" if n is None else f" drawn from {n:,} distinct images"
+
+
 def _summary_tiles(data: ReportData) -> list[Tile]:
     tiles: list[Tile] = []
     for name, r in list(data.evaluations)[-2:]:
@@ -177,7 +182,7 @@ def _summary_tiles(data: ReportData) -> list[Tile]:
             Tile(
                 f"Accuracy, {name}",
                 fmt_ci(r.accuracy, r.ci95),
-                f"95% CI over {r.episodes} episodes; chance {_chance(r)}",
+                f"95% CI over {r.episodes} episodes" + _drawn_from(r) + f"; chance {_chance(r)}",
             )
         )
     if data.evaluations:
@@ -252,7 +257,7 @@ def _per_class_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
     for name, _ in evals:
         header += ["Sensitivity", "Specificity"]
         groups.append((name, 2))
-    header.append("Query images")
+    header.append("Images (query draws)")
     groups.append((evals[-1][0], 1))
     rows = []
     for c in classes:
@@ -268,7 +273,12 @@ def _per_class_table(evals: Sequence[tuple[str, EvalResult]]) -> Table:
                 else [MISSING, MISSING]
             )
         last = evals[-1][1].per_class.get(c)
-        row.append(str(last["support"]) if last else MISSING)
+        if not last:
+            row.append(MISSING)
+        elif last.get("images") is not None:
+            row.append(f"{last['images']:,} ({last['support']:,})")
+        else:
+            row.append(f"({last['support']:,})")
         rows.append(row)
     return Table(
         header,
