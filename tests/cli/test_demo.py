@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -57,10 +58,14 @@ def test_demo_writes_models_onnx_files_and_a_report_with_plots(demo):
     parser = _Images()
     parser.feed((out / "report.html").read_text())
     assert len(parser.sources) >= 6
-    for src in parser.sources:
-        png = out / src
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
-    shown = {Path(s).stem for s in parser.sources}
+    prefix = "data:image/png;base64,"
+    for src in parser.sources:  # the page embeds its figures: it travels alone
+        assert src.startswith(prefix), src[:60]
+        assert base64.b64decode(src[len(prefix) :])[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((out / "report.json").read_text())
+    for src in report["plots"].values():  # and the PNGs stay beside it
+        assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    shown = {Path(s).stem for s in report["plots"].values()}
     assert {"learning_curves", "confusion_matrix", "per_class", "reliability", "embedding_map",
             "latency"} <= shown, shown  # fmt: skip
 

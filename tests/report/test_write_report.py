@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from medmeta.report import ReportData, report_dict, write_report
+from medmeta.report.document import wilson_interval
 from medmeta.report.figures import PLOT_NAMES
 from report.quickrun import make_report_data
 
@@ -150,6 +151,8 @@ def test_numbers_appear_as_in_the_summary(full, run):
     for key, value in data.summary:  # keys capitalised for display
         assert key[0].upper() + key[1:] in text and value in text
     assert f"{100 * run['adapt_accuracy']:.2f}%" in text
+    low, high = wilson_interval(run["adapt_accuracy"], data.adaptation["queries"])
+    assert f"95% CI {100 * low:.1f}-{100 * high:.1f}% over its {data.adaptation['queries']}" in text
     assert "2.4e-06" in text and "0.118 MB" in text and "opset" in md.lower()
     assert "0.820 ms" in text and "3.90×" in text  # latency table with speed-up ratios
     assert "medmeta demo --steps 30" in text and "PCA" in text
@@ -291,3 +294,10 @@ def test_rewriting_a_folder_drops_figures_of_the_earlier_report(full, tmp_path):
     assert on_disk == sorted(p.name for p in paths.plots.values())
     assert "latency.png" not in on_disk and "learning_curves.png" not in on_disk
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    # 8 of 10 correct: Wilson 95% interval (0.490, 0.943) (Newcombe 1998, table I)
+    low, high = wilson_interval(0.8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    assert wilson_interval(1.0, 20)[1] == 1.0 and wilson_interval(0.0, 20)[0] == 0.0

@@ -16,7 +16,7 @@ import numpy as np
 
 from medmeta.data import ArrayDataset, DataError
 
-__all__ = ["describe_values", "is_medical", "load_medical_classes", "read_medical"]
+__all__ = ["is_medical", "load_medical_classes", "read_medical"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -93,11 +93,3 @@ def load_medical_classes(root: Path) -> ArrayDataset:
     return ArrayDataset(
         np.concatenate(xs), np.concatenate(labels), [c.name for c in classes], meta=meta
     )
-
-
-def describe_values(x: np.ndarray, window: object) -> str:
-    """One phrase on what intensity mapping the model applies to float medical slices."""
-    lo, hi = float(np.min(x)), float(np.max(x))
-    if window is None:
-        return f"values {lo:.0f}..{hi:.0f} used as they are (no --window)"
-    return f"values {lo:.0f}..{hi:.0f} windowed with {window}"

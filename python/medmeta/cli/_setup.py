@@ -195,7 +195,8 @@ def data_summary(name: str, ds: ArrayDataset, preprocessing: Any) -> str:
     if preprocessing.window is not None:
         center, width = preprocessing.window
         changes.append(f"windowed at center {center:g}, width {width:g}")
-    elif np.asarray(ds.x).dtype.kind == "f":
-        x = np.asarray(ds.x)
-        changes.append(f"float values {float(x.min()):.3g}..{float(x.max()):.3g} used as they are")
+    elif np.asarray(ds.x).dtype.kind == "f":  # e.g. HU from DICOM: no [0, 1] scale implied
+        lo, hi = float(np.min(ds.x)), float(np.max(ds.x))
+        if lo < 0 or hi > 1:
+            changes.append(f"values {lo:.4g}..{hi:.4g} used as they are (no --window)")
     return line + ("; " + ", ".join(changes) if changes else "")

@@ -5,6 +5,7 @@ same text and numbers. Blocks hold unescaped text; each renderer escapes it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,6 +171,15 @@ def _chance(r: EvalResult) -> str:
     return fmt_pct(1.0 / r.ways, 1) if r.ways else MISSING
 
 
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``accuracy`` of ``n`` independent images."""
+    if n <= 0:
+        return math.nan, math.nan
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _drawn_from(r: EvalResult) -> str:
     n = getattr(r, "distinct_images", None)
     return "" if n is None else f" drawn from {n:,} distinct images"
@@ -198,7 +208,13 @@ def _summary_tiles(data: ReportData) -> list[Tile]:
     if not is_missing(ad.get("accuracy")):
         shots = ad.get("shots")
         label = f"New {shots}-shot task" if shots is not None else "New task"
-        note = f"{ad['queries']} query images" if "queries" in ad else ""
+        note = ""
+        if "queries" in ad:
+            low, high = wilson_interval(float(ad["accuracy"]), int(ad["queries"]))
+            note = (
+                f"95% CI {100 * low:.1f}-{100 * high:.1f}% over its {ad['queries']} held-out "
+                "images (the finite test set)"
+            )
         tiles.append(Tile(label, fmt_pct(ad["accuracy"]), note))
     ex = data.export or {}
     if "edge_agreement" in ex and not is_missing(ex["edge_agreement"]):
