@@ -34,7 +34,7 @@ COMPUTE_COMMANDS = ("demo", "train", "eval", "adapt", "export")  # bench: in a c
 
 EPILOG = f"""examples:
   medmeta demo                                   # the whole pipeline on blood-cell images, report in ./medmeta-demo/
-  medmeta demo --quick                           # the same in under a minute (smoke test)
+  medmeta demo --quick                           # the same in about 25 s (smoke test)
   medmeta datasets                               # embedded datasets with their licenses
   medmeta train --data pbc_blood --classes 0-4 --algorithm protonet \\
                 --ways 3 --shots 5 --queries 15 --steps 400 --out runs/protonet
