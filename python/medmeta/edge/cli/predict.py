@@ -156,15 +156,23 @@ def build_parser(prog: str, readers: Readers = IMAGE_READERS) -> Any:
 
 
 def _enrol(model: Any, support: Inputs) -> None:
-    """Enrol ``support`` (labelled), one call per input shape (raw images may differ)."""
-    assert support.labels is not None and support.class_names is not None
-    names = np.asarray(support.class_names, dtype=object)[support.labels]
+    """Enrol ``support`` (labelled), one call per input shape (raw images may differ); each
+    class replaces its exported examples once, on its first call, and adds after that."""
+    if support.labels is None or support.class_names is None:
+        raise DataError("labelled examples are needed (one sub-folder per class)", "--support")
+    names = [str(support.class_names[k]) for k in support.labels]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(support.raw):
         groups.setdefault(tuple(np.shape(r)), []).append(i)
-    for first, idx in enumerate(groups.values()):
-        batch = np.stack([np.asarray(support.raw[i]) for i in idx])
-        model.enrol(batch, [str(n) for n in names[idx]], replace=first == 0)
+    seen: set[str] = set()
+    for idx in groups.values():
+        fresh = [i for i in idx if names[i] not in seen]
+        again = [i for i in idx if names[i] in seen]
+        for part, replace in ((fresh, True), (again, False)):
+            if part:
+                batch = np.stack([np.asarray(support.raw[i]) for i in part])
+                model.enrol(batch, [names[i] for i in part], replace=replace)
+        seen.update(names[i] for i in idx)
 
 
 def _predict(model: Any, raw: list[np.ndarray] | np.ndarray) -> Any:
