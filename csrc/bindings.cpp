@@ -5,7 +5,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <atomic>
 #include <stdexcept>
 #include <vector>
 
@@ -25,24 +24,6 @@ namespace py = pybind11;
 using std::int64_t;
 using std::uintptr_t;
 
-namespace medmeta {
-
-namespace {
-std::atomic<int> g_threads{0};
-}
-
-int cpu_num_threads() {
-  const int n = g_threads.load(std::memory_order_relaxed);
-#if defined(MEDMETA_WITH_OPENMP)
-  return n > 0 ? n : omp_get_max_threads();
-#else
-  return n > 0 ? n : 1;
-#endif
-}
-
-void set_cpu_num_threads(int n) { g_threads.store(n, std::memory_order_relaxed); }
-
-}  // namespace medmeta
 
 namespace {
 
@@ -142,22 +123,25 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &set_cpu_num_threads, py::arg("n"), "Threads for the CPU kernels (<= 0: OpenMP default).");
 
   // CPU data checks (indices, or -1 when all values are fine). dt: 0 float32, 1 float64.
-  m.def("first_out_of_range", [](uintptr_t v, int64_t n, int64_t hi) { return first_out_of_range(ptr<const int64_t>(v), n, hi); });
+  m.def(
+      "first_out_of_range",
+      [](uintptr_t v, int64_t n, int64_t hi) { return first_out_of_range(ptr<const int64_t>(v), n, hi); },
+      py::arg("v"), py::arg("n"), py::arg("hi"));
   m.def("first_not_positive", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_not_positive(ptr<const double>(v), n) : first_not_positive(ptr<const float>(v), n);
-  });
+  }, py::arg("v"), py::arg("n"), py::arg("dt"));
   m.def("first_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_nonfinite(ptr<const double>(v), n) : first_nonfinite(ptr<const float>(v), n);
-  });
+  }, py::arg("v"), py::arg("n"), py::arg("dt"));
   m.def("first_nonfinite_buffer", [](const std::vector<uintptr_t>& v, const std::vector<int64_t>& n, int dt) {
     if (v.size() != n.size()) throw std::invalid_argument("first_nonfinite_buffer: one size per pointer");
     return dt == 1 ? first_nonfinite_buffer(pointers<double>(v).data(), n.data(), static_cast<int64_t>(n.size()))
                    : first_nonfinite_buffer(pointers<float>(v).data(), n.data(), static_cast<int64_t>(n.size()));
-  });
+  }, py::arg("v"), py::arg("n"), py::arg("dt"));
   m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)
                    : first_negative_or_nonfinite(ptr<const float>(v), n);
-  });
+  }, py::arg("v"), py::arg("n"), py::arg("dt"));
 
   m.def(
       "distance_forward",
@@ -166,7 +150,8 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_ON_DEVICE(device_of(dev, stream), distance_forward, DType(dt), ptr<const void>(x),
                           ptr<const void>(y), ptr<void>(out), ptr<void>(ws), B, Q, N, D, Metric(metric));
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("x"), py::arg("y"), py::arg("out"),
+      py::arg("ws"), py::arg("B"), py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("metric"), nogil);
   m.def(
       "distance_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t x, uintptr_t y, uintptr_t out, uintptr_t gx,
@@ -175,7 +160,9 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(x), ptr<const void>(y), ptr<const void>(out), ptr<void>(gx),
                           ptr<void>(gy), ptr<void>(ws), B, Q, N, D, Metric(metric));
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("g"), py::arg("x"), py::arg("y"),
+      py::arg("out"), py::arg("gx"), py::arg("gy"), py::arg("ws"), py::arg("B"), py::arg("Q"), py::arg("N"),
+      py::arg("D"), py::arg("metric"), nogil);
 
   m.def(
       "protoloss_forward",
@@ -186,7 +173,9 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(p), ptr<const int64_t>(t), ptr<void>(loss), ptr<void>(acc),
                           ptr<void>(dist), ptr<void>(lse), ptr<void>(ws), B, Q, N, D, Metric(metric), inv_t);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("q"), py::arg("p"), py::arg("t"),
+      py::arg("loss"), py::arg("acc"), py::arg("dist"), py::arg("lse"), py::arg("ws"), py::arg("B"),
+      py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("metric"), py::arg("inv_t"), nogil);
   m.def(
       "protoloss_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t gl, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t dist,
@@ -197,7 +186,9 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(lse), ptr<void>(gq), ptr<void>(gp), ptr<void>(ws), B, Q, N, D,
                           Metric(metric), inv_t);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("gl"), py::arg("q"), py::arg("p"),
+      py::arg("t"), py::arg("dist"), py::arg("lse"), py::arg("gq"), py::arg("gp"), py::arg("ws"), py::arg("B"),
+      py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("metric"), py::arg("inv_t"), nogil);
 
   m.def(
       "prototypes_forward",
@@ -207,7 +198,8 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const int64_t>(labels), ptr<const void>(w), ptr<void>(out), ptr<void>(wsum), B, S,
                           N, D);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("emb"), py::arg("labels"), py::arg("w"),
+      py::arg("out"), py::arg("wsum"), py::arg("B"), py::arg("S"), py::arg("N"), py::arg("D"), nogil);
   m.def(
       "prototypes_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t emb, uintptr_t labels, uintptr_t w,
@@ -216,7 +208,9 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(emb), ptr<const int64_t>(labels), ptr<const void>(w),
                           ptr<const void>(out), ptr<const void>(wsum), ptr<void>(gemb), ptr<void>(gw), B, S, N, D);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("g"), py::arg("emb"), py::arg("labels"),
+      py::arg("w"), py::arg("out"), py::arg("wsum"), py::arg("gemb"), py::arg("gw"), py::arg("B"),
+      py::arg("S"), py::arg("N"), py::arg("D"), nogil);
 
   m.def(
       "masked_prototypes_forward",
@@ -225,7 +219,8 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_ON_DEVICE(device_of(dev, stream), masked_prototypes_forward, DType(dt), ptr<const void>(feat),
                           ptr<const void>(masks), ptr<void>(out), ptr<void>(mass), B, S, C, D, HW);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("feat"), py::arg("masks"), py::arg("out"),
+      py::arg("mass"), py::arg("B"), py::arg("S"), py::arg("C"), py::arg("D"), py::arg("HW"), nogil);
   m.def(
       "masked_prototypes_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t feat, uintptr_t masks, uintptr_t out,
@@ -235,7 +230,9 @@ PYBIND11_MODULE(_C, m) {
                           ptr<const void>(feat), ptr<const void>(masks), ptr<const void>(out),
                           ptr<const void>(mass), ptr<void>(gfeat), ptr<void>(gmasks), B, S, C, D, HW);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("g"), py::arg("feat"), py::arg("masks"),
+      py::arg("out"), py::arg("mass"), py::arg("gfeat"), py::arg("gmasks"), py::arg("B"), py::arg("S"),
+      py::arg("C"), py::arg("D"), py::arg("HW"), nogil);
 
   m.def(
       "inner_update_forward",
@@ -253,7 +250,8 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_forward, DType(dt), ts.data(),
                           static_cast<int64_t>(n), lr_scalar);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("params"), py::arg("grads"), py::arg("lrs"),
+      py::arg("outs"), py::arg("numels"), py::arg("lr_numels"), py::arg("lr_scalar"), nogil);
   m.def(
       "inner_update_backward",
       [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& grad_outs,
@@ -278,5 +276,7 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_backward, DType(dt), ts.data(),
                           static_cast<int64_t>(n), lr_scalar);
       },
-      nogil);
+      py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("grad_outs"), py::arg("grads"), py::arg("lrs"),
+      py::arg("grad_grads"), py::arg("grad_lrs"), py::arg("numels"), py::arg("lr_numels"),
+      py::arg("lr_scalar"), py::arg("partials"), nogil);
 }

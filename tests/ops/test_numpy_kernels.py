@@ -3,7 +3,10 @@ which is how the torch-free edge runtime enrols prototypes."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 import torch
 
 from medmeta import _C, ops
@@ -19,18 +22,18 @@ def test_prototypes_and_distances_on_numpy_arrays():
     protos = np.empty((2, 5, 16), np.float32)
     wsum = np.empty((2, 5), np.float32)
     _C.prototypes_forward(
-        -1,
-        0,
-        FLOAT32,
-        emb.ctypes.data,
-        labels.ctypes.data,
-        0,
-        protos.ctypes.data,
-        wsum.ctypes.data,
-        2,
-        10,
-        5,
-        16,
+        dev=-1,
+        stream=0,
+        dt=FLOAT32,
+        emb=emb.ctypes.data,
+        labels=labels.ctypes.data,
+        w=0,
+        out=protos.ctypes.data,
+        wsum=wsum.ctypes.data,
+        B=2,
+        S=10,
+        N=5,
+        D=16,
     )
     want = ops.prototypes(torch.from_numpy(emb), torch.from_numpy(labels), 5).numpy()
     np.testing.assert_allclose(protos, want, rtol=1e-6, atol=1e-6)
@@ -40,18 +43,18 @@ def test_prototypes_and_distances_on_numpy_arrays():
     dist = np.empty((2, 3, 5), np.float32)
     workspace = np.empty(2 * (3 + 5), np.float32)
     _C.distance_forward(
-        -1,
-        0,
-        FLOAT32,
-        queries.ctypes.data,
-        protos.ctypes.data,
-        dist.ctypes.data,
-        workspace.ctypes.data,
-        2,
-        3,
-        5,
-        16,
-        SQEUCLIDEAN,
+        dev=-1,
+        stream=0,
+        dt=FLOAT32,
+        x=queries.ctypes.data,
+        y=protos.ctypes.data,
+        out=dist.ctypes.data,
+        ws=workspace.ctypes.data,
+        B=2,
+        Q=3,
+        N=5,
+        D=16,
+        metric=SQEUCLIDEAN,
     )
     expected = ((queries[:, :, None, :] - protos[:, None, :, :]) ** 2).sum(-1)
     np.testing.assert_allclose(dist, expected, rtol=1e-4, atol=1e-4)
@@ -64,8 +67,29 @@ def test_raw_kernel_gives_nan_for_a_class_without_examples():
     protos = np.zeros((1, 2, 3), np.float32)
     wsum = np.empty((1, 2), np.float32)
     _C.prototypes_forward(
-        -1, 0, FLOAT32, emb.ctypes.data, labels.ctypes.data, 0, protos.ctypes.data,
-        wsum.ctypes.data, 1, 2, 2, 3,
+        dev=-1, stream=0, dt=FLOAT32, emb=emb.ctypes.data, labels=labels.ctypes.data, w=0, out=protos.ctypes.data,
+        wsum=wsum.ctypes.data, B=1, S=2, N=2, D=3,
     )  # fmt: skip
     np.testing.assert_array_equal(protos[0, 0], np.ones(3, np.float32))
     assert np.isnan(protos[0, 1]).all() and wsum[0, 1] == 0
+
+
+def _arg_names(binding: str) -> list[str]:
+    """Parameter names in a pybind11 signature line ``name(a: int, b: int) -> None``."""
+    signature = getattr(_C, binding).__doc__.split("->")[0]
+    return re.findall(r"(\w+): ", signature.split("(", 1)[1])
+
+
+def test_bindings_take_named_arguments_and_refuse_unknown_names():
+    """Every kernel binding names its arguments (swapping B and Q needs a visible typo)."""
+    for name in ("distance_forward", "distance_backward", "protoloss_forward",
+                 "protoloss_backward", "prototypes_forward", "prototypes_backward",
+                 "masked_prototypes_forward", "masked_prototypes_backward",
+                 "inner_update_forward", "inner_update_backward"):  # fmt: skip
+        assert _arg_names(name)[:3] == ["dev", "stream", "dt"], name
+    assert _arg_names("distance_forward")[-5:] == ["B", "Q", "N", "D", "metric"]
+    assert _arg_names("prototypes_forward")[-4:] == ["B", "S", "N", "D"]
+    out = np.empty((1, 1, 1), np.float32)
+    with pytest.raises(TypeError, match="incompatible function arguments"):
+        _C.distance_forward(dev=-1, stream=0, dt=FLOAT32, x=0, y=0, out=out.ctypes.data, ws=0,
+                            batch=1, Q=1, N=1, D=1, metric=0)  # fmt: skip

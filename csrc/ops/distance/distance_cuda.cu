@@ -6,6 +6,7 @@
 #include "ops/distance/distance.h"
 
 #include "common/cuda.cuh"
+#include "ops/distance/pairwise_cuda.cuh"
 
 namespace medmeta {
 

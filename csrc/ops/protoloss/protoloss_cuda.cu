@@ -8,6 +8,7 @@
 #include "ops/protoloss/protoloss.h"
 
 #include "common/cuda.cuh"
+#include "ops/distance/pairwise_cuda.cuh"
 
 namespace medmeta {
 

@@ -109,7 +109,7 @@ def labels(
     if value_checks_enabled() and t.numel() > 0:
         scan = native_cpu(t)
         if scan is not None:
-            i = scan.first_out_of_range(t.data_ptr(), t.numel(), n)
+            i = scan.first_out_of_range(v=t.data_ptr(), n=t.numel(), hi=n)
             bad = None if i < 0 else int(t.view(-1)[i])
         else:
             lo, hi = torch.aminmax(t)
@@ -131,7 +131,7 @@ def first_not_positive(values: torch.Tensor) -> int:
     scan = native_cpu(values)
     if scan is not None and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
         return scan.first_not_positive(
-            values.data_ptr(), values.numel(), _native.DTYPE_CODES[values.dtype]
+            v=values.data_ptr(), n=values.numel(), dt=_native.DTYPE_CODES[values.dtype]
         )
     bad = (~(values > 0)).view(-1).nonzero()
     return int(bad[0]) if len(bad) else -1

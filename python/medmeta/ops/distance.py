@@ -18,18 +18,18 @@ def _forward_native(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tens
     ws = torch.empty(B * (Q + N), dtype=_native.acc_dtype(x.dtype), device=x.device)
     dev, stream = _native.device_args(x)
     _native.lib().distance_forward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[x.dtype],
-        x.data_ptr(),
-        y.data_ptr(),
-        out.data_ptr(),
-        ws.data_ptr(),
-        B,
-        Q,
-        N,
-        D,
-        metric,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[x.dtype],
+        x=x.data_ptr(),
+        y=y.data_ptr(),
+        out=out.data_ptr(),
+        ws=ws.data_ptr(),
+        B=B,
+        Q=Q,
+        N=N,
+        D=D,
+        metric=metric,
     )
     return out
 
@@ -51,21 +51,21 @@ def _backward_native(
     ws = torch.empty(B * (Q + N), dtype=_native.acc_dtype(x.dtype), device=x.device)
     dev, stream = _native.device_args(x)
     _native.lib().distance_backward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[x.dtype],
-        grad.data_ptr(),
-        x.data_ptr(),
-        y.data_ptr(),
-        out.data_ptr(),
-        gx.data_ptr() if need_x else 0,
-        gy.data_ptr() if need_y else 0,
-        ws.data_ptr(),
-        B,
-        Q,
-        N,
-        D,
-        metric,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[x.dtype],
+        g=grad.data_ptr(),
+        x=x.data_ptr(),
+        y=y.data_ptr(),
+        out=out.data_ptr(),
+        gx=gx.data_ptr() if need_x else 0,
+        gy=gy.data_ptr() if need_y else 0,
+        ws=ws.data_ptr(),
+        B=B,
+        Q=Q,
+        N=N,
+        D=D,
+        metric=metric,
     )
     return gx, gy
 

@@ -31,16 +31,16 @@ def _forward_into(
         return
     dev, stream = _native.device_args(params[0])  # callers pass contiguous tensors
     _native.lib().inner_update_forward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[params[0].dtype],
-        [p.data_ptr() for p in params],
-        [g.data_ptr() for g in grads],
-        [a.data_ptr() for a in lrs] if lrs else [0] * len(params),
-        [o.data_ptr() for o in outs],
-        [p.numel() for p in params],
-        _lr_numels(params, lrs),
-        lr,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[params[0].dtype],
+        params=[p.data_ptr() for p in params],
+        grads=[g.data_ptr() for g in grads],
+        lrs=[a.data_ptr() for a in lrs] if lrs else [0] * len(params),
+        outs=[o.data_ptr() for o in outs],
+        numels=[p.numel() for p in params],
+        lr_numels=_lr_numels(params, lrs),
+        lr_scalar=lr,
     )
 
 
@@ -76,18 +76,18 @@ def _backward_native(
     # kept alive until the launch: the kernels write the per-block sums there
     scratch, partials = _rate_partials(grads, lrs, acc) if need_lr and dev >= 0 else (None, [])
     _native.lib().inner_update_backward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[grads[0].dtype],
-        [g.data_ptr() for g in grad_outs],
-        [g.data_ptr() for g in grads],
-        [a.data_ptr() for a in lrs] if lrs else [0] * n,
-        [g.data_ptr() for g in gg] if need_g else [0] * n,
-        [g.data_ptr() for g in ga] if need_lr else [0] * n,
-        [g.numel() for g in grads],
-        _lr_numels(grads, lrs),
-        lr,
-        partials,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[grads[0].dtype],
+        grad_outs=[g.data_ptr() for g in grad_outs],
+        grads=[g.data_ptr() for g in grads],
+        lrs=[a.data_ptr() for a in lrs] if lrs else [0] * n,
+        grad_grads=[g.data_ptr() for g in gg] if need_g else [0] * n,
+        grad_lrs=[g.data_ptr() for g in ga] if need_lr else [0] * n,
+        numels=[g.numel() for g in grads],
+        lr_numels=_lr_numels(grads, lrs),
+        lr_scalar=lr,
+        partials=partials,
     )
     del scratch  # the caching allocator orders its reuse after the kernels on this stream
     return gg, [g.to(a.dtype).reshape(a.shape) for g, a in zip(ga, lrs, strict=True)]
@@ -327,7 +327,7 @@ def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
     if scan is not None:
         code = _native.DTYPE_CODES[lrs[0].dtype]
         first = scan.first_nonfinite_buffer(
-            [a.data_ptr() for a in lrs], [a.numel() for a in lrs], code
+            v=[a.data_ptr() for a in lrs], n=[a.numel() for a in lrs], dt=code
         )
         bad = [first] if first >= 0 else []
     else:

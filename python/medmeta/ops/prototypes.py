@@ -26,18 +26,18 @@ def _forward_native(
     )
     dev, stream = _native.device_args(embeddings)
     _native.lib().prototypes_forward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[embeddings.dtype],
-        embeddings.data_ptr(),
-        labels.data_ptr(),
-        _native.ptr(weights),
-        out.data_ptr(),
-        wsum.data_ptr(),
-        B,
-        S,
-        n_way,
-        D,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[embeddings.dtype],
+        emb=embeddings.data_ptr(),
+        labels=labels.data_ptr(),
+        w=_native.ptr(weights),
+        out=out.data_ptr(),
+        wsum=wsum.data_ptr(),
+        B=B,
+        S=S,
+        N=n_way,
+        D=D,
     )
     return out, wsum
 
@@ -65,21 +65,21 @@ def _backward_native(
     gw = embeddings.new_empty((B, S)) if need_w else embeddings.new_empty(0)
     dev, stream = _native.device_args(embeddings)
     _native.lib().prototypes_backward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[embeddings.dtype],
-        grad.data_ptr(),
-        embeddings.data_ptr(),
-        labels.data_ptr(),
-        _native.ptr(weights),
-        out.data_ptr(),
-        wsum.data_ptr(),
-        ge.data_ptr() if need_emb else 0,
-        gw.data_ptr() if need_w else 0,
-        B,
-        S,
-        out.shape[1],
-        D,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[embeddings.dtype],
+        g=grad.data_ptr(),
+        emb=embeddings.data_ptr(),
+        labels=labels.data_ptr(),
+        w=_native.ptr(weights),
+        out=out.data_ptr(),
+        wsum=wsum.data_ptr(),
+        gemb=ge.data_ptr() if need_emb else 0,
+        gw=gw.data_ptr() if need_w else 0,
+        B=B,
+        S=S,
+        N=out.shape[1],
+        D=D,
     )
     return ge, gw
 
@@ -176,7 +176,7 @@ def _check_weights(weights: torch.Tensor) -> None:
     scan = _checks.native_cpu(weights)
     if scan is not None:
         i = scan.first_negative_or_nonfinite(
-            weights.data_ptr(), weights.numel(), _native.DTYPE_CODES[weights.dtype]
+            v=weights.data_ptr(), n=weights.numel(), dt=_native.DTYPE_CODES[weights.dtype]
         )
         if i < 0:
             return
@@ -266,18 +266,18 @@ def _masked_forward_native(
     mass = torch.empty((B, C), dtype=_native.acc_dtype(features.dtype), device=features.device)
     dev, stream = _native.device_args(features)
     _native.lib().masked_prototypes_forward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[features.dtype],
-        features.data_ptr(),
-        masks.data_ptr(),
-        out.data_ptr(),
-        mass.data_ptr(),
-        B,
-        S,
-        C,
-        D,
-        H * W,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[features.dtype],
+        feat=features.data_ptr(),
+        masks=masks.data_ptr(),
+        out=out.data_ptr(),
+        mass=mass.data_ptr(),
+        B=B,
+        S=S,
+        C=C,
+        D=D,
+        HW=H * W,
     )
     return out, mass
 
@@ -299,21 +299,21 @@ def _masked_backward_native(
     gm = torch.empty_like(masks) if need_m else masks.new_empty(0)
     dev, stream = _native.device_args(features)
     _native.lib().masked_prototypes_backward(
-        dev,
-        stream,
-        _native.DTYPE_CODES[features.dtype],
-        grad.data_ptr(),
-        features.data_ptr(),
-        masks.data_ptr(),
-        out.data_ptr(),
-        mass.data_ptr(),
-        gf.data_ptr() if need_f else 0,
-        gm.data_ptr() if need_m else 0,
-        B,
-        S,
-        C,
-        D,
-        H * W,
+        dev=dev,
+        stream=stream,
+        dt=_native.DTYPE_CODES[features.dtype],
+        g=grad.data_ptr(),
+        feat=features.data_ptr(),
+        masks=masks.data_ptr(),
+        out=out.data_ptr(),
+        mass=mass.data_ptr(),
+        gfeat=gf.data_ptr() if need_f else 0,
+        gmasks=gm.data_ptr() if need_m else 0,
+        B=B,
+        S=S,
+        C=C,
+        D=D,
+        HW=H * W,
     )
     return gf, gm
 
