@@ -199,7 +199,10 @@ def combine(
     """The report with ``run`` added: its rows replace the earlier rows of the same
     algorithms, earlier rows of other algorithms stay with the run that made them (each
     row names its run by ``run``, each run records its command, date, commit and
-    environment). ``previous``: the report so far (None: a new file)."""
+    environment). ``previous``: the report so far (None: a new file).
+
+    At the top, ``git_commit`` and ``environment`` are those of ``run``, the run that wrote
+    the file, and ``git_dirty`` is true when any run's tree was not a clean commit."""
     if previous is not None and "runs" not in previous:
         previous = _legacy_runs(previous)
     earlier_runs = previous["runs"] if previous else []
@@ -213,7 +216,9 @@ def combine(
         "schema": "medmeta-bench-protocols/2",
         "device": "cpu",
         "runs": runs,
+        "git_commit": run.get("git_commit"),
         "git_dirty": any(r.get("git_dirty") is not False for r in runs),
+        "environment": run.get("environment"),
         "results": results,
     }
 

@@ -92,6 +92,7 @@ def test_a_file_with_one_command_keeps_it_only_for_the_rows_it_made() -> None:
     assert runs[rows["protonet"]]["command"] is None  # not recorded: said, not guessed
     assert "not recorded" in runs[rows["protonet"]]["note"]
     assert report["git_dirty"]  # runs of unknown provenance are not a clean commit
+    assert report["git_commit"] == "abc"  # the run that wrote the file
     assert "(not recorded)" in protocols.markdown(report)
 
 
