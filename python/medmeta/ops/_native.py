@@ -152,6 +152,13 @@ def check_cuda() -> None:
     _cuda_ok = True
 
 
+def launch(kernel: str, like: torch.Tensor, **arguments: object) -> None:
+    """Call ``medmeta._C.<kernel>`` with its named ``arguments``, on ``like``'s device and
+    stream and for its dtype (the ``dev``, ``stream`` and ``dt`` every kernel binding takes)."""
+    dev, stream = device_args(like)
+    getattr(lib(), kernel)(dev=dev, stream=stream, dt=DTYPE_CODES[like.dtype], **arguments)
+
+
 def device_args(t: torch.Tensor) -> tuple[int, int]:
     """(device index, stream handle) for a kernel call on ``t``'s device; -1 means the CPU."""
     if t.device.type == "cpu":

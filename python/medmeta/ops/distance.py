@@ -16,11 +16,9 @@ def _forward_native(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tens
     N = y.shape[1]
     out = x.new_empty((B, Q, N))
     ws = torch.empty(B * (Q + N), dtype=_native.acc_dtype(x.dtype), device=x.device)
-    dev, stream = _native.device_args(x)
-    _native.lib().distance_forward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[x.dtype],
+    _native.launch(
+        "distance_forward",
+        x,
         x=x.data_ptr(),
         y=y.data_ptr(),
         out=out.data_ptr(),
@@ -49,11 +47,9 @@ def _backward_native(
     gx = torch.empty_like(x) if need_x else x.new_empty(0)
     gy = torch.empty_like(y) if need_y else y.new_empty(0)
     ws = torch.empty(B * (Q + N), dtype=_native.acc_dtype(x.dtype), device=x.device)
-    dev, stream = _native.device_args(x)
-    _native.lib().distance_backward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[x.dtype],
+    _native.launch(
+        "distance_backward",
+        x,
         g=grad.data_ptr(),
         x=x.data_ptr(),
         y=y.data_ptr(),

@@ -29,11 +29,9 @@ def _forward_into(
 ) -> None:
     if not params:
         return
-    dev, stream = _native.device_args(params[0])  # callers pass contiguous tensors
-    _native.lib().inner_update_forward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[params[0].dtype],
+    _native.launch(
+        "inner_update_forward",
+        params[0],  # callers pass contiguous tensors
         params=[p.data_ptr() for p in params],
         grads=[g.data_ptr() for g in grads],
         lrs=[a.data_ptr() for a in lrs] if lrs else [0] * len(params),

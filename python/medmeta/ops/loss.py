@@ -30,11 +30,9 @@ def _forward_native(
     dist = torch.empty((B, Q, N), dtype=acc_dtype, device=queries.device)
     lse = torch.empty((B, Q), dtype=acc_dtype, device=queries.device)
     ws = torch.empty(B * (Q + N) + B * Q * N, dtype=acc_dtype, device=queries.device)
-    dev, stream = _native.device_args(queries)
-    _native.lib().protoloss_forward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[queries.dtype],
+    _native.launch(
+        "protoloss_forward",
+        queries,
         q=queries.data_ptr(),
         p=prototypes.data_ptr(),
         t=targets.data_ptr(),
@@ -76,11 +74,9 @@ def _backward_native(
     gq = torch.empty_like(queries) if need_q else queries.new_empty(0)
     gp = torch.empty_like(prototypes) if need_p else prototypes.new_empty(0)
     ws = torch.empty(B * (Q + N) + B * Q * N, dtype=dist.dtype, device=queries.device)
-    dev, stream = _native.device_args(queries)
-    _native.lib().protoloss_backward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[queries.dtype],
+    _native.launch(
+        "protoloss_backward",
+        queries,
         gl=grad_loss.data_ptr(),
         q=queries.data_ptr(),
         p=prototypes.data_ptr(),

@@ -24,11 +24,9 @@ def _forward_native(
     wsum = torch.empty(
         (B, n_way), dtype=_native.acc_dtype(embeddings.dtype), device=embeddings.device
     )
-    dev, stream = _native.device_args(embeddings)
-    _native.lib().prototypes_forward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[embeddings.dtype],
+    _native.launch(
+        "prototypes_forward",
+        embeddings,
         emb=embeddings.data_ptr(),
         labels=labels.data_ptr(),
         w=_native.ptr(weights),
@@ -63,11 +61,9 @@ def _backward_native(
     B, S, D = embeddings.shape
     ge = torch.empty_like(embeddings) if need_emb else embeddings.new_empty(0)
     gw = embeddings.new_empty((B, S)) if need_w else embeddings.new_empty(0)
-    dev, stream = _native.device_args(embeddings)
-    _native.lib().prototypes_backward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[embeddings.dtype],
+    _native.launch(
+        "prototypes_backward",
+        embeddings,
         g=grad.data_ptr(),
         emb=embeddings.data_ptr(),
         labels=labels.data_ptr(),
@@ -264,11 +260,9 @@ def _masked_forward_native(
     C = masks.shape[2]
     out = features.new_empty((B, C, D))
     mass = torch.empty((B, C), dtype=_native.acc_dtype(features.dtype), device=features.device)
-    dev, stream = _native.device_args(features)
-    _native.lib().masked_prototypes_forward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[features.dtype],
+    _native.launch(
+        "masked_prototypes_forward",
+        features,
         feat=features.data_ptr(),
         masks=masks.data_ptr(),
         out=out.data_ptr(),
@@ -297,11 +291,9 @@ def _masked_backward_native(
     C = masks.shape[2]
     gf = torch.empty_like(features) if need_f else features.new_empty(0)
     gm = torch.empty_like(masks) if need_m else masks.new_empty(0)
-    dev, stream = _native.device_args(features)
-    _native.lib().masked_prototypes_backward(
-        dev=dev,
-        stream=stream,
-        dt=_native.DTYPE_CODES[features.dtype],
+    _native.launch(
+        "masked_prototypes_backward",
+        features,
         g=grad.data_ptr(),
         feat=features.data_ptr(),
         masks=masks.data_ptr(),
