@@ -43,7 +43,7 @@ MEDMETA_API int medmeta_class_prototypes_f32(const float* embeddings, const int6
                                  int64_t n_classes, int64_t dim, float* prototypes, float* counts);
 
 /* Distances between rows: x [batch, n_x, dim] and y [batch, n_y, dim] -> out [batch, n_x, n_y].
- * workspace holds at least batch * (n_x + n_y) floats. */
+ * workspace: unused (the row norms are computed per tile); may be NULL. */
 MEDMETA_API int medmeta_pairwise_distances_f32(const float* x, const float* y, int64_t batch, int64_t n_x,
                                    int64_t n_y, int64_t dim, int metric, float* out, float* workspace);
 

@@ -1,6 +1,7 @@
 // Batched pairwise distances between episode rows: x [B,Q,D], y [B,N,D] -> out [B,Q,N].
-// All buffers are contiguous and of dtype `dt`; `workspace` holds B*(Q+N) elements of the
-// accumulation type (float64 for float64, float32 otherwise) for the squared row norms.
+// All buffers are contiguous and of dtype `dt`. `workspace`: B*(Q+N) elements of the
+// accumulation type (float64 for float64, float32 otherwise) for the squared row norms, read
+// only by the CUDA backward with the cosine metric; the other entries ignore it (may be null).
 #pragma once
 
 #include <cstdint>

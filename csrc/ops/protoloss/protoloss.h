@@ -4,7 +4,9 @@
 //   -> loss [B] and accuracy [B] (dtype dt): the mean NLL and the top-1 accuracy over Q.
 // Saved for backward, in the accumulation type (float64 for float64, else float32):
 //   dist [B,Q,N] (the distances) and lse [B,Q] (log-sum-exp of the logits -dist/T).
-// workspace: protoloss_workspace_elems(B,Q,N) elements of the accumulation type.
+// workspace, in the accumulation type: the forward needs 2*B*Q elements (per-query NLL and hits
+// on the CPU, per-tile sums on CUDA); the backward needs B*(Q+N) on CUDA with the cosine metric
+// (row norms) and none otherwise. protoloss_workspace_elems is enough for either.
 #pragma once
 
 #include <cstdint>
@@ -13,7 +15,9 @@
 
 namespace medmeta {
 
-inline int64_t protoloss_workspace_elems(int64_t B, int64_t Q, int64_t N) { return B * (Q + N) + B * Q * N; }
+inline int64_t protoloss_workspace_elems(int64_t B, int64_t Q, int64_t N) {
+  return 2 * B * Q > B * (Q + N) ? 2 * B * Q : B * (Q + N);
+}
 
 void protoloss_forward_cpu(DType dt, const void* queries, const void* protos, const int64_t* targets, void* loss,
                            void* accuracy, void* dist, void* lse, void* workspace, int64_t B, int64_t Q, int64_t N,

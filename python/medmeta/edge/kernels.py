@@ -153,9 +153,8 @@ def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, n_way: int) -> 
 
 def _distance(x: np.ndarray, y: np.ndarray, B: int, Q: int, N: int, D: int, metric: str):
     out = np.empty((B, Q, N), np.float32)
-    workspace = np.empty(max(B * (Q + N), 1), np.float32)
     _call("medmeta_pairwise_distances_f32", _f32(x), _f32(y), B, Q, N, D, _metric(metric),
-          _f32(out), _f32(workspace))  # fmt: skip
+          _f32(out), None)  # fmt: skip
     return out
 
 

@@ -15,7 +15,8 @@ from medmeta.ops._native import CudaVersionError, NativeLoadError
 from medmeta.ops.distance import pairwise_distance
 from medmeta.ops.inner_update import inner_update, inner_update_
 from medmeta.ops.loss import prototypical_loss
-from medmeta.ops.prototypes import masked_prototypes, prototypes
+from medmeta.ops.masked_prototypes import masked_prototypes
+from medmeta.ops.prototypes import prototypes
 
 __all__ = [
     "CudaVersionError",

@@ -118,10 +118,23 @@ _backend_env: str | None = None
 _backend_name = "native"
 
 
+# os.environ's own mapping, read directly: os.environ.get costs ~0.5 us per call, and every
+# op asks once per call. Assignments through os.environ (and monkeypatch) update it.
+_environ: dict = getattr(os.environ, "_data", {})
+_backend_key = os.environ.encodekey("MEDMETA_BACKEND") if _environ else None
+
+
+def _backend_variable() -> str | None:
+    if _backend_key is None:
+        return os.environ.get("MEDMETA_BACKEND")
+    raw = _environ.get(_backend_key)
+    return os.environ.decodevalue(raw) if raw is not None else None
+
+
 def backend() -> str:
     """The backend selected by ``MEDMETA_BACKEND`` (``native``, the default, or ``reference``)."""
     global _backend_env, _backend_name
-    raw = os.environ.get("MEDMETA_BACKEND")
+    raw = _backend_variable()
     if raw != _backend_env:  # parse only when the variable changes
         name = (raw or "native").strip().lower() or "native"
         if name not in BACKENDS:
@@ -177,6 +190,11 @@ def device_args(t: torch.Tensor) -> tuple[int, int]:
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of the kernels: float64 for float64, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def workspace(like: torch.Tensor, elements: int) -> torch.Tensor:
+    """Kernel scratch of ``elements`` values of ``like``'s accumulation dtype, on its device."""
+    return torch.empty(elements, dtype=acc_dtype(like.dtype), device=like.device)
 
 
 def ptr(t: torch.Tensor | None) -> int:

@@ -4,192 +4,102 @@ from __future__ import annotations
 
 import torch
 
-from medmeta.ops import _autograd, _checks, _native, _reference
+from medmeta.ops import _checks, _native, _reference
+from medmeta.ops._register import NativeOp
 
 _OP = "prototypical_loss"
 _METRICS = tuple(_native.METRIC_CODES)
+_COSINE = _native.METRIC_CODES["cosine"]
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _forward_native(
+def _checked(
+    queries: object, prototypes: object, targets: object, metric: object, temperature: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, float]:
+    code = _checks.metric(_OP, metric)
+    temperature = _checks.positive_float(_OP, "temperature", temperature)
+    queries = _checks.tensor(_OP, "queries", queries, 3, "[B,Q,D]")
+    prototypes = _checks.tensor(_OP, "prototypes", prototypes, 3, "[B,N,D]")
+    queries, prototypes = _checks.autocast_float32(queries, prototypes)
+    _checks.floating(_OP, ("queries", "prototypes"), (queries, prototypes))
+    B, Q, D = queries.shape
+    N = prototypes.shape[1]
+    _checks.same_size(
+        _OP, "batch size (dim 0) equal to queries'", B, "prototypes", prototypes.shape[0]
+    )
+    _checks.same_size(
+        _OP, "feature size (dim 2) equal to queries'", D, "prototypes", prototypes.shape[2]
+    )
+    for name, t, size, what in (
+        ("prototypes", prototypes, N, "class"),
+        ("queries", queries, Q, "query per episode"),
+    ):
+        if B > 0 and size == 0:
+            raise ValueError(
+                f"{_OP}: '{name}' must have at least one {what} (dim 1), got shape {list(t.shape)}"
+            )
+    targets = _checks.labels(_OP, "targets", targets, (B, Q), N, queries.device)
+    return queries.contiguous(), prototypes.contiguous(), targets, code, temperature
+
+
+def _forward(
     queries: torch.Tensor,
     prototypes: torch.Tensor,
     targets: torch.Tensor,
     metric: int,
     temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    queries, prototypes, targets = (
-        queries.contiguous(),
-        prototypes.contiguous(),
-        targets.contiguous(),
+) -> Outputs:
+    q, p, t = queries, prototypes, targets
+    (B, Q, D), N = q.shape, p.shape[1]
+    loss, accuracy = q.new_empty(B), q.new_empty(B)
+    dist, lse = (
+        _native.workspace(q, B * Q * N).view(B, Q, N),
+        _native.workspace(q, B * Q).view(B, Q),
     )
-    B, Q, D = queries.shape
-    N = prototypes.shape[1]
-    acc_dtype = _native.acc_dtype(queries.dtype)
-    loss = queries.new_empty(B)
-    accuracy = queries.new_empty(B)
-    dist = torch.empty((B, Q, N), dtype=acc_dtype, device=queries.device)
-    lse = torch.empty((B, Q), dtype=acc_dtype, device=queries.device)
-    ws = torch.empty(B * (Q + N) + B * Q * N, dtype=acc_dtype, device=queries.device)
+    ws = _native.workspace(q, 2 * B * Q)  # per-query NLL and hits (CPU), per-tile sums (CUDA)
     _native.launch(
-        "protoloss_forward",
-        queries,
-        q=queries.data_ptr(),
-        p=prototypes.data_ptr(),
-        t=targets.data_ptr(),
-        loss=loss.data_ptr(),
-        acc=accuracy.data_ptr(),
-        dist=dist.data_ptr(),
-        lse=lse.data_ptr(),
-        ws=ws.data_ptr(),
-        B=B,
-        Q=Q,
-        N=N,
-        D=D,
-        metric=metric,
-        inv_t=1.0 / temperature,
-    )
+        "protoloss_forward", q, q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(), loss=loss.data_ptr(),
+        acc=accuracy.data_ptr(), dist=dist.data_ptr(), lse=lse.data_ptr(), ws=ws.data_ptr(),
+        B=B, Q=Q, N=N, D=D, metric=metric, inv_t=1.0 / temperature,
+    )  # fmt: skip
     return loss, accuracy, dist, lse
 
 
-def _backward_native(
-    grad_loss: torch.Tensor,
-    queries: torch.Tensor,
-    prototypes: torch.Tensor,
-    targets: torch.Tensor,
-    dist: torch.Tensor,
-    lse: torch.Tensor,
-    metric: int,
-    temperature: float,
-    need_q: bool,
-    need_p: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    queries, prototypes, targets = (
-        queries.contiguous(),
-        prototypes.contiguous(),
-        targets.contiguous(),
-    )
-    grad_loss, dist, lse = grad_loss.contiguous(), dist.contiguous(), lse.contiguous()
-    B, Q, D = queries.shape
-    N = prototypes.shape[1]
-    gq = torch.empty_like(queries) if need_q else queries.new_empty(0)
-    gp = torch.empty_like(prototypes) if need_p else prototypes.new_empty(0)
-    ws = torch.empty(B * (Q + N) + B * Q * N, dtype=dist.dtype, device=queries.device)
+def _fake(queries, prototypes, targets, metric, temperature) -> Outputs:
+    (B, Q, _), N, acc = queries.shape, prototypes.shape[1], _native.acc_dtype(queries.dtype)
+    new = queries.new_empty
+    return new(B), new(B), new((B, Q, N), dtype=acc), new((B, Q), dtype=acc)
+
+
+def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]:
+    (grad, *_), (q, p, t, metric, temperature) = upstream, args
+    (_, _, dist, lse), (need_q, need_p) = outputs, needs
+    grad = grad.contiguous()  # kept alive (bound) until the kernel has run
+    (B, Q, D), N = q.shape, p.shape[1]
+    gq = torch.empty_like(q) if need_q else None
+    gp = torch.empty_like(p) if need_p else None
+    # the CUDA kernels keep the cosine's row norms there; the CPU kernels need nothing
+    ws = _native.workspace(q, B * (Q + N)) if metric == _COSINE and q.is_cuda else None
     _native.launch(
-        "protoloss_backward",
-        queries,
-        gl=grad_loss.data_ptr(),
-        q=queries.data_ptr(),
-        p=prototypes.data_ptr(),
-        t=targets.data_ptr(),
-        dist=dist.data_ptr(),
-        lse=lse.data_ptr(),
-        gq=gq.data_ptr() if need_q else 0,
-        gp=gp.data_ptr() if need_p else 0,
-        ws=ws.data_ptr(),
-        B=B,
-        Q=Q,
-        N=N,
-        D=D,
-        metric=metric,
-        inv_t=1.0 / temperature,
-    )
+        "protoloss_backward", q, gl=grad.data_ptr(), q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(),
+        dist=dist.data_ptr(), lse=lse.data_ptr(), gq=_native.ptr(gq), gp=_native.ptr(gp),
+        ws=_native.ptr(ws), B=B, Q=Q, N=N, D=D, metric=metric, inv_t=1.0 / temperature,
+    )  # fmt: skip
     return gq, gp
 
 
-@torch.library.custom_op("medmeta::prototypical_loss", mutates_args=())
-def _loss_op(
-    queries: torch.Tensor,
-    prototypes: torch.Tensor,
-    targets: torch.Tensor,
-    metric: int,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward_native(queries, prototypes, targets, metric, temperature)
-
-
-@_loss_op.register_fake
-def _(queries, prototypes, targets, metric, temperature):
-    B, Q, _ = queries.shape
-    N = prototypes.shape[1]
-    acc_dtype = _native.acc_dtype(queries.dtype)
-    return (
-        queries.new_empty(B),
-        queries.new_empty(B),
-        queries.new_empty((B, Q, N), dtype=acc_dtype),
-        queries.new_empty((B, Q), dtype=acc_dtype),
-    )
-
-
-@torch.library.custom_op("medmeta::prototypical_loss_backward", mutates_args=())
-def _loss_backward_op(
-    grad_loss: torch.Tensor,
-    queries: torch.Tensor,
-    prototypes: torch.Tensor,
-    targets: torch.Tensor,
-    dist: torch.Tensor,
-    lse: torch.Tensor,
-    metric: int,
-    temperature: float,
-    need_q: bool,
-    need_p: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _backward_native(
-        grad_loss, queries, prototypes, targets, dist, lse, metric, temperature, need_q, need_p
-    )
-
-
-@_loss_backward_op.register_fake
-def _(grad_loss, queries, prototypes, targets, dist, lse, metric, temperature, need_q, need_p):
-    return (
-        torch.empty_like(queries) if need_q else queries.new_empty(0),
-        torch.empty_like(prototypes) if need_p else prototypes.new_empty(0),
-    )
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    queries, prototypes, targets, metric, temperature = inputs
-    _, accuracy, dist, lse = output
-    ctx.mark_non_differentiable(accuracy, dist, lse)
-    ctx.save_for_backward(queries, prototypes, targets, dist, lse)
-    ctx.metric, ctx.temperature = metric, temperature
-
-
-def _backward(ctx, grad_loss, _grad_acc, _grad_dist, _grad_lse, native) -> tuple:
-    queries, prototypes, targets, dist, lse = ctx.saved_tensors
-    need_q, need_p = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    if _autograd.higher_order():
-        gq, gp = _autograd.reference_vjp(
-            lambda q, p: _reference.prototypical_loss(
-                q, p, targets, _METRICS[ctx.metric], ctx.temperature
-            )[0],
-            (queries, prototypes),
-            (need_q, need_p),
-            (grad_loss,),
-        )
-        return gq, gp, None, None, None
-    gq, gp = native(
-        grad_loss,
-        queries,
-        prototypes,
-        targets,
-        dist,
-        lse,
-        ctx.metric,
-        ctx.temperature,
-        need_q,
-        need_p,
-    )
-    return (gq if need_q else None), (gp if need_p else None), None, None, None
-
-
-_loss_op.register_autograd(
-    lambda ctx, *grads: _backward(ctx, *grads, _loss_backward_op), setup_context=_setup_context
-)
-_LossFunction = _autograd.native_function(
-    "_LossFunction",
-    _forward_native,
-    _setup_context,
-    lambda ctx, *grads: _backward(ctx, *grads, _backward_native),
+_op = NativeOp(
+    _OP,
+    checks=_checked,
+    forward=_forward,
+    fake=_fake,
+    backward=_backward,
+    reference=lambda q, p, t, metric, temperature: _reference.prototypical_loss(
+        q, p, t, _METRICS[metric], temperature
+    ),
+    result=lambda outputs: (outputs[0], outputs[1]),
+    differentiable=(0, 1),
+    saved_outputs=(2, 3),
 )
 
 
@@ -218,36 +128,4 @@ def prototypical_loss(
         ``(loss [B], accuracy [B])``; the loss is differentiable in queries and prototypes,
         the accuracy (top-1, first index on ties) is not.
     """
-    code = _checks.metric(_OP, metric)
-    temperature = _checks.positive_float(_OP, "temperature", temperature)
-    queries = _checks.tensor(_OP, "queries", queries, 3, "[B,Q,D]")
-    prototypes = _checks.tensor(_OP, "prototypes", prototypes, 3, "[B,N,D]")
-    queries, prototypes = _checks.autocast_float32(queries, prototypes)
-    _checks.floating(_OP, ("queries", "prototypes"), (queries, prototypes))
-    B, Q, D = queries.shape
-    _checks.same_size(
-        _OP, "batch size (dim 0) equal to queries'", B, "prototypes", prototypes.shape[0]
-    )
-    _checks.same_size(
-        _OP, "feature size (dim 2) equal to queries'", D, "prototypes", prototypes.shape[2]
-    )
-    N = prototypes.shape[1]
-    if B > 0 and N == 0:
-        raise ValueError(
-            f"{_OP}: 'prototypes' must have at least one class (dim 1), got shape {list(prototypes.shape)}"
-        )
-    if B > 0 and Q == 0:
-        raise ValueError(
-            f"{_OP}: 'queries' must have at least one query per episode (dim 1), got shape {list(queries.shape)}"
-        )
-    targets = _checks.labels(_OP, "targets", targets, (B, Q), N, queries.device)
-    if _native.use_reference():
-        return _reference.prototypical_loss(queries, prototypes, targets, metric, temperature)
-    queries, prototypes = queries.contiguous(), prototypes.contiguous()
-    if torch.compiler.is_compiling():
-        loss, accuracy, _, _ = _loss_op(queries, prototypes, targets, code, temperature)
-    elif not (torch.is_grad_enabled() and (queries.requires_grad or prototypes.requires_grad)):
-        loss, accuracy, _, _ = _forward_native(queries, prototypes, targets, code, temperature)
-    else:
-        loss, accuracy, _, _ = _LossFunction.apply(queries, prototypes, targets, code, temperature)
-    return loss, accuracy
+    return _op(queries, prototypes, targets, metric, temperature)
