@@ -30,8 +30,9 @@ def test_argument_kinds_parse_a_schema():
 
 def _count_native_calls(monkeypatch, op):
     calls = []
-    forward = op._forward
-    monkeypatch.setattr(op, "_forward", lambda *a: calls.append(1) or forward(*a))
+    for path in ("_forward", "_inference"):
+        native = getattr(op, path)
+        monkeypatch.setattr(op, path, lambda *a, native=native: calls.append(1) or native(*a))
     return calls
 
 
@@ -80,3 +81,25 @@ def test_the_backward_op_never_returns_an_input(gen):
     )
     torch.testing.assert_close(g_params, up[0])
     assert g_params.data_ptr() != up[0].data_ptr()
+
+
+def test_a_kernel_call_must_name_exactly_the_bindings_arguments():
+    """Kernels are called by name (the order is the binding's own), so a swapped pair of
+    sizes cannot reach the kernel; a misspelt, missing or extra name is an error."""
+    from medmeta.ops import _native
+
+    x, out = torch.tensor([[[1.0, 2.0]]]), torch.zeros(1, 1, 2)
+    y = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
+    sizes = dict(B=1, Q=1, N=2, D=2)
+    distance = _native.kernel("distance_forward")
+    distance(x, x=x.data_ptr(), y=y.data_ptr(), out=out.data_ptr(), ws=0, metric=0, **sizes)
+    torch.testing.assert_close(out, torch.tensor([[[5.0, 4.0]]]))
+    pointers = dict(x=x.data_ptr(), y=y.data_ptr(), out=out.data_ptr(), ws=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'metrik'"):
+        distance(x, **pointers, **sizes, metrik=0)
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'metric'"):
+        distance(x, **pointers, **sizes)
+    with pytest.raises(TypeError, match="positional"):
+        distance(x, x.data_ptr(), y.data_ptr(), out.data_ptr(), 0, 1, 1, 2, 2, 0)
+    scan = _native.kernel("first_not_positive")
+    assert scan(v=y.data_ptr(), n=4, dt=0) == 0 and scan(v=x.data_ptr(), n=2, dt=0) == -1

@@ -8,7 +8,6 @@ device synchronisation, so :func:`set_value_checks` can turn them off for peak s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 
 import torch
 
@@ -51,6 +50,26 @@ def tensor(op: str, name: str, value: object, ndim: int, layout: str) -> torch.T
 
 def floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """All tensors share one floating dtype that the kernels of their device support."""
+    first = tensors[0]
+    dtype, index = first.dtype, first.get_device()
+    if first.is_cpu:
+        allowed: tuple[torch.dtype, ...] = _native.CPU_DTYPES
+    elif first.is_cuda:
+        allowed = _native.CUDA_DTYPES
+    else:
+        allowed = ()
+    for t in tensors:  # the common case: attribute reads only, no device objects
+        if t.dtype is not dtype or t.get_device() != index or t.is_cpu is not first.is_cpu:
+            break
+    else:
+        if dtype in allowed:
+            return dtype
+    _explain_floating(op, names, tensors)
+    return dtype
+
+
+def _explain_floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> None:
+    """Raise the error that names the tensor :func:`floating` rejected."""
     first, dtype, device = names[0], tensors[0].dtype, tensors[0].device
     for name, t in zip(names, tensors, strict=True):
         if t.device != device:
@@ -68,10 +87,8 @@ def floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> 
         allowed = _native.CUDA_DTYPES
     else:
         raise ValueError(f"{op}: tensors must be on a CPU or CUDA device, got {device}")
-    if dtype not in allowed:
-        names_ = ", ".join(str(d).removeprefix("torch.") for d in allowed)
-        raise TypeError(f"{op}: '{first}' must have dtype {names_} on {device.type}, got {dtype}")
-    return dtype
+    names_ = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+    raise TypeError(f"{op}: '{first}' must have dtype {names_} on {device.type}, got {dtype}")
 
 
 def autocast_float32(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -95,21 +112,20 @@ def labels(
     """Integer class labels of ``shape`` with values in [0, n), as a contiguous int64 tensor."""
     layout = "[" + ",".join(str(s) for s in shape) + "]"
     t = tensor(op, name, value, len(shape), layout)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(
-            f"{op}: '{name}' must hold integer class indices (int64), got dtype {t.dtype}"
-        )
-    if tuple(t.shape) != tuple(shape):
+    if t.dtype is not torch.int64:
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(
+                f"{op}: '{name}' must hold integer class indices (int64), got dtype {t.dtype}"
+            )
+        t = t.to(torch.int64)
+    if t.shape != shape:
         raise ValueError(f"{op}: '{name}' must have shape {layout}, got {_shape(t)}")
     if t.device != device:
         raise ValueError(f"{op}: '{name}' is on {t.device} but the data is on {device}")
-    if t.dtype != torch.int64:
-        t = t.to(torch.int64)
     t = t.contiguous()
     if value_checks_enabled() and t.numel() > 0:
-        scan = native_cpu(t)
-        if scan is not None:
-            i = scan.first_out_of_range(v=t.data_ptr(), n=t.numel(), hi=n)
+        if t.is_cpu and not _native.use_reference():
+            i = _native.kernel("first_out_of_range")(v=t.data_ptr(), n=t.numel(), hi=n)
             bad = None if i < 0 else int(t.view(-1)[i])
         else:
             lo, hi = torch.aminmax(t)
@@ -119,18 +135,15 @@ def labels(
     return t
 
 
-def native_cpu(t: torch.Tensor) -> ModuleType | None:
-    """The native module when ``t`` is a CPU tensor the native scans can read, else None."""
-    if t.device.type != "cpu" or _native.use_reference():
-        return None
-    return _native.lib()
+def native_cpu(t: torch.Tensor) -> bool:
+    """Whether the native CPU scans (``_native.kernel("first_...")``) can read ``t``."""
+    return t.is_cpu and not _native.use_reference()
 
 
 def first_not_positive(values: torch.Tensor) -> int:
     """Flat index of the first value that is not > 0 (zero, negative, NaN), or -1."""
-    scan = native_cpu(values)
-    if scan is not None and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
-        return scan.first_not_positive(
+    if native_cpu(values) and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
+        return _native.kernel("first_not_positive")(
             v=values.data_ptr(), n=values.numel(), dt=_native.DTYPE_CODES[values.dtype]
         )
     bad = (~(values > 0)).view(-1).nonzero()

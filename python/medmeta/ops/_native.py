@@ -8,6 +8,8 @@ pure-torch references are used only when asked for with ``MEDMETA_BACKEND=refere
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -165,16 +167,50 @@ def check_cuda() -> None:
     _cuda_ok = True
 
 
-def launch(kernel: str, like: torch.Tensor, **arguments: object) -> None:
-    """Call ``medmeta._C.<kernel>`` with its named ``arguments``, on ``like``'s device and
-    stream and for its dtype (the ``dev``, ``stream`` and ``dt`` every kernel binding takes)."""
-    dev, stream = device_args(like)
-    getattr(lib(), kernel)(dev=dev, stream=stream, dt=DTYPE_CODES[like.dtype], **arguments)
+_kernels: dict[str, Callable[..., Any]] = {}
+_DEVICE_PREFIX = ("dev", "stream", "dt")
+
+
+def kernel(name: str) -> Callable[..., Any]:
+    """``medmeta._C.<name>`` as a Python function taking its arguments by name.
+
+    A kernel binding (its first arguments ``dev, stream, dt``) becomes
+    ``f(like, *, <the others>)``: the device, stream and dtype code come from the tensor
+    ``like``. Any other binding (the CPU data scans) becomes ``f(*, <its arguments>)``. The
+    functions are generated once from the signature pybind11 writes at the top of the
+    binding's docstring, so a misspelt, missing or extra name is a TypeError at the call, and
+    the binding itself is called positionally: pybind11 matches keywords at ~0.2 us each.
+    """
+    fn = _kernels.get(name)
+    if fn is None:
+        fn = _kernels[name] = _named_call(name)
+    return fn
+
+
+def _named_call(name: str) -> Callable[..., Any]:
+    binding = getattr(lib(), name)
+    header = binding.__doc__.split(" -> ", 1)[0]
+    names = re.findall(r"[(,]\s*(\w+):", header)
+    if not names or not header.startswith(f"{name}("):
+        raise RuntimeError(f"medmeta._C.{name}: unexpected signature {header!r}")
+    if tuple(names[:3]) == _DEVICE_PREFIX:
+        rest = ", ".join(names[3:])
+        source = (
+            f"def {name}(like, *, {rest}):\n"
+            f"    dev, stream = device_args(like)\n"
+            f"    return binding(dev, stream, codes[like.dtype], {rest})\n"
+        )
+    else:
+        rest = ", ".join(names)
+        source = f"def {name}(*, {rest}):\n    return binding({rest})\n"
+    namespace = {"binding": binding, "device_args": device_args, "codes": DTYPE_CODES}
+    exec(compile(source, f"<medmeta._C.{name}>", "exec"), namespace)
+    return namespace[name]
 
 
 def device_args(t: torch.Tensor) -> tuple[int, int]:
     """(device index, stream handle) for a kernel call on ``t``'s device; -1 means the CPU."""
-    if t.device.type == "cpu":
+    if t.is_cpu:
         global _threads
         n = torch.get_num_threads()
         if n != _threads:  # keep the OpenMP kernels at torch's thread count
@@ -192,9 +228,11 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def workspace(like: torch.Tensor, elements: int) -> torch.Tensor:
-    """Kernel scratch of ``elements`` values of ``like``'s accumulation dtype, on its device."""
-    return torch.empty(elements, dtype=acc_dtype(like.dtype), device=like.device)
+def workspace(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` in ``like``'s accumulation dtype, on its device."""
+    return like.new_empty(
+        shape, dtype=torch.float64 if like.dtype is torch.float64 else torch.float32
+    )
 
 
 def ptr(t: torch.Tensor | None) -> int:

@@ -62,6 +62,8 @@ class NativeOp:
         checks: ``checks(*public_arguments) -> arguments`` of ``forward`` (validated,
             contiguous); raises with the argument's name, what was expected and what came.
         forward: the native forward, annotated (its annotations are the custom op's schema).
+        inference: the forward of calls that need no gradient, if cheaper: it may skip the
+            outputs only the backward reads (default: ``forward``).
         fake: the outputs' shapes and dtypes for the same arguments (no data read).
         backward: the native backward (see the module docstring).
         reference: the pure-torch formula for the same arguments, returning at least the
@@ -85,9 +87,11 @@ class NativeOp:
         differentiable: Sequence[int],
         differentiable_outputs: Sequence[int] = (0,),
         saved_outputs: Sequence[int] = (),
+        inference: Callable | None = None,
     ) -> None:
         self.name = name
         self._checks, self._forward, self._backward = checks, forward, backward
+        self._inference = inference or forward
         self._reference, self._result = reference, result
         self._differentiable = tuple(differentiable)
         self._differentiable_outputs = tuple(differentiable_outputs)
@@ -119,7 +123,7 @@ class NativeOp:
             return self._result(self.op(*args))
         if torch.is_grad_enabled() and self._requires_grad(args):
             return self._result(self._apply(args))
-        return self._result(self._forward(*args))  # nothing to differentiate: no autograd
+        return self._result(self._inference(*args))  # nothing to differentiate: no autograd
 
     def _requires_grad(self, args: tuple) -> bool:
         for i in self._differentiable:

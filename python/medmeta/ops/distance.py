@@ -27,8 +27,8 @@ def _forward(x: torch.Tensor, y: torch.Tensor, metric: int) -> torch.Tensor:
     B, Q, D = x.shape
     N = y.shape[1]
     out = x.new_empty((B, Q, N))
-    _native.launch(
-        "distance_forward", x, x=x.data_ptr(), y=y.data_ptr(), out=out.data_ptr(), ws=0,
+    _native.kernel("distance_forward")(
+        x, x=x.data_ptr(), y=y.data_ptr(), out=out.data_ptr(), ws=0,
         B=B, Q=Q, N=N, D=D, metric=metric,
     )  # fmt: skip
     return out
@@ -47,8 +47,8 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
     gy = torch.empty_like(y) if need_y else None
     # the CUDA kernels keep the cosine's row norms there; the CPU kernels need nothing
     ws = _native.workspace(x, B * (Q + N)) if metric == _COSINE and x.is_cuda else None
-    _native.launch(
-        "distance_backward", x, g=grad.data_ptr(), x=x.data_ptr(),
+    _native.kernel("distance_backward")(
+        x, g=grad.data_ptr(), x=x.data_ptr(),
         y=y.data_ptr(), out=out.data_ptr(), gx=_native.ptr(gx), gy=_native.ptr(gy),
         ws=_native.ptr(ws), B=B, Q=Q, N=N, D=D, metric=metric,
     )  # fmt: skip

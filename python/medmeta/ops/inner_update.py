@@ -19,8 +19,8 @@ Lists = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], float]
 
 
 def _launch_forward(params, grads, lrs, lr: float, outs) -> None:
-    _native.launch(
-        "inner_update_forward", params[0], params=[p.data_ptr() for p in params],
+    _native.kernel("inner_update_forward")(
+        params[0], params=[p.data_ptr() for p in params],
         grads=[g.data_ptr() for g in grads], lrs=[a.data_ptr() for a in lrs] if lrs else [0] * len(params),
         outs=[o.data_ptr() for o in outs], numels=[p.numel() for p in params],
         lr_numels=[a.numel() for a in lrs] if lrs else [1] * len(params), lr_scalar=lr,
@@ -56,8 +56,8 @@ def _backward(upstream, args, outputs, needs) -> tuple[list[torch.Tensor] | None
     scratch, partials = (
         _rate_partials(grads, lrs, acc) if need_lr and grads[0].is_cuda else (None, [])
     )
-    _native.launch(
-        "inner_update_backward", grads[0], grad_outs=[u.data_ptr() for u in up],
+    _native.kernel("inner_update_backward")(
+        grads[0], grad_outs=[u.data_ptr() for u in up],
         grads=[g.data_ptr() for g in grads], lrs=[a.data_ptr() for a in lrs] if lrs else [0] * n,
         grad_grads=[g.data_ptr() for g in gg] if need_g else [0] * n,
         grad_lrs=[g.data_ptr() for g in ga] if need_lr else [0] * n, numels=[g.numel() for g in grads],
@@ -181,10 +181,9 @@ def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
     """One scan over all learning-rate tensors (a native loop on CPU, one reduction on CUDA)."""
     if not _checks.value_checks_enabled():
         return
-    scan = _checks.native_cpu(lrs[0])
-    if scan is not None:
+    if _checks.native_cpu(lrs[0]):
         code = _native.DTYPE_CODES[lrs[0].dtype]
-        first = scan.first_nonfinite_buffer(
+        first = _native.kernel("first_nonfinite_buffer")(
             v=[a.data_ptr() for a in lrs], n=[a.numel() for a in lrs], dt=code
         )
         bad = [first] if first >= 0 else []

@@ -49,20 +49,33 @@ def _forward(
     metric: int,
     temperature: float,
 ) -> Outputs:
-    q, p, t = queries, prototypes, targets
+    (B, Q, _), N = queries.shape, prototypes.shape[1]
+    dist, lse = _native.workspace(queries, B, Q, N), _native.workspace(queries, B, Q)
+    ws = _native.workspace(queries, 2 * B * Q)  # per-query NLL and hits (CPU), tile sums (CUDA)
+    args = (queries, prototypes, targets, metric, temperature)
+    loss, accuracy = _launch_forward(*args, dist.data_ptr(), lse.data_ptr(), ws.data_ptr())
+    return loss, accuracy, dist, lse
+
+
+def _inference(queries, prototypes, targets, metric, temperature) -> tuple[torch.Tensor, ...]:
+    """The forward when no gradient is needed: dist, lse and the scratch in one buffer."""
+    (B, Q, _), N = queries.shape, prototypes.shape[1]
+    scratch = _native.workspace(queries, B * Q * (N + 3))
+    dist, step = scratch.data_ptr(), scratch.element_size()
+    lse, ws = dist + B * Q * N * step, dist + B * Q * (N + 1) * step
+    args = (queries, prototypes, targets, metric, temperature)
+    return _launch_forward(*args, dist, lse, ws)
+
+
+def _launch_forward(q, p, t, metric, temperature, dist, lse, ws) -> tuple[torch.Tensor, ...]:
     (B, Q, D), N = q.shape, p.shape[1]
     loss, accuracy = q.new_empty(B), q.new_empty(B)
-    dist, lse = (
-        _native.workspace(q, B * Q * N).view(B, Q, N),
-        _native.workspace(q, B * Q).view(B, Q),
-    )
-    ws = _native.workspace(q, 2 * B * Q)  # per-query NLL and hits (CPU), per-tile sums (CUDA)
-    _native.launch(
-        "protoloss_forward", q, q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(), loss=loss.data_ptr(),
-        acc=accuracy.data_ptr(), dist=dist.data_ptr(), lse=lse.data_ptr(), ws=ws.data_ptr(),
-        B=B, Q=Q, N=N, D=D, metric=metric, inv_t=1.0 / temperature,
+    _native.kernel("protoloss_forward")(
+        q, q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(), loss=loss.data_ptr(),
+        acc=accuracy.data_ptr(), dist=dist, lse=lse, ws=ws, B=B, Q=Q, N=N, D=D, metric=metric,
+        inv_t=1.0 / temperature,
     )  # fmt: skip
-    return loss, accuracy, dist, lse
+    return loss, accuracy
 
 
 def _fake(queries, prototypes, targets, metric, temperature) -> Outputs:
@@ -80,8 +93,8 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
     gp = torch.empty_like(p) if need_p else None
     # the CUDA kernels keep the cosine's row norms there; the CPU kernels need nothing
     ws = _native.workspace(q, B * (Q + N)) if metric == _COSINE and q.is_cuda else None
-    _native.launch(
-        "protoloss_backward", q, gl=grad.data_ptr(), q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(),
+    _native.kernel("protoloss_backward")(
+        q, gl=grad.data_ptr(), q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(),
         dist=dist.data_ptr(), lse=lse.data_ptr(), gq=_native.ptr(gq), gp=_native.ptr(gp),
         ws=_native.ptr(ws), B=B, Q=Q, N=N, D=D, metric=metric, inv_t=1.0 / temperature,
     )  # fmt: skip
@@ -92,6 +105,7 @@ _op = NativeOp(
     _OP,
     checks=_checked,
     forward=_forward,
+    inference=_inference,
     fake=_fake,
     backward=_backward,
     reference=lambda q, p, t, metric, temperature: _reference.prototypical_loss(

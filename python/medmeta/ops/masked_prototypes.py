@@ -29,9 +29,9 @@ def _forward(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
     f, m = features, masks
     B, S, D, H, W = f.shape
     C = m.shape[2]
-    out, mass = f.new_empty((B, C, D)), _native.workspace(f, B * C).view(B, C)
-    _native.launch(
-        "masked_prototypes_forward", f, feat=f.data_ptr(), masks=m.data_ptr(), out=out.data_ptr(),
+    out, mass = f.new_empty((B, C, D)), _native.workspace(f, B, C)
+    _native.kernel("masked_prototypes_forward")(
+        f, feat=f.data_ptr(), masks=m.data_ptr(), out=out.data_ptr(),
         mass=mass.data_ptr(), B=B, S=S, C=C, D=D, HW=H * W,
     )  # fmt: skip
     return out, mass
@@ -49,8 +49,8 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
     B, S, D, H, W = f.shape
     gf = torch.empty_like(f) if need_f else None
     gm = torch.empty_like(m) if need_m else None
-    _native.launch(
-        "masked_prototypes_backward", f, g=grad.data_ptr(), feat=f.data_ptr(), masks=m.data_ptr(),
+    _native.kernel("masked_prototypes_backward")(
+        f, g=grad.data_ptr(), feat=f.data_ptr(), masks=m.data_ptr(),
         out=out.data_ptr(), mass=mass.data_ptr(), gfeat=_native.ptr(gf), gmasks=_native.ptr(gm),
         B=B, S=S, C=m.shape[2], D=D, HW=H * W,
     )  # fmt: skip

@@ -27,9 +27,8 @@ def _check_weights(weights: torch.Tensor) -> None:
     """Weights must be finite and non-negative: one native scan on CPU, torch reductions else."""
     if not _checks.value_checks_enabled() or weights.numel() == 0:
         return
-    scan = _checks.native_cpu(weights)
-    if scan is not None:
-        i = scan.first_negative_or_nonfinite(
+    if _checks.native_cpu(weights):
+        i = _native.kernel("first_negative_or_nonfinite")(
             v=weights.data_ptr(), n=weights.numel(), dt=_native.DTYPE_CODES[weights.dtype]
         )
         if i < 0:
@@ -73,9 +72,9 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     e, w = embeddings, weights
     B, S, D = e.shape
-    out, wsum = e.new_empty((B, n_way, D)), _native.workspace(e, B * n_way).view(B, n_way)
-    _native.launch(
-        "prototypes_forward", e, emb=e.data_ptr(), labels=labels.data_ptr(), w=_native.ptr(w),
+    out, wsum = e.new_empty((B, n_way, D)), _native.workspace(e, B, n_way)
+    _native.kernel("prototypes_forward")(
+        e, emb=e.data_ptr(), labels=labels.data_ptr(), w=_native.ptr(w),
         out=out.data_ptr(), wsum=wsum.data_ptr(), B=B, S=S, N=n_way, D=D,
     )  # fmt: skip
     return out, wsum
@@ -93,8 +92,8 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
     B, S, D = e.shape
     ge = torch.empty_like(e) if need_e else None
     gw = e.new_empty((B, S)) if need_w else None
-    _native.launch(
-        "prototypes_backward", e, g=grad.data_ptr(), emb=e.data_ptr(), labels=labels.data_ptr(),
+    _native.kernel("prototypes_backward")(
+        e, g=grad.data_ptr(), emb=e.data_ptr(), labels=labels.data_ptr(),
         w=_native.ptr(w), out=out.data_ptr(), wsum=wsum.data_ptr(), gemb=_native.ptr(ge),
         gw=_native.ptr(gw), B=B, S=S, N=n_way, D=D,
     )  # fmt: skip
