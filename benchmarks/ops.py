@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
@@ -1123,9 +1122,9 @@ class _Tiny:
         pybind11 writes at the top of its docstring); the call passes them positionally in
         the binding's order, the cheapest way in (matching 12 keywords costs pybind11 about
         0.7 µs here, and the ops call their kernels positionally)."""
-        fn = getattr(self.lib, kernel)
-        header = (fn.__doc__ or "").split(" -> ", 1)[0]
-        names = re.findall(r"[(,]\s*(\w+):", header)
+        from medmeta.ops import _native
+
+        fn, names = getattr(self.lib, kernel), _native.argument_names(kernel)
         given = {"dev": self.dev, "stream": self.stream, "dt": self.dt, **arguments}
         if sorted(names) != sorted(given):
             raise TypeError(

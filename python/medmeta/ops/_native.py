@@ -187,12 +187,18 @@ def kernel(name: str) -> Callable[..., Any]:
     return fn
 
 
-def _named_call(name: str) -> Callable[..., Any]:
-    binding = getattr(lib(), name)
-    header = binding.__doc__.split(" -> ", 1)[0]
+def argument_names(name: str) -> list[str]:
+    """The argument names of ``medmeta._C.<name>`` in order, from the signature pybind11
+    writes at the top of the binding's docstring."""
+    header = (getattr(lib(), name).__doc__ or "").split(" -> ", 1)[0]
     names = re.findall(r"[(,]\s*(\w+):", header)
     if not names or not header.startswith(f"{name}("):
         raise RuntimeError(f"medmeta._C.{name}: unexpected signature {header!r}")
+    return names
+
+
+def _named_call(name: str) -> Callable[..., Any]:
+    binding, names = getattr(lib(), name), argument_names(name)
     if tuple(names[:3]) == _DEVICE_PREFIX:
         rest = ", ".join(names[3:])
         source = (
