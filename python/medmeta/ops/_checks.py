@@ -124,7 +124,7 @@ def labels(
         raise ValueError(f"{op}: '{name}' is on {t.device} but the data is on {device}")
     t = t.contiguous()
     if value_checks_enabled() and t.numel() > 0:
-        if t.is_cpu and not _native.use_reference():
+        if native_cpu(t):
             i = _native.kernel("first_out_of_range")(v=t.data_ptr(), n=t.numel(), hi=n)
             bad = None if i < 0 else int(t.view(-1)[i])
         else:

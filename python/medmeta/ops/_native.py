@@ -236,9 +236,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def workspace(like: torch.Tensor, *shape: int) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s accumulation dtype, on its device."""
-    return like.new_empty(
-        shape, dtype=torch.float64 if like.dtype is torch.float64 else torch.float32
-    )
+    return like.new_empty(shape, dtype=acc_dtype(like.dtype))
 
 
 def ptr(t: torch.Tensor | None) -> int:

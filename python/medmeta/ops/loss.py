@@ -79,9 +79,9 @@ def _launch_forward(q, p, t, metric, temperature, dist, lse, ws) -> tuple[torch.
 
 
 def _fake(queries, prototypes, targets, metric, temperature) -> Outputs:
-    (B, Q, _), N, acc = queries.shape, prototypes.shape[1], _native.acc_dtype(queries.dtype)
-    new = queries.new_empty
-    return new(B), new(B), new((B, Q, N), dtype=acc), new((B, Q), dtype=acc)
+    (B, Q, _), N = queries.shape, prototypes.shape[1]
+    dist, lse = _native.workspace(queries, B, Q, N), _native.workspace(queries, B, Q)
+    return queries.new_empty(B), queries.new_empty(B), dist, lse
 
 
 def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]:

@@ -39,8 +39,8 @@ def _forward(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
 
 def _fake(features, masks) -> tuple[torch.Tensor, torch.Tensor]:
     B, _, D = features.shape[:3]
-    C, acc = masks.shape[2], _native.acc_dtype(features.dtype)
-    return features.new_empty((B, C, D)), features.new_empty((B, C), dtype=acc)
+    C = masks.shape[2]
+    return features.new_empty((B, C, D)), _native.workspace(features, B, C)
 
 
 def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]:

@@ -82,8 +82,7 @@ def _forward(
 
 def _fake(embeddings, labels, n_way, weights) -> tuple[torch.Tensor, torch.Tensor]:
     B, _, D = embeddings.shape
-    acc = _native.acc_dtype(embeddings.dtype)
-    return embeddings.new_empty((B, n_way, D)), embeddings.new_empty((B, n_way), dtype=acc)
+    return embeddings.new_empty((B, n_way, D)), _native.workspace(embeddings, B, n_way)
 
 
 def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]:

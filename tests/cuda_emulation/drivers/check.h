@@ -92,6 +92,14 @@ struct Case {
 void add(const std::string& group, const std::string& name, std::function<void()> run);
 std::vector<Case>& registry();
 
+// Names of medmeta::Metric codes, for case names and messages.
+inline const char* const kMetric[] = {"sqeuclidean", "euclidean", "cosine", "dot"};
+
+// One batch of episodes of the distance-like ops: B episodes, Q queries, N rows, D features.
+struct EpisodeShape {
+  std::int64_t B, Q, N, D;
+};
+
 struct Stats {
   long comparisons = 0, failures = 0;
   double worst[4] = {0, 0, 0, 0};  // largest error / tolerance per output dtype (as DType codes)

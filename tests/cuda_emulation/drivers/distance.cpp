@@ -15,18 +15,13 @@ using medmeta::Metric;
 namespace {
 
 constexpr int kDevice = 1;
-const char* const kMetric[] = {"sqeuclidean", "euclidean", "cosine", "dot"};
-
-struct Shape {
-  std::int64_t B, Q, N, D;
-};
 
 struct Options {
   bool grad_x = true, grad_y = true;
   bool degenerate = false;  // class 0 of a zero norm (cosine), a zero distance (euclidean)
 };
 
-void distance_case(const std::string& name, DType dt, Shape s, Metric m, Options opt = {}) {
+void distance_case(const std::string& name, DType dt, EpisodeShape s, Metric m, Options opt = {}) {
   const auto [B, Q, N, D] = s;
   Rng rng(name);
   Vec x = rng.uniform(B * Q * D), y = rng.uniform(B * N * D);
@@ -64,7 +59,7 @@ void distance_case(const std::string& name, DType dt, Shape s, Metric m, Options
   compare(name + " grad_y", gyd.values(), gy, dt, f);
 }
 
-std::string label(DType dt, Shape s, Metric m, const char* extra = "") {
+std::string label(DType dt, EpisodeShape s, Metric m, const char* extra = "") {
   char buf[160];
   std::snprintf(buf, sizeof buf, "distance %s B%lld Q%lld N%lld D%lld %s%s", short_name(dt),
                 static_cast<long long>(s.B), static_cast<long long>(s.Q), static_cast<long long>(s.N),
@@ -72,7 +67,7 @@ std::string label(DType dt, Shape s, Metric m, const char* extra = "") {
   return buf;
 }
 
-void add_case(DType dt, Shape s, Metric m, Options opt = {}, const char* extra = "") {
+void add_case(DType dt, EpisodeShape s, Metric m, Options opt = {}, const char* extra = "") {
   const std::string name = label(dt, s, m, extra);
   add("distance", name, [=] { distance_case(name, dt, s, m, opt); });
 }

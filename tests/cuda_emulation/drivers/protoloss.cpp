@@ -15,13 +15,8 @@ using medmeta::Metric;
 namespace {
 
 constexpr int kDevice = 2;
-const char* const kMetric[] = {"sqeuclidean", "euclidean", "cosine", "dot"};
 
-struct Shape {
-  std::int64_t B, Q, N, D;
-};
-
-void protoloss_case(const std::string& name, DType dt, Shape s, Metric m, double temperature, bool bad_target) {
+void protoloss_case(const std::string& name, DType dt, EpisodeShape s, Metric m, double temperature, bool bad_target) {
   const auto [B, Q, N, D] = s;
   Rng rng(name);
   const Vec q = rounded(dt, rng.uniform(B * Q * D)), p = rounded(dt, rng.uniform(B * N * D));
@@ -64,7 +59,7 @@ void protoloss_case(const std::string& name, DType dt, Shape s, Metric m, double
   compare(name + " grad_protos", gpd.values(), gp, dt, f);
 }
 
-void add_case(DType dt, Shape s, Metric m, double temperature = 1.0, bool bad_target = false) {
+void add_case(DType dt, EpisodeShape s, Metric m, double temperature = 1.0, bool bad_target = false) {
   char buf[160];
   std::snprintf(buf, sizeof buf, "protoloss %s B%lld Q%lld N%lld D%lld %s T%g%s", short_name(dt),
                 static_cast<long long>(s.B), static_cast<long long>(s.Q), static_cast<long long>(s.N),
@@ -75,7 +70,7 @@ void add_case(DType dt, Shape s, Metric m, double temperature = 1.0, bool bad_ta
 }
 
 // The CPU and CUDA kernels must agree on accepting or refusing a call.
-void same_outcome(DType dt, Shape s) {
+void same_outcome(DType dt, EpisodeShape s) {
   char buf[120];
   std::snprintf(buf, sizeof buf, "protoloss %s B%lld Q%lld N%lld D%lld accepted alike", short_name(dt),
                 static_cast<long long>(s.B), static_cast<long long>(s.Q), static_cast<long long>(s.N),
