@@ -1188,7 +1188,7 @@ def _loss_case(k: _Tiny) -> OverheadCase:
     }  # fmt: skip
     forward = k.bare(
         "protoloss_forward", loss=loss.data_ptr(), acc=accuracy.data_ptr(), ws=ws.data_ptr(),
-        **common,
+        check=True, **common,
     )  # fmt: skip
     backward = k.bare(
         "protoloss_backward", gl=gl.data_ptr(), gq=gq.data_ptr(), gp=gp.data_ptr(), ws=0,
@@ -1221,7 +1221,7 @@ def _prototypes_case(k: _Tiny) -> OverheadCase:
         "emb": emb.data_ptr(), "labels": labels.data_ptr(), "w": 0, "out": out.data_ptr(),
         "wsum": wsum.data_ptr(), "B": 1, "S": 1, "N": 1, "D": 1,
     }  # fmt: skip
-    forward = k.bare("prototypes_forward", **common)
+    forward = k.bare("prototypes_forward", check=True, **common)
     backward = k.bare("prototypes_backward", g=g.data_ptr(), gemb=gemb.data_ptr(), gw=0, **common)
     return OverheadCase(
         "prototypes",
@@ -1249,7 +1249,7 @@ def _masked_case(k: _Tiny) -> OverheadCase:
         "feat": feat.data_ptr(), "masks": masks.data_ptr(), "out": out.data_ptr(),
         "mass": mass.data_ptr(), "B": 1, "S": 1, "C": 1, "D": 1, "HW": 1,
     }  # fmt: skip
-    forward = k.bare("masked_prototypes_forward", **common)
+    forward = k.bare("masked_prototypes_forward", check=True, **common)
     backward = k.bare(
         "masked_prototypes_backward", g=g.data_ptr(), gfeat=gfeat.data_ptr(), gmasks=0, **common
     )
@@ -1284,8 +1284,9 @@ def _update_case(k: _Tiny, rate: str) -> OverheadCase:
         "numels": [1], "lr_numels": [1], "lr_scalar": 0.0 if rates else lr,
     }  # fmt: skip
     forward = k.bare(
-        "inner_update_forward", params=[prm.data_ptr()], outs=[out.data_ptr()], **common
-    )
+        "inner_update_forward", params=[prm.data_ptr()], outs=[out.data_ptr()],
+        check=rate != "float", **common,
+    )  # fmt: skip
     backward = k.bare(
         "inner_update_backward", grad_outs=[go.data_ptr()], grad_grads=[gg.data_ptr()],
         grad_lrs=[a.data_ptr() for a in ga] or [0], partials=[a.data_ptr() for a in partials],
@@ -1319,7 +1320,7 @@ def _in_place_update_case(k: _Tiny) -> OverheadCase:
     own = prm.clone()
     forward = k.bare(
         "inner_update_forward", params=[own.data_ptr()], grads=[grd.data_ptr()], lrs=[0],
-        outs=[own.data_ptr()], numels=[1], lr_numels=[1], lr_scalar=lr,
+        outs=[own.data_ptr()], numels=[1], lr_numels=[1], lr_scalar=lr, check=False,
     )  # fmt: skip
     return OverheadCase(
         "inner_update_ (in place, float lr)",

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "common/cpu.h"
@@ -31,13 +32,33 @@ using namespace medmeta;
 
 template <typename P> P* ptr(uintptr_t p) { return reinterpret_cast<P*>(p); }
 
-template <typename T> std::vector<const T*> pointers(const std::vector<uintptr_t>& v) {
-  std::vector<const T*> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = ptr<const T>(v[i]);
-  return out;
+Device device_of(int index, uintptr_t stream) { return Device{index, stream}; }
+
+// The data checks the forward bindings run on CPU as part of their call (one
+// crossing from Python instead of a kernel call plus a scan call each): -1, or the flat
+// index of the first offending value. CUDA data is not read here (the Python layer checks
+// it with torch reductions), nor is any data when `check` is false.
+int64_t first_bad_label(const Device& dev, bool check, uintptr_t labels, int64_t n, int64_t hi) {
+  return check && dev.is_cpu() ? first_out_of_range(ptr<const int64_t>(labels), n, hi) : -1;
 }
 
-Device device_of(int index, uintptr_t stream) { return Device{index, stream}; }
+int64_t first_nonfinite_rate(const Device& dev, bool check, int dt, const std::vector<uintptr_t>& lrs,
+                             const std::vector<int64_t>& numels) {
+  if (!check || !dev.is_cpu()) return -1;
+  for (size_t k = 0; k < lrs.size(); ++k) {
+    if (lrs[k] == 0) continue;  // the scalar rate
+    const int64_t bad = DType(dt) == DType::Float64 ? first_nonfinite(ptr<const double>(lrs[k]), numels[k])
+                                                    : first_nonfinite(ptr<const float>(lrs[k]), numels[k]);
+    if (bad >= 0) return static_cast<int64_t>(k);
+  }
+  return -1;
+}
+
+int64_t first_empty_class(const Device& dev, bool check, int dt, uintptr_t mass, int64_t n) {
+  if (!check || !dev.is_cpu()) return -1;
+  return DType(dt) == DType::Float64 ? first_not_positive(ptr<const double>(mass), n)
+                                      : first_not_positive(ptr<const float>(mass), n);
+}
 
 #if defined(MEDMETA_WITH_CUDA)
 #define MEDMETA_ON_DEVICE(dev, name, ...) \
@@ -122,22 +143,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("num_threads", &cpu_num_threads, "Threads the CPU kernels use.");
   m.def("set_num_threads", &set_cpu_num_threads, py::arg("n"), "Threads for the CPU kernels (<= 0: OpenMP default).");
 
-  // CPU data checks (indices, or -1 when all values are fine). dt: 0 float32, 1 float64.
-  m.def(
-      "first_out_of_range",
-      [](uintptr_t v, int64_t n, int64_t hi) { return first_out_of_range(ptr<const int64_t>(v), n, hi); },
-      py::arg("v"), py::arg("n"), py::arg("hi"));
-  m.def("first_not_positive", [](uintptr_t v, int64_t n, int dt) {
-    return dt == 1 ? first_not_positive(ptr<const double>(v), n) : first_not_positive(ptr<const float>(v), n);
-  }, py::arg("v"), py::arg("n"), py::arg("dt"));
-  m.def("first_nonfinite", [](uintptr_t v, int64_t n, int dt) {
-    return dt == 1 ? first_nonfinite(ptr<const double>(v), n) : first_nonfinite(ptr<const float>(v), n);
-  }, py::arg("v"), py::arg("n"), py::arg("dt"));
-  m.def("first_nonfinite_buffer", [](const std::vector<uintptr_t>& v, const std::vector<int64_t>& n, int dt) {
-    if (v.size() != n.size()) throw std::invalid_argument("first_nonfinite_buffer: one size per pointer");
-    return dt == 1 ? first_nonfinite_buffer(pointers<double>(v).data(), n.data(), static_cast<int64_t>(n.size()))
-                   : first_nonfinite_buffer(pointers<float>(v).data(), n.data(), static_cast<int64_t>(n.size()));
-  }, py::arg("v"), py::arg("n"), py::arg("dt"));
+  // CPU data check of the prototypes' weights (index, or -1 when all are fine). dt: 0 float32, 1 float64.
+  // The other data checks run inside the forward bindings below.
   m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
     return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)
                    : first_negative_or_nonfinite(ptr<const float>(v), n);
@@ -168,14 +175,19 @@ PYBIND11_MODULE(_C, m) {
       "protoloss_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t loss, uintptr_t acc,
          uintptr_t dist, uintptr_t lse, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D, int metric,
-         double inv_t) {
-        MEDMETA_ON_DEVICE(device_of(dev, stream), protoloss_forward, DType(dt), ptr<const void>(q),
-                          ptr<const void>(p), ptr<const int64_t>(t), ptr<void>(loss), ptr<void>(acc),
-                          ptr<void>(dist), ptr<void>(lse), ptr<void>(ws), B, Q, N, D, Metric(metric), inv_t);
+         double inv_t, bool check) {
+        const Device device = device_of(dev, stream);
+        const int64_t bad = first_bad_label(device, check, t, B * Q, N);
+        if (bad >= 0) return bad;  // nothing computed
+        MEDMETA_ON_DEVICE(device, protoloss_forward, DType(dt), ptr<const void>(q), ptr<const void>(p),
+                          ptr<const int64_t>(t), ptr<void>(loss), ptr<void>(acc), ptr<void>(dist), ptr<void>(lse),
+                          ptr<void>(ws), B, Q, N, D, Metric(metric), inv_t);
+        return int64_t{-1};
       },
       py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("q"), py::arg("p"), py::arg("t"),
       py::arg("loss"), py::arg("acc"), py::arg("dist"), py::arg("lse"), py::arg("ws"), py::arg("B"),
-      py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("metric"), py::arg("inv_t"), nogil);
+      py::arg("Q"), py::arg("N"), py::arg("D"), py::arg("metric"), py::arg("inv_t"), py::arg("check") = false, nogil,
+      "Returns -1, or (CPU, check) the flat index of the first target outside [0, N): nothing is computed then.");
   m.def(
       "protoloss_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t gl, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t dist,
@@ -193,13 +205,19 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "prototypes_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t emb, uintptr_t labels, uintptr_t w, uintptr_t out,
-         uintptr_t wsum, int64_t B, int64_t S, int64_t N, int64_t D) {
-        MEDMETA_ON_DEVICE(device_of(dev, stream), prototypes_forward, DType(dt), ptr<const void>(emb),
-                          ptr<const int64_t>(labels), ptr<const void>(w), ptr<void>(out), ptr<void>(wsum), B, S,
-                          N, D);
+         uintptr_t wsum, int64_t B, int64_t S, int64_t N, int64_t D, bool check) {
+        const Device device = device_of(dev, stream);
+        const int64_t bad = first_bad_label(device, check, labels, B * S, N);
+        if (bad >= 0) return std::pair<int64_t, int64_t>{bad, -1};  // nothing computed
+        MEDMETA_ON_DEVICE(device, prototypes_forward, DType(dt), ptr<const void>(emb), ptr<const int64_t>(labels),
+                          ptr<const void>(w), ptr<void>(out), ptr<void>(wsum), B, S, N, D);
+        return std::pair<int64_t, int64_t>{-1, first_empty_class(device, check, dt, wsum, B * N)};
       },
       py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("emb"), py::arg("labels"), py::arg("w"),
-      py::arg("out"), py::arg("wsum"), py::arg("B"), py::arg("S"), py::arg("N"), py::arg("D"), nogil);
+      py::arg("out"), py::arg("wsum"), py::arg("B"), py::arg("S"), py::arg("N"), py::arg("D"), py::arg("check") = false,
+      nogil,
+      "Returns (bad label, empty class), each -1 or, on CPU with check, the flat index of the first label "
+      "outside [0, N) (nothing is computed then) and of the first (episode, class) with no positive weight.");
   m.def(
       "prototypes_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t emb, uintptr_t labels, uintptr_t w,
@@ -215,12 +233,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "masked_prototypes_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t feat, uintptr_t masks, uintptr_t out, uintptr_t mass,
-         int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW) {
-        MEDMETA_ON_DEVICE(device_of(dev, stream), masked_prototypes_forward, DType(dt), ptr<const void>(feat),
+         int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW, bool check) {
+        const Device device = device_of(dev, stream);
+        MEDMETA_ON_DEVICE(device, masked_prototypes_forward, DType(dt), ptr<const void>(feat),
                           ptr<const void>(masks), ptr<void>(out), ptr<void>(mass), B, S, C, D, HW);
+        return first_empty_class(device, check, dt, mass, B * C);
       },
       py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("feat"), py::arg("masks"), py::arg("out"),
-      py::arg("mass"), py::arg("B"), py::arg("S"), py::arg("C"), py::arg("D"), py::arg("HW"), nogil);
+      py::arg("mass"), py::arg("B"), py::arg("S"), py::arg("C"), py::arg("D"), py::arg("HW"), py::arg("check") = false,
+      nogil, "Returns -1, or (CPU, check) the flat index of the first (episode, class) with no positive mass.");
   m.def(
       "masked_prototypes_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t feat, uintptr_t masks, uintptr_t out,
@@ -238,20 +259,26 @@ PYBIND11_MODULE(_C, m) {
       "inner_update_forward",
       [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& params,
          const std::vector<uintptr_t>& grads, const std::vector<uintptr_t>& lrs, const std::vector<uintptr_t>& outs,
-         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar) {
+         const std::vector<int64_t>& numels, const std::vector<int64_t>& lr_numels, double lr_scalar, bool check) {
         const size_t n = params.size();
         MEDMETA_CHECK(grads.size() == n && lrs.size() == n && outs.size() == n && numels.size() == n &&
                           lr_numels.size() == n,
                       "inner_update_forward: all lists must have one entry per tensor");
+        const Device device = device_of(dev, stream);
+        const int64_t bad = first_nonfinite_rate(device, check, dt, lrs, lr_numels);
+        if (bad >= 0) return bad;  // nothing computed
         std::vector<UpdateTensor> ts(n);
         for (size_t k = 0; k < n; ++k)
           ts[k] = {ptr<const void>(params[k]), ptr<const void>(grads[k]), ptr<const void>(lrs[k]),
                    ptr<void>(outs[k]),        numels[k],                 lr_numels[k]};
-        MEDMETA_ON_DEVICE(device_of(dev, stream), inner_update_forward, DType(dt), ts.data(),
-                          static_cast<int64_t>(n), lr_scalar);
+        MEDMETA_ON_DEVICE(device, inner_update_forward, DType(dt), ts.data(), static_cast<int64_t>(n), lr_scalar);
+        return int64_t{-1};
       },
       py::arg("dev"), py::arg("stream"), py::arg("dt"), py::arg("params"), py::arg("grads"), py::arg("lrs"),
-      py::arg("outs"), py::arg("numels"), py::arg("lr_numels"), py::arg("lr_scalar"), nogil);
+      py::arg("outs"), py::arg("numels"), py::arg("lr_numels"), py::arg("lr_scalar"), py::arg("check") = false,
+      nogil,
+      "Returns -1, or (CPU, check) the index of the first rate tensor holding a NaN or infinity: nothing is "
+      "computed then.");
   m.def(
       "inner_update_backward",
       [](int dev, uintptr_t stream, int dt, const std::vector<uintptr_t>& grad_outs,

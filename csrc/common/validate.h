@@ -60,12 +60,4 @@ template <typename T> int64_t first_nonfinite(const T* v, int64_t n) {
   return -1;
 }
 
-// Index of the first of `count` buffers (pointers `v`, sizes `n`) holding a NaN or an
-// infinity, or -1: one call for a list of tensors instead of one per tensor.
-template <typename T> int64_t first_nonfinite_buffer(const T* const* v, const int64_t* n, int64_t count) {
-  for (int64_t k = 0; k < count; ++k)
-    if (first_nonfinite(v[k], n[k]) >= 0) return k;
-  return -1;
-}
-
 }  // namespace medmeta

@@ -58,6 +58,33 @@ def test_matches_reference(device_dtype, gen, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_outputs_beyond_the_caches_take_streaming_stores_and_match(gen, kind, dtype):
+    """More output bytes than kStreamingStoreBytes (8 MiB): the CPU kernel writes around
+    the caches, from rows whose starts are not 16-byte aligned (rows of 33333 elements),
+    with tails shorter than a vector; the values are the reference's to rounding."""
+    shapes = [(3, 7, 33333), (3, 5), (3, 1_100_001)]
+    params = [randn(gen, *s, dtype=dtype) for s in shapes]
+    grads = [randn(gen, *s, dtype=dtype) for s in shapes]
+    if kind == "float":
+        lr: float | list[torch.Tensor] = 0.05
+    elif kind == "per-layer":
+        lr = [rand(gen, dtype=dtype).reshape(()) for _ in shapes]
+    elif kind == "per-element":
+        lr = [rand(gen, *s[1:], dtype=dtype) for s in shapes]
+    else:
+        lr = [rand(gen, *s, dtype=dtype) for s in shapes]
+    assert sum(p.numel() for p in params) * params[0].element_size() > 8 << 20
+    out = ops.inner_update(params, grads, lr)
+    for a, b in zip(out, _reference.inner_update(params, grads, lr), strict=True):
+        assert_close(a, b, dtype)
+    in_place = [p.clone() for p in params]
+    ops.inner_update_(in_place, grads, lr)  # in place: normal stores, same values
+    for a, b in zip(in_place, out, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_and_gradgradcheck(device, gen, kind):
     shapes = [(2, 3, 2), (2, 4)]
     ps = [randn(gen, *s, device=device, requires_grad=True) for s in shapes]

@@ -74,6 +74,40 @@ def test_raw_kernel_gives_nan_for_a_class_without_examples():
     assert np.isnan(protos[0, 1]).all() and wsum[0, 1] == 0
 
 
+def test_forward_bindings_check_labels_and_class_mass_on_cpu_when_asked():
+    """With check=True the CPU forwards report the first bad label (computing nothing) and
+    the first class without mass; with the default check=False they read no data."""
+    emb = np.ones((2, 2, 3), np.float32)
+    protos, wsum = np.full((2, 2, 3), 7.0, np.float32), np.empty((2, 2), np.float32)
+    sizes = dict(dev=-1, stream=0, dt=FLOAT32, emb=emb.ctypes.data, w=0, out=protos.ctypes.data,
+                 wsum=wsum.ctypes.data, B=2, S=2, N=2, D=3)  # fmt: skip
+    bad = np.array([[0, 1], [1, 2]], np.int64)
+    assert _C.prototypes_forward(labels=bad.ctypes.data, check=True, **sizes) == (3, -1)
+    assert (protos == 7.0).all()  # nothing computed
+    empty = np.array([[0, 1], [1, 1]], np.int64)  # episode 1 has no class-0 example
+    assert _C.prototypes_forward(labels=empty.ctypes.data, check=True, **sizes) == (-1, 2)
+    assert _C.prototypes_forward(labels=empty.ctypes.data, **sizes) == (-1, -1)
+
+    q = np.ones((1, 3, 3), np.float32)
+    targets = np.array([[0, -1, 5]], np.int64)
+    loss, acc = np.empty(1, np.float32), np.empty(1, np.float32)
+    scratch = np.empty(3 * 5, np.float32)
+    loss_args = dict(dev=-1, stream=0, dt=FLOAT32, q=q.ctypes.data, p=protos.ctypes.data,
+                     t=targets.ctypes.data, loss=loss.ctypes.data, acc=acc.ctypes.data,
+                     dist=scratch.ctypes.data, lse=scratch[6:].ctypes.data, ws=scratch[9:].ctypes.data,
+                     B=1, Q=3, N=2, D=3, metric=SQEUCLIDEAN, inv_t=1.0)  # fmt: skip
+    assert _C.protoloss_forward(check=True, **loss_args) == 1
+    assert _C.protoloss_forward(**loss_args) == -1 and np.isnan(loss[0])
+
+    feat, masks = np.ones((1, 1, 3, 2, 2), np.float32), np.zeros((1, 1, 2, 2, 2), np.float32)
+    masks[0, 0, 0] = 1.0  # class 1 has no mass
+    mass = np.empty(2, np.float32)
+    masked = dict(dev=-1, stream=0, dt=FLOAT32, feat=feat.ctypes.data, masks=masks.ctypes.data,
+                  out=protos.ctypes.data, mass=mass.ctypes.data, B=1, S=1, C=2, D=3, HW=4)  # fmt: skip
+    assert _C.masked_prototypes_forward(check=True, **masked) == 1
+    assert _C.masked_prototypes_forward(**masked) == -1
+
+
 def _arg_names(binding: str) -> list[str]:
     """Parameter names in a pybind11 signature line ``name(a: int, b: int) -> None``."""
     signature = getattr(_C, binding).__doc__.split("->")[0]
@@ -88,7 +122,7 @@ def test_bindings_take_named_arguments_and_refuse_unknown_names():
                  "inner_update_forward", "inner_update_backward"):  # fmt: skip
         assert _arg_names(name)[:3] == ["dev", "stream", "dt"], name
     assert _arg_names("distance_forward")[-5:] == ["B", "Q", "N", "D", "metric"]
-    assert _arg_names("prototypes_forward")[-4:] == ["B", "S", "N", "D"]
+    assert _arg_names("prototypes_forward")[-5:] == ["B", "S", "N", "D", "check"]
     out = np.empty((1, 1, 1), np.float32)
     with pytest.raises(TypeError, match="incompatible function arguments"):
         _C.distance_forward(dev=-1, stream=0, dt=FLOAT32, x=0, y=0, out=out.ctypes.data, ws=0,

@@ -6,6 +6,7 @@
 
 #include "common/cpu.h"
 #include "common/math.h"
+#include "common/stream_store.h"
 
 namespace medmeta {
 
@@ -51,26 +52,46 @@ template <typename T> T scalar_rate(const void* lr, double lr_scalar) {
   return lr != nullptr ? *static_cast<const T*>(lr) : static_cast<T>(lr_scalar);
 }
 
+// o[j] = p[j] - rate(j) * g[j] for j in [begin, end); rate(j) = a[j - row0] for a vector rate
+// (row0: the start of j's row), else the scalar a0.
 template <typename T>
-MEDMETA_CPU_CLONES void forward_items(const UpdateTensor* ts, const Item* items, double lr_scalar, int64_t i0,
-                                      int64_t i1) {
+MEDMETA_INLINE void update_span(const T* p, const T* g, const T* a, T a0, int64_t row0, T* o, int64_t begin,
+                                int64_t end) {
+  if (a == nullptr) {
+    MEDMETA_SIMD
+    for (int64_t j = begin; j < end; ++j) o[j] = p[j] - a0 * g[j];
+  } else {
+    MEDMETA_SIMD
+    for (int64_t j = begin; j < end; ++j) o[j] = p[j] - a[j - row0] * g[j];
+  }
+}
+
+template <typename T>
+MEDMETA_CPU_CLONES void forward_items(const UpdateTensor* ts, const Item* items, double lr_scalar, bool streaming,
+                                      int64_t i0, int64_t i1) {
+  constexpr int64_t kBlock = 1024;  // streaming: computed into L1, then stored around the caches
+  alignas(64) T block[kBlock];
   for (int64_t i = i0; i < i1; ++i) {
     const Item& it = items[i];
     const UpdateTensor& t = ts[it.k];
     const T* p = static_cast<const T*>(t.param);
     const T* g = static_cast<const T*>(t.grad);
     T* o = static_cast<T*>(t.out);
-    if (t.lr == nullptr || t.lr_numel == 1) {
-      const T a = scalar_rate<T>(t.lr, lr_scalar);
-      MEDMETA_SIMD
-      for (int64_t j = it.begin; j < it.end; ++j) o[j] = p[j] - a * g[j];
-    } else {  // a row item: element j takes rate column j - (start of its row)
-      const T* a = static_cast<const T*>(t.lr);
-      const int64_t row0 = it.begin / t.lr_numel * t.lr_numel;
-      MEDMETA_SIMD
-      for (int64_t j = it.begin; j < it.end; ++j) o[j] = p[j] - a[j - row0] * g[j];
+    const bool vector_rate = t.lr != nullptr && t.lr_numel > 1;
+    const T* a = vector_rate ? static_cast<const T*>(t.lr) : nullptr;
+    const T a0 = vector_rate ? T(0) : scalar_rate<T>(t.lr, lr_scalar);
+    const int64_t row0 = vector_rate ? it.begin / t.lr_numel * t.lr_numel : 0;  // row items: one row
+    if (!streaming || o == p || o == g) {  // in place: the lines are in cache already
+      update_span(p, g, a, a0, row0, o, it.begin, it.end);
+      continue;
+    }
+    for (int64_t b = it.begin; b < it.end; b += kBlock) {
+      const int64_t e = std::min(it.end, b + kBlock);
+      update_span(p + b, g + b, a == nullptr ? nullptr : a + (b - row0), a0, 0, block, 0, e - b);
+      stream_copy(o + b, block, e - b);
     }
   }
+  if (streaming) stream_fence();
 }
 
 // Also returns, per item of a tensor with one learned rate, the partial sum of grad * grad_out.
@@ -110,8 +131,12 @@ MEDMETA_CPU_CLONES void backward_items(const UpdateGradTensor* ts, const Item* i
 
 template <typename T> void forward(const UpdateTensor* ts, int64_t count, double lr_scalar) {
   const std::vector<Item> items = row_items(ts, count);
-  parallel_for(0, static_cast<int64_t>(items.size()), 1,
-               [&](int64_t i0, int64_t i1) { forward_items<T>(ts, items.data(), lr_scalar, i0, i1); });
+  int64_t bytes = 0;
+  for (int64_t k = 0; k < count; ++k) bytes += ts[k].numel * static_cast<int64_t>(sizeof(T));
+  const bool streaming = bytes >= kStreamingStoreBytes;
+  parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t i0, int64_t i1) {
+    forward_items<T>(ts, items.data(), lr_scalar, streaming, i0, i1);
+  });
 }
 
 template <typename T> void backward(const UpdateGradTensor* ts, int64_t count, double lr_scalar) {

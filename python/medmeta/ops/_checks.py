@@ -14,6 +14,7 @@ import torch
 from medmeta.ops import _native
 
 _value_checks = True
+_INFINITY = float("inf")
 
 
 def set_value_checks(enabled: bool) -> None:
@@ -51,18 +52,20 @@ def tensor(op: str, name: str, value: object, ndim: int, layout: str) -> torch.T
 def floating(op: str, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> torch.dtype:
     """All tensors share one floating dtype that the kernels of their device support."""
     first = tensors[0]
-    dtype, index = first.dtype, first.get_device()
-    if first.is_cpu:
-        allowed: tuple[torch.dtype, ...] = _native.CPU_DTYPES
-    elif first.is_cuda:
-        allowed = _native.CUDA_DTYPES
-    else:
-        allowed = ()
-    for t in tensors:  # the common case: attribute reads only, no device objects
-        if t.dtype is not dtype or t.get_device() != index or t.is_cpu is not first.is_cpu:
-            break
-    else:
-        if dtype in allowed:
+    dtype = first.dtype
+    if first.is_cpu:  # the common case first: attribute reads only, no device objects
+        if dtype is torch.float32 or dtype is torch.float64:
+            for t in tensors:
+                if t.dtype is not dtype or not t.is_cpu:
+                    break
+            else:
+                return dtype
+    elif first.is_cuda and dtype in _native.CUDA_DTYPES:
+        index = first.get_device()
+        for t in tensors:
+            if t.dtype is not dtype or t.get_device() != index or not t.is_cuda:
+                break
+        else:
             return dtype
     _explain_floating(op, names, tensors)
     return dtype
@@ -107,9 +110,31 @@ def same_size(op: str, what: str, expected: int, name: str, got: int) -> None:
 
 
 def labels(
+    op: str, name: str, value: object, shape: tuple[int, ...], n: int, like: torch.Tensor
+) -> torch.Tensor:
+    """Integer class labels of ``shape`` with values in [0, n) on ``like``'s device, as a
+    contiguous int64 tensor.
+
+    The range is checked here for CUDA data and under the reference backend; native CPU
+    kernels check it as they run (their forward binding returns the first bad index, see
+    :func:`raise_bad_label`), which saves a crossing into C++ per call."""
+    if (  # the common case, a contiguous int64 CPU tensor of the right shape: metadata only
+        type(value) is torch.Tensor
+        and value.dtype is torch.int64
+        and value.is_cpu
+        and like.is_cpu
+        and value.shape == shape
+        and value.is_contiguous()
+        and not _native.use_reference()
+    ):
+        return value
+    return _labels(op, name, value, shape, n, like.device)
+
+
+def _labels(
     op: str, name: str, value: object, shape: tuple[int, ...], n: int, device: torch.device
 ) -> torch.Tensor:
-    """Integer class labels of ``shape`` with values in [0, n), as a contiguous int64 tensor."""
+    """:func:`labels` for any other input: converted, or refused with the reason."""
     layout = "[" + ",".join(str(s) for s in shape) + "]"
     t = tensor(op, name, value, len(shape), layout)
     if t.dtype is not torch.int64:
@@ -123,38 +148,39 @@ def labels(
     if t.device != device:
         raise ValueError(f"{op}: '{name}' is on {t.device} but the data is on {device}")
     t = t.contiguous()
-    if value_checks_enabled() and t.numel() > 0:
-        if native_cpu(t):
-            i = _native.kernel("first_out_of_range")(v=t.data_ptr(), n=t.numel(), hi=n)
-            bad = None if i < 0 else int(t.view(-1)[i])
-        else:
-            lo, hi = torch.aminmax(t)
-            bad = None if lo.item() >= 0 and hi.item() < n else t[(t < 0) | (t >= n)][0].item()
-        if bad is not None:
-            raise ValueError(f"{op}: '{name}' must be in [0, {n}), found {bad}")
+    if value_checks_enabled() and t.numel() > 0 and not native_cpu(t):
+        lo, hi = torch.aminmax(t)
+        if lo.item() < 0 or hi.item() >= n:
+            raise_bad_label(op, name, t, int(((t < 0) | (t >= n)).view(-1).nonzero()[0]), n)
     return t
 
 
+def raise_bad_label(op: str, name: str, labels: torch.Tensor, index: int, n: int) -> None:
+    """Raise for the label at flat ``index`` of ``labels``, which is outside [0, n)."""
+    bad = int(labels.reshape(-1)[index])
+    raise ValueError(f"{op}: '{name}' must be in [0, {n}), found {bad}")
+
+
 def native_cpu(t: torch.Tensor) -> bool:
-    """Whether the native CPU scans (``_native.kernel("first_...")``) can read ``t``."""
+    """Whether native CPU kernels read ``t`` (and so check its values as they run)."""
     return t.is_cpu and not _native.use_reference()
 
 
-def first_not_positive(values: torch.Tensor) -> int:
-    """Flat index of the first value that is not > 0 (zero, negative, NaN), or -1."""
-    if native_cpu(values) and values.dtype in _native.CPU_DTYPES and values.is_contiguous():
-        return _native.kernel("first_not_positive")(
-            v=values.data_ptr(), n=values.numel(), dt=_native.DTYPE_CODES[values.dtype]
-        )
-    bad = (~(values > 0)).view(-1).nonzero()
+def first_not_positive(values: torch.Tensor, n: int | None = None) -> int:
+    """Flat index of the first of the first ``n`` values (default: all) that is not > 0
+    (zero, negative, NaN), or -1 (torch reductions: native CPU kernels check as they run)."""
+    n = values.numel() if n is None else n
+    bad = (~(values.reshape(-1)[:n] > 0)).nonzero()
     return int(bad[0]) if len(bad) else -1
 
 
 def positive_float(op: str, name: str, value: object) -> float:
+    if type(value) is float and 0 < value < _INFINITY:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{op}: '{name}' must be a float, got {type(value).__name__}")
     v = float(value)
-    if not v > 0 or v == float("inf"):
+    if not v > 0 or v == _INFINITY:
         raise ValueError(f"{op}: '{name}' must be a positive finite float, got {value!r}")
     return v
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -94,7 +95,7 @@ def check_cuda_versions(built_runtime: int, driver: int, torch_cuda: str | None)
 
 _lib: ModuleType | None = None
 _load_error: str | None = None
-_threads = -1
+_threads = [-1]  # the CPU kernels' thread count, as last set (a list: read by generated code)
 _cuda_ok = False  # the driver can run the CUDA kernels (checked once, at the first CUDA op)
 
 
@@ -116,36 +117,41 @@ def lib() -> ModuleType:
     return _lib if _lib is not None else _load()
 
 
-_backend_env: str | None = None
-_backend_name = "native"
-
-
 # os.environ's own mapping, read directly: os.environ.get costs ~0.5 us per call, and every
 # op asks once per call. Assignments through os.environ (and monkeypatch) update it.
 _environ: dict = getattr(os.environ, "_data", {})
 _backend_key = os.environ.encodekey("MEDMETA_BACKEND") if _environ else None
+_backend_raw: object = object()  # the variable's raw value when last parsed
+_backend_name = "native"
 
 
-def _backend_variable() -> str | None:
-    if _backend_key is None:
-        return os.environ.get("MEDMETA_BACKEND")
-    raw = _environ.get(_backend_key)
-    return os.environ.decodevalue(raw) if raw is not None else None
+def _backend_variable() -> object:
+    return (
+        _environ.get(_backend_key)
+        if _backend_key is not None
+        else os.environ.get("MEDMETA_BACKEND")
+    )
 
 
 def backend() -> str:
     """The backend selected by ``MEDMETA_BACKEND`` (``native``, the default, or ``reference``)."""
-    global _backend_env, _backend_name
+    global _backend_raw, _backend_name
     raw = _backend_variable()
-    if raw != _backend_env:  # parse only when the variable changes
-        name = (raw or "native").strip().lower() or "native"
-        if name not in BACKENDS:
-            raise ValueError(f"MEDMETA_BACKEND must be one of {BACKENDS}, got {name!r}")
-        _backend_env, _backend_name = raw, name
+    if raw is not _backend_raw:
+        if raw != _backend_raw:  # parse only when the value changes
+            text = os.environ.decodevalue(raw) if isinstance(raw, bytes) else raw
+            name = (text or "native").strip().lower() or "native"
+            if name not in BACKENDS:
+                raise ValueError(f"MEDMETA_BACKEND must be one of {BACKENDS}, got {name!r}")
+            _backend_name = name
+        _backend_raw = raw
     return _backend_name
 
 
 def use_reference() -> bool:
+    """Whether ``MEDMETA_BACKEND=reference`` selects the pure-torch references."""
+    if _backend_key is not None and _environ.get(_backend_key) is _backend_raw:  # unchanged
+        return _backend_name == "reference"
     return backend() == "reference"
 
 
@@ -201,15 +207,23 @@ def _named_call(name: str) -> Callable[..., Any]:
     binding, names = getattr(lib(), name), argument_names(name)
     if tuple(names[:3]) == _DEVICE_PREFIX:
         rest = ", ".join(names[3:])
-        source = (
+        source = (  # the CPU case written out: a call of device_args costs ~0.3 us
             f"def {name}(like, *, {rest}):\n"
+            f"    if like.is_cpu and get_num_threads() == _threads[0]:\n"
+            f"        return binding(-1, 0, codes[like.dtype], {rest})\n"
             f"    dev, stream = device_args(like)\n"
             f"    return binding(dev, stream, codes[like.dtype], {rest})\n"
         )
     else:
         rest = ", ".join(names)
         source = f"def {name}(*, {rest}):\n    return binding({rest})\n"
-    namespace = {"binding": binding, "device_args": device_args, "codes": DTYPE_CODES}
+    namespace = {
+        "binding": binding,
+        "device_args": device_args,
+        "codes": DTYPE_CODES,
+        "get_num_threads": torch.get_num_threads,
+        "_threads": _threads,
+    }
     exec(compile(source, f"<medmeta._C.{name}>", "exec"), namespace)
     return namespace[name]
 
@@ -217,11 +231,10 @@ def _named_call(name: str) -> Callable[..., Any]:
 def device_args(t: torch.Tensor) -> tuple[int, int]:
     """(device index, stream handle) for a kernel call on ``t``'s device; -1 means the CPU."""
     if t.is_cpu:
-        global _threads
         n = torch.get_num_threads()
-        if n != _threads:  # keep the OpenMP kernels at torch's thread count
+        if n != _threads[0]:  # keep the OpenMP kernels at torch's thread count
             lib().set_num_threads(n)
-            _threads = n
+            _threads[0] = n
         return -1, 0
     if not _cuda_ok:
         check_cuda()
@@ -237,6 +250,31 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def workspace(like: torch.Tensor, *shape: int) -> torch.Tensor:
     """An uninitialised tensor of ``shape`` in ``like``'s accumulation dtype, on its device."""
     return like.new_empty(shape, dtype=acc_dtype(like.dtype))
+
+
+SCRATCH_CACHE_ELEMENTS = 1 << 20  # per thread and dtype: 4 MiB of float32, 8 of float64
+_scratch_local = threading.local()
+
+
+def scratch(like: torch.Tensor, n: int) -> torch.Tensor:
+    """At least ``n`` elements of accumulation-dtype scratch on ``like``'s device, for values
+    that no caller sees (not outputs, not saved for the backward).
+
+    On the CPU, up to :data:`SCRATCH_CACHE_ELEMENTS`, it is one buffer per thread and dtype,
+    reused by every call (an allocation costs ~1 us, a fifth of a small op's budget): the
+    CPU kernels finish before they return and no op runs another while its kernel runs, so
+    a buffer is never in use twice. Anywhere else it is a fresh tensor, which the caller
+    keeps until the kernel is launched (CUDA's caching allocator orders its reuse after the
+    kernels of the stream).
+    """
+    if like.is_cpu and n <= SCRATCH_CACHE_ELEMENTS:
+        dtype = torch.float64 if like.dtype is torch.float64 else torch.float32
+        buffers = _scratch_local.__dict__
+        buffer = buffers.get(dtype)
+        if buffer is None or buffer.numel() < n:
+            buffer = buffers[dtype] = torch.empty(max(n, 256), dtype=dtype)
+        return buffer
+    return workspace(like, n)
 
 
 def ptr(t: torch.Tensor | None) -> int:

@@ -83,4 +83,4 @@ def pairwise_distance(
     Returns:
         ``[B, Q, N]`` distances, smaller is closer. Differentiable in x and y (to any order).
     """
-    return _op(x, y, metric)
+    return _op.call(x, y, metric)

@@ -18,13 +18,18 @@ LearningRate = float | Sequence[torch.Tensor]
 Lists = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], float]
 
 
-def _launch_forward(params, grads, lrs, lr: float, outs) -> None:
-    _native.kernel("inner_update_forward")(
+def _launch_forward(params, grads, lrs, lr: float, outs, op: str = _OP) -> None:
+    """Run the forward kernel into ``outs``; raise if a rate tensor is not finite (checked
+    by the CPU kernel; see :func:`_check_rates_finite` for the others)."""
+    bad = _native.kernel("inner_update_forward")(
         params[0], params=[p.data_ptr() for p in params],
         grads=[g.data_ptr() for g in grads], lrs=[a.data_ptr() for a in lrs] if lrs else [0] * len(params),
         outs=[o.data_ptr() for o in outs], numels=[p.numel() for p in params],
         lr_numels=[a.numel() for a in lrs] if lrs else [1] * len(params), lr_scalar=lr,
+        check=bool(lrs) and _checks.value_checks_enabled(),
     )  # fmt: skip
+    if bad >= 0:
+        raise ValueError(f"{op}: 'lr[{bad}]' contains NaN or infinite values")
 
 
 def _forward(
@@ -105,7 +110,7 @@ def _rates(op: str, lr: object, params: list[torch.Tensor]) -> tuple[list[torch.
         if rate - rate != 0:
             raise ValueError(f"{op}: 'lr' must be finite, got {lr!r}")
         return [], rate
-    if not isinstance(lr, Sequence) or isinstance(lr, str):
+    if type(lr) is not list and (not isinstance(lr, Sequence) or isinstance(lr, str)):
         raise TypeError(f"{op}: 'lr' must be a float or a list of tensors, got {type(lr).__name__}")
     lrs = list(lr)
     if len(lrs) != len(params):
@@ -115,7 +120,7 @@ def _rates(op: str, lr: object, params: list[torch.Tensor]) -> tuple[list[torch.
     for k, (a, p) in enumerate(zip(lrs, params, strict=True)):
         if not isinstance(a, torch.Tensor):
             raise TypeError(f"{op}: 'lr[{k}]' must be a torch.Tensor, got {type(a).__name__}")
-        if not (a.numel() == 1 or a.shape == p.shape[1:] or a.shape == p.shape):
+        if a.numel() != 1 and a.shape != p.shape[1:] and a.shape != p.shape:
             raise ValueError(
                 f"{op}: 'lr[{k}]' must have one element (per-layer rate), shape {list(p.shape[1:])} "
                 f"(per-element, shared by tasks) or {list(p.shape)}, got {list(a.shape)}"
@@ -178,18 +183,12 @@ def _explain(op: str, params: list, grads: list, lrs: list[torch.Tensor]) -> Non
 
 
 def _check_rates_finite(op: str, lrs: list[torch.Tensor]) -> None:
-    """One scan over all learning-rate tensors (a native loop on CPU, one reduction on CUDA)."""
-    if not _checks.value_checks_enabled():
+    """One reduction over all learning-rate tensors, where the native CPU kernel does not
+    check them as it runs (CUDA, the reference backend)."""
+    if not _checks.value_checks_enabled() or _checks.native_cpu(lrs[0]):
         return
-    if _checks.native_cpu(lrs[0]):
-        code = _native.DTYPE_CODES[lrs[0].dtype]
-        first = _native.kernel("first_nonfinite_buffer")(
-            v=[a.data_ptr() for a in lrs], n=[a.numel() for a in lrs], dt=code
-        )
-        bad = [first] if first >= 0 else []
-    else:
-        flags = torch.stack([torch.isfinite(a).all() for a in lrs]).tolist()
-        bad = [k for k, ok in enumerate(flags) if not ok]
+    flags = torch.stack([torch.isfinite(a).all() for a in lrs]).tolist()
+    bad = [k for k, ok in enumerate(flags) if not ok]
     if bad:
         raise ValueError(f"{op}: 'lr[{bad[0]}]' contains NaN or infinite values")
 
@@ -247,7 +246,7 @@ def inner_update(
         The P updated tensors. Differentiable in params, grads and lr, so second-order
         MAML differentiates through the step (grads built with ``create_graph=True``).
     """
-    return _op(params, grads, lr)
+    return _op.call(params, grads, lr)
 
 
 def inner_update_(
@@ -275,5 +274,5 @@ def inner_update_(
             for p, new in zip(params, _reference_update(checked, grads_, lrs, rate), strict=True):
                 p.copy_(new)
     else:
-        _launch_forward(checked, grads_, lrs, rate, params)
+        _launch_forward(checked, grads_, lrs, rate, params, f"{_OP}_")
     return params

@@ -20,10 +20,20 @@ def _checked(
     temperature = _checks.positive_float(_OP, "temperature", temperature)
     queries = _checks.tensor(_OP, "queries", queries, 3, "[B,Q,D]")
     prototypes = _checks.tensor(_OP, "prototypes", prototypes, 3, "[B,N,D]")
-    queries, prototypes = _checks.autocast_float32(queries, prototypes)
+    if queries.is_cuda:
+        queries, prototypes = _checks.autocast_float32(queries, prototypes)
     _checks.floating(_OP, ("queries", "prototypes"), (queries, prototypes))
     B, Q, D = queries.shape
-    N = prototypes.shape[1]
+    Bp, N, Dp = prototypes.shape
+    if Bp != B or Dp != D or (B > 0 and (N == 0 or Q == 0)):
+        _explain_shapes(queries, prototypes)
+    targets = _checks.labels(_OP, "targets", targets, (B, Q), N, queries)
+    return queries.contiguous(), prototypes.contiguous(), targets, code, temperature
+
+
+def _explain_shapes(queries: torch.Tensor, prototypes: torch.Tensor) -> None:
+    """Raise the error that names what :func:`_checked` found wrong in the shapes."""
+    (B, Q, D), N = queries.shape, prototypes.shape[1]
     _checks.same_size(
         _OP, "batch size (dim 0) equal to queries'", B, "prototypes", prototypes.shape[0]
     )
@@ -34,12 +44,10 @@ def _checked(
         ("prototypes", prototypes, N, "class"),
         ("queries", queries, Q, "query per episode"),
     ):
-        if B > 0 and size == 0:
+        if size == 0:
             raise ValueError(
                 f"{_OP}: '{name}' must have at least one {what} (dim 1), got shape {list(t.shape)}"
             )
-    targets = _checks.labels(_OP, "targets", targets, (B, Q), N, queries.device)
-    return queries.contiguous(), prototypes.contiguous(), targets, code, temperature
 
 
 def _forward(
@@ -49,32 +57,38 @@ def _forward(
     metric: int,
     temperature: float,
 ) -> Outputs:
-    (B, Q, _), N = queries.shape, prototypes.shape[1]
+    (B, Q, D), N = queries.shape, prototypes.shape[1]
     dist, lse = _native.workspace(queries, B, Q, N), _native.workspace(queries, B, Q)
-    ws = _native.workspace(queries, 2 * B * Q)  # per-query NLL and hits (CPU), tile sums (CUDA)
-    args = (queries, prototypes, targets, metric, temperature)
+    ws = _native.scratch(queries, 2 * B * Q)  # per-query NLL and hits (CPU), tile sums (CUDA)
+    args = (queries, prototypes, targets, metric, temperature, B, Q, N, D)
     loss, accuracy = _launch_forward(*args, dist.data_ptr(), lse.data_ptr(), ws.data_ptr())
     return loss, accuracy, dist, lse
 
 
 def _inference(queries, prototypes, targets, metric, temperature) -> tuple[torch.Tensor, ...]:
-    """The forward when no gradient is needed: dist, lse and the scratch in one buffer."""
-    (B, Q, _), N = queries.shape, prototypes.shape[1]
-    scratch = _native.workspace(queries, B * Q * (N + 3))
+    """The forward when no gradient is needed: dist, lse and the per-query values in one
+    scratch buffer (on the CPU, reused across calls)."""
+    (B, Q, D), N = queries.shape, prototypes.shape[1]
+    scratch = _native.scratch(queries, B * Q * (N + 3))
     dist, step = scratch.data_ptr(), scratch.element_size()
     lse, ws = dist + B * Q * N * step, dist + B * Q * (N + 1) * step
-    args = (queries, prototypes, targets, metric, temperature)
+    args = (queries, prototypes, targets, metric, temperature, B, Q, N, D)
     return _launch_forward(*args, dist, lse, ws)
 
 
-def _launch_forward(q, p, t, metric, temperature, dist, lse, ws) -> tuple[torch.Tensor, ...]:
-    (B, Q, D), N = q.shape, p.shape[1]
+def _launch_forward(
+    q, p, t, metric, temperature, B, Q, N, D, dist, lse, ws
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the forward kernel into new ``loss`` and ``accuracy`` ``[B]`` and the given
+    buffers (addresses); raise if a target is out of range (checked by the CPU kernel)."""
     loss, accuracy = q.new_empty(B), q.new_empty(B)
-    _native.kernel("protoloss_forward")(
+    bad = _native.kernel("protoloss_forward")(
         q, q=q.data_ptr(), p=p.data_ptr(), t=t.data_ptr(), loss=loss.data_ptr(),
         acc=accuracy.data_ptr(), dist=dist, lse=lse, ws=ws, B=B, Q=Q, N=N, D=D, metric=metric,
-        inv_t=1.0 / temperature,
+        inv_t=1.0 / temperature, check=_checks.value_checks_enabled(),
     )  # fmt: skip
+    if bad >= 0:
+        _checks.raise_bad_label(_OP, "targets", t, bad, N)
     return loss, accuracy
 
 
@@ -142,4 +156,4 @@ def prototypical_loss(
         ``(loss [B], accuracy [B])``; the loss is differentiable in queries and prototypes,
         the accuracy (top-1, first index on ties) is not.
     """
-    return _op(queries, prototypes, targets, metric, temperature)
+    return _op.call(queries, prototypes, targets, metric, temperature)

@@ -6,7 +6,7 @@ import torch
 
 from medmeta.ops import _checks, _native, _reference
 from medmeta.ops._register import NativeOp
-from medmeta.ops.prototypes import check_nonempty
+from medmeta.ops.prototypes import check_nonempty, raise_empty_class
 
 _OP = "masked_prototypes"
 
@@ -17,7 +17,8 @@ def _checked(features: object, masks: object) -> tuple[torch.Tensor, torch.Tenso
     features, masks = _checks.autocast_float32(features, masks)
     _checks.floating(_OP, ("features", "masks"), (features, masks))
     B, S, _, H, W = features.shape
-    if (masks.shape[0], masks.shape[1], masks.shape[3], masks.shape[4]) != (B, S, H, W):
+    mB, mS, _, mH, mW = masks.shape
+    if mB != B or mS != S or mH != H or mW != W:
         raise ValueError(
             f"{_OP}: 'masks' must have shape [{B}, {S}, C, {H}, {W}] to match features "
             f"[B,S,D,H,W] = {list(features.shape)}, got {list(masks.shape)}"
@@ -26,15 +27,27 @@ def _checked(features: object, masks: object) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _forward(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    f, m = features, masks
+    mass = _native.workspace(features, features.shape[0], masks.shape[2])
+    return _launch_forward(features, masks, mass), mass
+
+
+def _inference(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward when no gradient is needed: the class masses go to scratch."""
+    mass = _native.scratch(features, features.shape[0] * masks.shape[2])
+    return _launch_forward(features, masks, mass), mass
+
+
+def _launch_forward(f: torch.Tensor, m: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     B, S, D, H, W = f.shape
     C = m.shape[2]
-    out, mass = f.new_empty((B, C, D)), _native.workspace(f, B, C)
-    _native.kernel("masked_prototypes_forward")(
+    out = f.new_empty(B, C, D)
+    empty_class = _native.kernel("masked_prototypes_forward")(
         f, feat=f.data_ptr(), masks=m.data_ptr(), out=out.data_ptr(),
-        mass=mass.data_ptr(), B=B, S=S, C=C, D=D, HW=H * W,
+        mass=mass.data_ptr(), B=B, S=S, C=C, D=D, HW=H * W, check=_checks.value_checks_enabled(),
     )  # fmt: skip
-    return out, mass
+    if empty_class >= 0:
+        raise_empty_class(_OP, mass, empty_class, C, "zero mask mass")
+    return out
 
 
 def _fake(features, masks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +71,7 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
 
 
 def _result(outputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    check_nonempty(_OP, outputs[1], "zero mask mass")
+    check_nonempty(_OP, outputs[0], outputs[1], "zero mask mass")
     return outputs[0]
 
 
@@ -66,6 +79,7 @@ _op = NativeOp(
     _OP,
     checks=_checked,
     forward=_forward,
+    inference=_inference,
     fake=_fake,
     backward=_backward,
     reference=lambda f, m: (_reference.masked_prototypes(f, m), m.sum(dim=(1, 3, 4))),
@@ -93,4 +107,4 @@ def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tens
             value checks off (:func:`medmeta.ops.set_value_checks`) nothing is raised and
             such a class gets a NaN prototype (it passes no gradient), on every backend.
     """
-    return _op(features, masks)
+    return _op.call(features, masks)

@@ -10,17 +10,26 @@ from medmeta.ops._register import NativeOp
 _OP = "prototypes"
 
 
-def check_nonempty(op: str, mass: torch.Tensor, what: str) -> None:
-    """Raise naming the first (episode, class) whose total support weight is not positive."""
-    if not _checks.value_checks_enabled() or mass.numel() == 0:
+def check_nonempty(op: str, prototypes: torch.Tensor, mass: torch.Tensor, what: str) -> None:
+    """Raise naming the first (episode, class) whose total support weight is not positive.
+
+    ``prototypes`` is ``[B, C, D]``; ``mass`` holds the ``B * C`` class masses first (flat,
+    or ``[B, C]``). Native CPU kernels check this as they run (:func:`raise_empty_class`)."""
+    B, C = prototypes.shape[0], prototypes.shape[1]
+    if not B * C or not _checks.value_checks_enabled() or _checks.native_cpu(mass):
         return
-    i = _checks.first_not_positive(mass)
+    i = _checks.first_not_positive(mass, B * C)
     if i >= 0:
-        b, c = divmod(i, mass.shape[1])
-        raise ValueError(
-            f"{op}: episode {b}, class {c} has {what} (got {mass[b, c].item():g}); "
-            "every class needs at least one support example"
-        )
+        raise_empty_class(op, mass, i, C, what)
+
+
+def raise_empty_class(op: str, mass: torch.Tensor, index: int, classes: int, what: str) -> None:
+    """Raise for the class at flat ``index`` (episode * classes + class) of ``mass``."""
+    b, c = divmod(index, classes)
+    raise ValueError(
+        f"{op}: episode {b}, class {c} has {what} (got {mass.reshape(-1)[index].item():g}); "
+        "every class needs at least one support example"
+    )
 
 
 def _check_weights(weights: torch.Tensor) -> None:
@@ -63,21 +72,36 @@ def _checked(
             )
         weights = weights.contiguous()
         _check_weights(weights)
-    labels = _checks.labels(_OP, "labels", labels, (B, S), n_way, embeddings.device)
+    labels = _checks.labels(_OP, "labels", labels, (B, S), n_way, embeddings)
     return embeddings.contiguous(), labels, n_way, weights
 
 
 def _forward(
     embeddings: torch.Tensor, labels: torch.Tensor, n_way: int, weights: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    e, w = embeddings, weights
+    wsum = _native.workspace(embeddings, embeddings.shape[0], n_way)
+    return _launch_forward(embeddings, labels, n_way, weights, wsum), wsum
+
+
+def _inference(embeddings, labels, n_way, weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward when no gradient is needed: the class masses go to scratch."""
+    wsum = _native.scratch(embeddings, embeddings.shape[0] * n_way)
+    return _launch_forward(embeddings, labels, n_way, weights, wsum), wsum
+
+
+def _launch_forward(e, labels, n_way, w, wsum) -> torch.Tensor:
     B, S, D = e.shape
-    out, wsum = e.new_empty((B, n_way, D)), _native.workspace(e, B, n_way)
-    _native.kernel("prototypes_forward")(
-        e, emb=e.data_ptr(), labels=labels.data_ptr(), w=_native.ptr(w),
+    out = e.new_empty(B, n_way, D)
+    bad_label, empty_class = _native.kernel("prototypes_forward")(
+        e, emb=e.data_ptr(), labels=labels.data_ptr(), w=0 if w is None else w.data_ptr(),
         out=out.data_ptr(), wsum=wsum.data_ptr(), B=B, S=S, N=n_way, D=D,
+        check=_checks.value_checks_enabled(),
     )  # fmt: skip
-    return out, wsum
+    if bad_label >= 0:
+        _checks.raise_bad_label(_OP, "labels", labels, bad_label, n_way)
+    if empty_class >= 0:
+        raise_empty_class(_OP, wsum, empty_class, n_way, "no support example")
+    return out
 
 
 def _fake(embeddings, labels, n_way, weights) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +131,7 @@ def _reference_outputs(embeddings, labels, n_way, weights) -> tuple[torch.Tensor
 
 
 def _result(outputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    check_nonempty(_OP, outputs[1], "no support example")
+    check_nonempty(_OP, outputs[0], outputs[1], "no support example")
     return outputs[0]
 
 
@@ -115,6 +139,7 @@ _op = NativeOp(
     _OP,
     checks=_checked,
     forward=_forward,
+    inference=_inference,
     fake=_fake,
     backward=_backward,
     reference=_reference_outputs,
@@ -149,4 +174,4 @@ def prototypes(
             NaN prototype (the mean of no examples; it passes no gradient), on every
             backend: CPU, CUDA and ``MEDMETA_BACKEND=reference``.
     """
-    return _op(embeddings, labels, n_way, weights)
+    return _op.call(embeddings, labels, n_way, weights)
