@@ -64,10 +64,18 @@ def prototypes(
 ) -> torch.Tensor:
     """embeddings [B,S,D], labels [B,S] -> (weighted) class means [B,n_way,D]; NaN for a
     class with zero total weight (no example)."""
+    return prototypes_with_mass(embeddings, labels, n_way, weights)[0]
+
+
+def prototypes_with_mass(
+    embeddings: torch.Tensor, labels: torch.Tensor, n_way: int, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prototypes` and each class's total weight ``[B, n_way]``."""
     assign = F.one_hot(labels, n_way).to(embeddings.dtype)  # [B,S,N]
     if weights is not None:
         assign = assign * weights.unsqueeze(-1)
-    return class_means(torch.bmm(assign.transpose(1, 2), embeddings), assign.sum(1))
+    mass = assign.sum(1)
+    return class_means(torch.bmm(assign.transpose(1, 2), embeddings), mass), mass
 
 
 def masked_prototypes(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -123,13 +123,6 @@ def _backward(upstream, args, outputs, needs) -> tuple[torch.Tensor | None, ...]
     return ge, gw
 
 
-def _reference_outputs(embeddings, labels, n_way, weights) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference prototypes and each class's total weight (the native ``wsum``)."""
-    assign = torch.nn.functional.one_hot(labels, n_way).to(embeddings.dtype)
-    mass = (assign * weights.unsqueeze(-1)).sum(1) if weights is not None else assign.sum(1)
-    return _reference.prototypes(embeddings, labels, n_way, weights), mass
-
-
 def _result(outputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     check_nonempty(_OP, outputs[0], outputs[1], "no support example")
     return outputs[0]
@@ -142,7 +135,7 @@ _op = NativeOp(
     inference=_inference,
     fake=_fake,
     backward=_backward,
-    reference=_reference_outputs,
+    reference=_reference.prototypes_with_mass,
     result=_result,
     differentiable=(0, 3),
     saved_outputs=(0, 1),
