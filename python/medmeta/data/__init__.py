@@ -18,6 +18,8 @@ Formats (optional libraries are imported only when used; ``pip install medmeta[d
 Containers and checks: :class:`ArrayDataset`, :class:`SegmentationDataset`,
 :func:`check_class_sizes`, :class:`DataError`. Embedded datasets: :func:`load`,
 :func:`list_datasets`, :func:`dataset_info`. Torch transforms: :mod:`medmeta.data.transforms`.
+Few-shot episodes: :class:`EpisodeSampler` (classification) and
+:class:`SegmentationEpisodeSampler` (segmentation, PANet / SSL-ALPNet style).
 
 Importing this package loads only numpy; torch is imported with :mod:`.transforms`.
 """
@@ -70,8 +72,18 @@ _LAZY = {
     "EpisodeSampler": "episodes",
     "as_features": "episodes",
     "split_classes": "episodes",
+    "SegmentationEpisodeBatch": "segmentation_episodes",
+    "SegmentationEpisodeSampler": "segmentation_episodes",
 }
-_SUBMODULES = ("episodes", "transforms", "formats", "registry", "dataset", "errors")
+_SUBMODULES = (
+    "episodes",
+    "segmentation_episodes",
+    "transforms",
+    "formats",
+    "registry",
+    "dataset",
+    "errors",
+)
 
 __all__ = [
     "CROSS_DOMAIN_DATASETS",

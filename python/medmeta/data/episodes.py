@@ -125,7 +125,28 @@ def _class_id(c: int | str, names: list[str]) -> int:
     return int(c)
 
 
-class EpisodeSampler:
+class SeededSampler:
+    """What every episode sampler shares: an endless stream of :meth:`sample` batches from
+    one ``torch.Generator`` (``self.generator``), whose state is the sampler's state."""
+
+    generator: torch.Generator
+
+    def sample(self) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            yield self.sample()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The generator state: restoring it resumes the exact same episode stream."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class EpisodeSampler(SeededSampler):
     """Samples meta-batches of N-way K-shot Q-query episodes from a labelled dataset.
 
     Classes present in the dataset are eligible (use :func:`split_classes` for novel-class
@@ -267,14 +288,3 @@ class EpisodeSampler:
                     )
                 query[b, n] = free[torch.randperm(len(free), generator=g)[:Q]]
         return support, query
-
-    def __iter__(self) -> Iterator[EpisodeBatch]:
-        while True:
-            yield self.sample()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The generator state: restoring it resumes the exact same episode stream."""
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
