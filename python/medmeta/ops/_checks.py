@@ -166,10 +166,9 @@ def native_cpu(t: torch.Tensor) -> bool:
     return t.is_cpu and not _native.use_reference()
 
 
-def first_not_positive(values: torch.Tensor, n: int | None = None) -> int:
-    """Flat index of the first of the first ``n`` values (default: all) that is not > 0
-    (zero, negative, NaN), or -1 (torch reductions: native CPU kernels check as they run)."""
-    n = values.numel() if n is None else n
+def first_not_positive(values: torch.Tensor, n: int) -> int:
+    """Flat index of the first of the first ``n`` values that is not > 0 (zero, negative,
+    NaN), or -1 (torch reductions: native CPU kernels check as they run)."""
     bad = (~(values.reshape(-1)[:n] > 0)).nonzero()
     return int(bad[0]) if len(bad) else -1
 

@@ -182,7 +182,7 @@ def kernel(name: str) -> Callable[..., Any]:
 
     A kernel binding (its first arguments ``dev, stream, dt``) becomes
     ``f(like, *, <the others>)``: the device, stream and dtype code come from the tensor
-    ``like``. Any other binding (the CPU data scans) becomes ``f(*, <its arguments>)``. The
+    ``like``. Any other binding (the CPU check of the prototypes' weights) becomes ``f(*, <its arguments>)``. The
     functions are generated once from the signature pybind11 writes at the top of the
     binding's docstring, so a misspelt, missing or extra name is a TypeError at the call, and
     the binding itself is called positionally: pybind11 matches keywords at ~0.2 us each.
