@@ -16,6 +16,7 @@ from benchmarks._harness import ensure_malloc_env
 # suite name -> module with a ``main(argv, prog) -> int`` entry point
 SUITES: dict[str, str] = {
     "ops": "benchmarks.ops",
+    "segmentation": "benchmarks.segmentation",
     "maml_gradients": "benchmarks.maml_gradients",
     "protocols": "benchmarks.protocols",
     "algorithms": "benchmarks.algorithms",

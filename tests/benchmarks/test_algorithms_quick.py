@@ -45,8 +45,8 @@ def _records(payload: dict[str, Any], **match: Any) -> list[dict[str, Any]]:
 
 def test_every_algorithm_is_timed_beside_its_per_task_loop(result: dict[str, Any]) -> None:
     timed = {r["op"] for r in _records(result, formulation="medmeta", status="ok")}
-    assert timed == set(available())
-    for name in available():
+    assert timed == set(available("classification"))
+    for name in available("classification"):
         ours = _records(result, op=name, formulation="medmeta", **{"pass": "meta-train"})
         assert ours and all(r["median_s"] > 0 and r["episodes_per_s"] > 0 for r in ours)
         loop = _records(result, op=name, formulation="loop", **{"pass": "meta-train"})
@@ -81,7 +81,7 @@ def test_peers_are_timed_or_reported_with_a_reason(result: dict[str, Any]) -> No
 
 def test_every_formulation_is_checked_against_the_float64_loop(result: dict[str, Any]) -> None:
     checks = {(c["algorithm"], c["pass"]): c for c in result["checks"]}
-    assert {a for a, _ in checks} == set(available())
+    assert {a for a, _ in checks} == set(available("classification"))
     for (name, _), c in checks.items():
         assert c["dtype"] == "float64" and c["reference"] == "loop" and c["tolerance"] <= 1e-6
         forms = c["formulations"]

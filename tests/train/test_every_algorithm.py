@@ -30,7 +30,7 @@ SMALL = {
     "mamlpp": {"inner_steps": 2, "msl_steps": 2, "first_order_steps": 2},
     "snail": {"key_size": 8, "value_size": 4, "filters": 8, "shots": SHOTS},
 }
-ALGORITHMS = algorithms.available()
+ALGORITHMS = algorithms.available("classification")
 
 
 @functools.cache

@@ -3,9 +3,11 @@
 Metric: Prototypical, Matching, Relation and Siamese networks. Optimisation: MAML
 (second- and first-order), Reptile, Meta-SGD, ANIL, MAML++. Model-based: a
 memory-augmented network. Baseline: supervised pre-training + nearest centroid.
+Segmentation: PANet and ALPNet (:mod:`medmeta.algorithms.segmenter`).
 """
 
 from medmeta.algorithms import (  # noqa: F401  (importing registers each method)
+    alpnet,
     anil,
     baseline,
     maml,
@@ -13,6 +15,7 @@ from medmeta.algorithms import (  # noqa: F401  (importing registers each method
     matching,
     memory,
     metasgd,
+    panet,
     protonet,
     relation,
     reptile,
@@ -28,10 +31,13 @@ from medmeta.algorithms.base import (
     register,
     shape_arguments,
 )
+from medmeta.algorithms.segmenter import AdaptedSegmenter, SegmentationLearner
 
 __all__ = [
     "Adapted",
+    "AdaptedSegmenter",
     "MetaLearner",
+    "SegmentationLearner",
     "StepResult",
     "available",
     "build",

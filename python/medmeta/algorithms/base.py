@@ -77,6 +77,9 @@ class MetaLearner(nn.Module, ABC):
     """
 
     name: ClassVar[str] = ""
+    #: What the method learns: ``"classification"`` (episodes of :class:`EpisodeBatch`,
+    #: logits ``[B, Q, N]``) or ``"segmentation"`` (see :mod:`medmeta.algorithms.segmenter`).
+    task: ClassVar[str] = "classification"
     #: True for methods with an N-way output layer (the MAML family, SNAIL): they classify
     #: up to ``ways`` classes (fewer by using the first n outputs); metric methods take
     #: any N from the episode.
@@ -185,10 +188,15 @@ def register(cls: type[MetaLearner]) -> type[MetaLearner]:
     return cls
 
 
-def available() -> list[str]:
-    """Names of the registered learners."""
+TASKS = ("classification", "segmentation")
+
+
+def available(task: str | None = None) -> list[str]:
+    """Names of the registered learners, all or those of one ``task`` (see :data:`TASKS`)."""
     _import_all()
-    return sorted(_REGISTRY)
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    return sorted(n for n, cls in _REGISTRY.items() if task in (None, cls.task))
 
 
 def create(

@@ -138,10 +138,9 @@ def build_learner(
     from medmeta import algorithms
     from medmeta.nn import make_backbone
 
-    if algorithm not in algorithms.available():
-        raise UsageError(
-            f"--algorithm must be one of {', '.join(algorithms.available())}, got {algorithm!r}"
-        )
+    known = algorithms.available("classification")
+    if algorithm not in known:
+        raise UsageError(f"--algorithm must be one of {', '.join(known)}, got {algorithm!r}")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         backbone = make_backbone(spec["name"], spec["input_shape"], **spec["kwargs"])

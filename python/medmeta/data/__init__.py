@@ -74,6 +74,7 @@ _LAZY = {
     "split_classes": "episodes",
     "SegmentationEpisodeBatch": "segmentation_episodes",
     "SegmentationEpisodeSampler": "segmentation_episodes",
+    "SuperpixelEpisodeSampler": "superpixel_episodes",
 }
 _SUBMODULES = (
     "episodes",

@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from medmeta.algorithms.base import MetaLearner, StepResult
+from medmeta.algorithms.protonet import evaluating
+from medmeta.algorithms.segmenter import dice_scores
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.data.segmentation_episodes import SegmentationEpisodeSampler
 from medmeta.eval.evaluate import predict_episodes
 from medmeta.eval.metrics import mean_ci95
 from medmeta.train.checkpoint import (
@@ -139,6 +144,64 @@ def _validate(
     return acc, ci, float(loss)
 
 
+def _validate_segmentation(
+    learner: MetaLearner, sampler: Any, seed: int, episodes: int, device: torch.device
+) -> tuple[float, float, float]:
+    """(mean foreground Dice, 95% CI half-width, pixel NLL) on ``episodes`` episodes."""
+    sampler.generator.manual_seed(seed)
+    dice, nlls = [], []
+    with torch.no_grad(), evaluating(learner):
+        for _ in range(episodes):
+            b = sampler.sample().to(device)
+            logits = learner.predict(b.support_x, b.support_labels, b.query_x)
+            nlls.append(float(F.cross_entropy(logits[0].double(), b.query_masks[0])))
+            scores = dice_scores(logits.argmax(2), b.query_masks, b.ways + 1)
+            dice.append(float(torch.nan_to_num(scores, nan=1.0).mean()))
+    mean, ci = mean_ci95(np.array(dice))
+    return mean, ci, float(np.mean(nlls))
+
+
+def _self_supervised(learner: MetaLearner, train_set: Any, flag: bool | None) -> bool:
+    """Whether a segmentation learner trains on superpixels (see :func:`meta_fit`)."""
+    if learner.task != "segmentation":
+        if flag:
+            raise ValueError(
+                f"self_supervised=True needs a segmentation learner (panet, alpnet); "
+                f"{learner.name} is a {learner.task} learner"
+            )
+        return False
+    if flag is None:
+        return getattr(train_set, "masks", None) is None
+    return bool(flag)
+
+
+def _samplers(
+    learner: MetaLearner, train_set: Any, val_set: Any | None, ways: int, val_ways: int,
+    shots: int, queries: int, meta_batch: int, seed: int, self_supervised: bool,
+) -> tuple[Any, Any | None]:  # fmt: skip
+    """The training sampler and the validation sampler (``None`` without ``val_set``)."""
+    val_seed = seed + VAL_SEED_OFFSET
+    if learner.task == "segmentation":
+        if self_supervised:
+            from medmeta.data.superpixel_episodes import SuperpixelEpisodeSampler as kind
+        else:
+            kind = SegmentationEpisodeSampler
+        train = kind(train_set, ways, shots, queries, batch_size=meta_batch, generator=seed)
+        val = (
+            SegmentationEpisodeSampler(val_set, val_ways, shots, queries, generator=val_seed)
+            if val_set is not None
+            else None
+        )
+        return train, val
+    train = EpisodeSampler(train_set, ways, shots, queries, batch_size=meta_batch, generator=seed)
+    val = (
+        EpisodeSampler(val_set, val_ways, shots, queries, batch_size=1, generator=val_seed)
+        if val_set is not None
+        else None
+    )
+    return train, val
+
+
 def _restore_best(
     best_path: Path, best: Mapping[str, Any], last_path: Path
 ) -> dict[str, torch.Tensor] | None:
@@ -186,7 +249,7 @@ def _make_optimizer(
 def _trajectory_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with its checkpoint (``steps`` may grow)."""
     keys = ("learner", "learner_class", "ways", "shots", "queries", "meta_batch", "seed",
-            "val_ways", "val_every", "val_episodes", "amp_dtype")  # fmt: skip
+            "val_ways", "val_every", "val_episodes", "amp_dtype", "self_supervised")  # fmt: skip
     return jsonable({k: config.get(k) for k in keys})
 
 
@@ -215,6 +278,7 @@ def meta_fit(
     log_every: int = 50,
     checkpoint_every: int | None = None,
     backbone_spec: Mapping[str, Any] | None = None,
+    self_supervised: bool | None = None,
 ) -> FitResult:
     """Meta-train ``learner`` on episodes of ``train_set`` for ``steps`` meta-updates.
 
@@ -266,6 +330,18 @@ def meta_fit(
         backbone_spec: description of the backbone stored in checkpoints so
             :func:`~medmeta.train.load_learner` can rebuild it, e.g.
             ``{"name": "conv4", "input_shape": [3, 28, 28], "kwargs": {"hidden": 32}}``.
+        self_supervised: segmentation learners only: train on superpixel pseudo-classes of
+            the images (SSL-ALPNet, :class:`~medmeta.data.SuperpixelEpisodeSampler`), using
+            no label. ``None`` (default): self-supervised exactly when ``train_set`` holds
+            no label maps (raw images or a dataset without ``masks``).
+
+    Segmentation learners (``learner.task == "segmentation"``: PANet, ALPNet) train on
+    :class:`~medmeta.data.SegmentationEpisodeBatch` es of ``train_set`` (a
+    :class:`~medmeta.data.SegmentationDataset`, ``ways`` organs per episode, ``shots``
+    support and ``queries`` query slices; or superpixel episodes, see
+    ``self_supervised``); their ``accuracy`` (in the history, the progress bar and the
+    best-step choice) is the mean foreground Dice of the query label maps, validated on
+    episodes of the labelled ``val_set``.
 
     Returns:
         :class:`FitResult`.
@@ -297,18 +373,15 @@ def meta_fit(
 
     dev = torch.device(device)
     amp_dtype = _amp_dtype(amp, dev)
-    train_sampler = EpisodeSampler(
-        train_set, ways, shots, queries, batch_size=meta_batch, generator=seed
-    )
     val_n = ways if val_ways is None else val_ways
     for n in (ways, val_n):  # before any training: a fixed-width learner's limit
         learner.check_ways(n)
     val_seed = seed + VAL_SEED_OFFSET
-    val_sampler = (
-        EpisodeSampler(val_set, val_n, shots, queries, batch_size=1, generator=val_seed)
-        if val_set is not None
-        else None
-    )
+    self_supervised = _self_supervised(learner, train_set, self_supervised)
+    train_sampler, val_sampler = _samplers(
+        learner, train_set, val_set, ways, val_n, shots, queries, meta_batch, seed,
+        self_supervised,
+    )  # fmt: skip
     learner.to(dev)
     opt = _make_optimizer(learner, optimizer, lr)
     sched = scheduler(opt) if scheduler is not None else None
@@ -331,6 +404,8 @@ def meta_fit(
         "seed": seed,
         "lr": float(lr),
         "optimizer": type(opt).__name__,
+        "task": learner.task,
+        "self_supervised": self_supervised,
         "val_ways": val_n if val_set is not None else None,
         "val_every": val_every,
         "val_episodes": val_episodes if val_set is not None else None,
@@ -475,9 +550,14 @@ def meta_fit(
                 val_acc = val_ci = val_loss = None
                 improved = False
                 if validate:
-                    val_acc, val_ci, val_loss = _validate(
-                        learner, val_sampler, val_seed, val_episodes, meta_batch, dev
-                    )
+                    if learner.task == "segmentation":
+                        val_acc, val_ci, val_loss = _validate_segmentation(
+                            learner, val_sampler, val_seed, val_episodes, dev
+                        )
+                    else:
+                        val_acc, val_ci, val_loss = _validate(
+                            learner, val_sampler, val_seed, val_episodes, meta_batch, dev
+                        )
                     logger.info(
                         "step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
                         step, 100 * val_acc, 100 * val_ci, val_episodes,
