@@ -1,7 +1,7 @@
 """The Abd-MRI few-shot segmentation protocol (SSL-ALPNet, Ouyang et al. ECCV 2020) on
 CHAOS T2-SPIR, and 1-shot nuclei segmentation on DSB 2018.
 
-``python -m benchmarks segmentation [--algorithms alpnet,panet] [--folds 5] ...``
+``python -m benchmarks segmentation [--runs alpnet:ssl:1,alpnet:labels:1,...] [--folds 5] ...``
 
 Abd-MRI (``/work/shared/data/chaos_mr_t2.npz``, 20 patients; CC BY-NC-SA, used here
 for evaluation only): folds split by patient (``--folds`` groups of the sorted patient
@@ -131,39 +131,33 @@ def _fold(
     shared_ssl: dict[str, Any] = {}  # setting-1 ssl models do not depend on the organ group
     for group, organs in ORGAN_GROUPS.items():
         ids = [names.index(o) for o in organs]
-        for setting in args.settings:
-            train = _train_sets(ds, train_rows, ids, setting)
-            for name in args.algorithms:
-                for mode in args.modes:
-                    key = f"{name}/{mode}"
-                    started = time.perf_counter()
-                    if mode == "ssl" and setting == 1 and key in shared_ssl:
-                        learner = shared_ssl[key]
-                    else:
-                        learner = _train(name, train, mode, args, seed)
-                        if mode == "ssl" and setting == 1:
-                            shared_ssl[key] = learner
-                    fit_s = time.perf_counter() - started
-                    methods = {name: learner.segment}
-                    if mode == "ssl" and name == args.algorithms[0] and args.finetune_steps:
-                        ft = FineTuneSegmenter(learner.backbone, args.finetune_steps, seed=seed)
-                        methods["finetune"] = ft.segment
-                    for method, segment in methods.items():
-                        for organ, cid in zip(organs, ids, strict=True):
-                            rows.append({
-                                "dataset": "abd_mri", "method": method, "mode": mode,
-                                "setting": setting, "organ": organ, "fold": fold,
-                                "seed": seed, "fit_s": round(fit_s, 1),
-                                "patients": _patient_dice(segment, volumes, test, cid),
-                            })  # fmt: skip
-                    logger.info("fold %d %s setting %d %s done", fold, group, setting, key)
-            if setting == args.settings[0]:
+        for name, mode, setting in args.runs:
+            started = time.perf_counter()
+            learner = shared_ssl.get(name) if (mode, setting) == ("ssl", 1) else None
+            if learner is None:
+                learner = _train(name, _train_sets(ds, train_rows, ids, setting), mode, args, seed)
+                if (mode, setting) == ("ssl", 1):
+                    shared_ssl[name] = learner
+            fit_s = time.perf_counter() - started
+            methods = {name: learner.segment}
+            if (name, mode) == args.runs[0][:2] and args.finetune_steps:
+                ft = FineTuneSegmenter(learner.backbone, args.finetune_steps, seed=seed)
+                methods["finetune"] = ft.segment
+            for method, segment in methods.items():
                 for organ, cid in zip(organs, ids, strict=True):
                     rows.append({
-                        "dataset": "abd_mri", "method": "all_foreground", "mode": "-",
-                        "setting": 0, "organ": organ, "fold": fold, "seed": seed,
-                        "patients": _all_foreground(volumes, test, cid),
+                        "dataset": "abd_mri", "method": method, "mode": mode,
+                        "setting": setting, "organ": organ, "fold": fold, "seed": seed,
+                        "fit_s": round(fit_s, 1),
+                        "patients": _patient_dice(segment, volumes, test, cid),
                     })  # fmt: skip
+            logger.info("fold %d %s: %s %s setting %d done", fold, group, name, mode, setting)
+        for organ, cid in zip(organs, ids, strict=True):
+            rows.append({
+                "dataset": "abd_mri", "method": "all_foreground", "mode": "-", "setting": 0,
+                "organ": organ, "fold": fold, "seed": seed,
+                "patients": _all_foreground(volumes, test, cid),
+            })  # fmt: skip
     return rows
 
 
@@ -233,9 +227,11 @@ def markdown(report: dict[str, Any]) -> str:
 def _parse(argv: list[str], prog: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--algorithms", default="alpnet,panet")
-    p.add_argument("--modes", default="ssl,labels", help="ssl and/or labels")
-    p.add_argument("--settings", default="1,2")
+    p.add_argument(
+        "--runs", default="alpnet:ssl:1,alpnet:ssl:2,alpnet:labels:1,panet:ssl:1",
+        help="ALGORITHM:MODE:SETTING triples; the first one's encoder seeds the finetune "
+        "baseline",
+    )  # fmt: skip
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--max-folds", type=int, default=0, help="run only the first N folds")
     p.add_argument("--seeds", type=int, default=1)
@@ -249,13 +245,22 @@ def _parse(argv: list[str], prog: str) -> argparse.Namespace:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--allow-dirty", action="store_true")
     args = p.parse_args(argv)
-    args.algorithms = [a for a in args.algorithms.split(",") if a]
-    args.modes = [m for m in args.modes.split(",") if m]
-    args.settings = [int(s) for s in args.settings.split(",") if s]
-    unknown = set(args.algorithms) - set(algorithms.available("segmentation"))
-    if unknown or set(args.modes) - {"ssl", "labels"} or set(args.settings) - {1, 2}:
-        p.error(f"unknown algorithms {sorted(unknown)}, modes {args.modes} or settings")
+    args.runs = [_run_of(r, p) for r in args.runs.split(",") if r]
+    args.algorithms = sorted({name for name, _, _ in args.runs})
     return args
+
+
+def _run_of(text: str, p: argparse.ArgumentParser) -> tuple[str, str, int]:
+    """``"alpnet:ssl:1"`` -> ``("alpnet", "ssl", 1)``, checked."""
+    parts = text.split(":")
+    known = algorithms.available("segmentation")
+    if len(parts) != 3 or parts[0] not in known or parts[1] not in ("ssl", "labels") or (
+        parts[2] not in ("1", "2")
+    ):  # fmt: skip
+        p.error(
+            f"--runs: expected ALGORITHM:ssl|labels:1|2 with ALGORITHM in {known}, got {text!r}"
+        )
+    return parts[0], parts[1], int(parts[2])
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
