@@ -26,10 +26,11 @@ Shapes: support features ``[S, D, h, w]``, soft masks ``[S, N+1, h, w]`` -> prot
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from medmeta.algorithms._seg_prototypes import pool_prototypes
 from medmeta.algorithms.base import register
 from medmeta.algorithms.panet import check_weight
 from medmeta.algorithms.protonet import check_positive
@@ -97,16 +98,9 @@ class ALPNet(SegmentationLearner):
     def background_score(self) -> torch.Tensor | None:
         return self.threshold_score
 
-    def prototypes_of(
-        self, features: torch.Tensor, masks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Local prototypes of every class plus class prototypes of the foreground
-        (ADNet: the foreground class prototypes only)."""
-        foreground = list(range(1, masks.shape[1]))
-        if self.foreground_threshold:
-            return pool_prototypes(features, masks, global_classes=foreground)
-        return pool_prototypes(
-            features, masks, global_classes=foreground,
-            local_classes=list(range(masks.shape[1])), window=self.window,
-            threshold=self.threshold, max_local=self.max_local,
-        )  # fmt: skip
+    def pooling(self) -> dict[str, Any]:
+        """Local prototypes of every class plus class prototypes of the foreground (ADNet:
+        the foreground class prototypes only)."""
+        local = "none" if self.foreground_threshold else "all"
+        return {"global_classes": "foreground", "local_classes": local, "window": self.window,
+                "threshold": self.threshold, "max_local": self.max_local}  # fmt: skip

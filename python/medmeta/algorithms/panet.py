@@ -14,10 +14,10 @@ Shapes: support features ``[S, D, h, w]``, soft masks ``[S, N+1, h, w]`` -> prot
 
 from __future__ import annotations
 
-import torch
+from typing import Any
+
 from torch import nn
 
-from medmeta.algorithms._seg_prototypes import pool_prototypes
 from medmeta.algorithms.base import register
 from medmeta.algorithms.protonet import check_positive
 from medmeta.algorithms.segmenter import SegmentationLearner
@@ -66,8 +66,7 @@ class PANet(SegmentationLearner):
         self.align_weight = align_weight
         self.background_weight = background_weight
 
-    def prototypes_of(
-        self, features: torch.Tensor, masks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prototype per class 0..N: ``[N+1, D]`` and classes ``[N+1]``."""
-        return pool_prototypes(features, masks, global_classes=list(range(masks.shape[1])))
+    def pooling(self) -> dict[str, Any]:
+        """One class prototype per class 0..N, no local prototypes."""
+        return {"global_classes": "all", "local_classes": "none", "window": 4,
+                "threshold": 0.95, "max_local": 20}  # fmt: skip

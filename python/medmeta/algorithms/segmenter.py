@@ -20,13 +20,13 @@ the learner was trained with (prototype methods have no N-way output layer).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmeta.algorithms._seg_prototypes import class_scores, soft_masks
+from medmeta.algorithms._seg_prototypes import class_scores, pool_prototypes, soft_masks
 from medmeta.algorithms.base import MetaLearner, StepResult
 from medmeta.algorithms.protonet import deployable, evaluating
 from medmeta.data.segmentation_episodes import SegmentationEpisodeBatch
@@ -44,6 +44,7 @@ class AdaptedSegmenter(nn.Module):
             (0..N) of each prototype.
         ways: N; ``scale``: cosine scale; ``background``: ``None`` or the learned background
             score (ADNet's threshold; the background then has no prototypes).
+        pooling: the learner's pooling rule (:meth:`SegmentationLearner.pooling`).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class AdaptedSegmenter(nn.Module):
         ways: int,
         scale: float,
         background: float | None = None,
+        pooling: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -62,6 +64,9 @@ class AdaptedSegmenter(nn.Module):
         self.ways = int(ways)
         self.scale = float(scale)
         self.background = None if background is None else float(background)
+        #: How the prototypes were pooled (:meth:`SegmentationLearner.pooling`), so the device
+        #: can enrol new classes the same way; ``None`` when unknown.
+        self.pooling = None if pooling is None else dict(pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bg = None if self.background is None else torch.tensor(self.background)
@@ -146,10 +151,12 @@ def dice_scores(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch
 class SegmentationLearner(MetaLearner):
     """Base of the prototype segmenters; see the module docstring for the contract.
 
-    Subclasses implement :meth:`prototypes_of` (support features and soft masks ->
-    prototypes and their classes). The query scores, the cross-entropy over query pixels
-    (with ``background_weight`` on class 0), PANet's prototype alignment loss (weight
-    ``align_weight``), :meth:`predict`, :meth:`adapt` and :meth:`segment` are shared.
+    Subclasses implement :meth:`pooling` (which classes get class and local prototypes,
+    and ALPNet's window, threshold and cap), from which :meth:`prototypes_of` pools them; the
+    same rule travels with :class:`AdaptedSegmenter` to ONNX export and on-device enrolment.
+    The query scores, the cross-entropy over query pixels (with ``background_weight`` on
+    class 0), PANet's prototype alignment loss (weight ``align_weight``), :meth:`predict`,
+    :meth:`adapt` and :meth:`segment` are shared.
     """
 
     task: ClassVar[str] = "segmentation"
@@ -158,11 +165,24 @@ class SegmentationLearner(MetaLearner):
     background_weight: float
 
     @abstractmethod
+    def pooling(self) -> dict[str, Any]:
+        """The pooling rule: ``global_classes`` (``"all"`` or ``"foreground"``: which classes
+        get a class prototype), ``local_classes`` (``"all"`` or ``"none"``), and ``window``,
+        ``threshold``, ``max_local`` of the local prototypes."""
+
     def prototypes_of(
         self, features: torch.Tensor, masks: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``features [S, D, h, w]``, soft masks ``[S, N+1, h, w]`` -> ``(prototypes [P, D],
-        classes [P])`` covering every class the scores need."""
+        classes [P])`` by :meth:`pooling`'s rule."""
+        rule = self.pooling()
+        groups = {"all": list(range(masks.shape[1])), "foreground": list(range(1, masks.shape[1])),
+                  "none": []}  # fmt: skip
+        return pool_prototypes(
+            features, masks, global_classes=groups[rule["global_classes"]],
+            local_classes=groups[rule["local_classes"]], window=rule["window"],
+            threshold=rule["threshold"], max_local=rule["max_local"],
+        )  # fmt: skip
 
     def background_score(self) -> torch.Tensor | None:
         """A learned background score (ADNet's threshold), or ``None``."""
@@ -256,7 +276,7 @@ class SegmentationLearner(MetaLearner):
             bg = self.background_score()
         return AdaptedSegmenter(
             deployable(self.backbone), protos, owner, n_way, self.scale,
-            None if bg is None else float(bg),
+            None if bg is None else float(bg), self.pooling(),
         ).eval()  # fmt: skip
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("medmeta.cli.evaluate", "evaluate a trained model on few-shot episodes (accuracy ± 95% CI, AUROC, ...)"),
     "adapt": ("medmeta.cli.adapt", "adapt a trained model to a new labelled support set"),
     "export": ("medmeta.cli.export", "export a trained or adapted model to ONNX (optionally int8)"),
-    "predict": ("medmeta.cli.predict", "classify inputs with an ONNX model, without PyTorch"),
+    "predict": ("medmeta.cli.predict", "classify inputs with an ONNX model, without PyTorch; or segment them (masks)"),
     "datasets": ("medmeta.data.registry", "list the embedded real datasets, or describe one"),
     "bench": ("medmeta.cli.bench", "run the benchmark suites (ops, algorithms, edge)"),
 }  # fmt: skip
@@ -42,6 +42,9 @@ EPILOG = f"""examples:
   medmeta adapt --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 --out runs/adapted
   medmeta export --model runs/adapted --out model.onnx --int8
   medmeta predict --model model.onnx --inputs images/ --json
+  medmeta train --task segmentation --data dsb_nuclei --out runs/nuclei   # Dice, 1-way 1-shot
+  medmeta adapt --model runs/nuclei --support cells/ --out runs/cells     # cells/images, cells/masks
+  medmeta predict --model runs/cells --inputs new_cells/ --out masks/     # one PNG mask per image
   medmeta bench ops --quick
 
 Run `medmeta COMMAND --help` for the options of a command.

@@ -40,7 +40,8 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
             raise DataError("file not found", spec)
         ds = load_npz(path)
         if not isinstance(ds, ArrayDataset):
-            raise DataError("a classification dataset is needed; this file holds masks", spec)
+            raise DataError("this file holds segmentation masks, not class labels: use "
+                            "--task segmentation (--algorithm alpnet or panet)", spec)  # fmt: skip
         return ds
     if path.exists():
         raise DataError(
@@ -56,7 +57,9 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
         )
     ds = registry.load(spec)
     if not isinstance(ds, ArrayDataset):
-        raise DataError("a classification dataset is needed", spec)
+        hint = (": use --task segmentation (--algorithm alpnet or panet)"
+                if registry.dataset_info(spec).kind == "segmentation" else "")  # fmt: skip
+        raise DataError(f"a classification dataset is needed{hint}", spec)
     return ds
 
 

@@ -1,10 +1,11 @@
 """Model folders written by ``medmeta train`` and ``medmeta adapt``.
 
 A model folder holds ``model.json`` (the model card: what was trained, on which classes,
-how inputs are preprocessed, the fitted temperature) beside the checkpoints of
+how inputs are preprocessed, the fitted temperature; ``task_type: "segmentation"`` for the
+segmenters of ``medmeta train --task segmentation``, absent for classifiers) beside the checkpoints of
 :func:`medmeta.train.meta_fit` (``best.pt`` / ``last.pt``, loaded with ``weights_only=True``).
 An adapted folder (``medmeta adapt``) also holds ``support.pt``: the task's preprocessed
-support set, from which the adapted classifier is rebuilt exactly (adaptation is
+support set (for a segmenter ``y`` holds the label maps ``[S, H, W]``), from which the adapted classifier is rebuilt exactly (adaptation is
 deterministic), plus a copy of the checkpoint, so the folder stands alone.
 """
 

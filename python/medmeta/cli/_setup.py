@@ -12,7 +12,12 @@ import numpy as np
 from medmeta.data import ArrayDataset, DataError
 from medmeta.edge.cli.errors import UsageError
 
-BACKBONES = ("conv4", "resnet12", "mlp", "conv1d")
+BACKBONES = ("conv4", "resnet12", "mlp", "conv1d", "segencoder")
+#: The dense encoder of the segmentation learners (``--task segmentation``).
+SEGMENTATION_BACKBONES = ("segencoder",)
+TASKS = ("classification", "segmentation")
+#: The method ``--algorithm`` defaults to for each task.
+DEFAULT_ALGORITHM = {"classification": "protonet", "segmentation": "alpnet"}
 
 
 def data_kind(x: Any) -> str:
@@ -102,11 +107,44 @@ def backbone_spec(name: str, input_shape: Sequence[int], width: str | None) -> d
             if len(widths) != 1:
                 raise UsageError("--width for conv4 is one number of channels")
             kwargs["hidden"] = widths[0]
+        elif name == "segencoder":
+            kwargs.update(_segencoder_widths(widths))
         elif name == "mlp":
             kwargs["hidden"] = widths
         else:
             kwargs["channels"] = widths
     return {"name": name, "input_shape": [int(s) for s in input_shape], "kwargs": kwargs}
+
+
+def _segencoder_widths(widths: list[int]) -> dict[str, Any]:
+    """``--width W`` -> stage widths ``(W, 2W, 4W, 4W)`` and ``4W`` features (W = 32 is
+    SegEncoder's default); ``--width A,B,...`` -> those stage widths (at least two), the last
+    also the feature width."""
+    if len(widths) == 1:
+        w = widths[0]
+        return {"channels": [w, 2 * w, 4 * w, 4 * w], "out_channels": 4 * w}
+    return {"channels": widths, "out_channels": widths[-1]}
+
+
+def resolve_task(task: str | None, algorithm: str | None) -> tuple[str, str]:
+    """``(task, algorithm)`` from ``--task`` and ``--algorithm``: the task defaults to the
+    algorithm's (segmentation for alpnet / panet, else classification), the algorithm to
+    the task's default; a method of the other task is a usage error naming both."""
+    from medmeta import algorithms
+
+    by_task = {t: algorithms.available(t) for t in TASKS}
+    if task is None:
+        task = "segmentation" if algorithm in by_task["segmentation"] else "classification"
+    algorithm = algorithm or DEFAULT_ALGORITHM[task]
+    if algorithm not in by_task[task]:
+        other = next((t for t in TASKS if algorithm in by_task[t]), None)
+        what = f"is a {other} method" if other else "is not a method"
+        raise UsageError(
+            f"--algorithm {algorithm} {what}; --task {task} takes {', '.join(by_task[task])}"
+            + (" (leave --task out, or give --task segmentation)" if other == "segmentation"
+               else "")
+        )  # fmt: skip
+    return task, algorithm
 
 
 def parse_params(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -138,9 +176,11 @@ def build_learner(
     from medmeta import algorithms
     from medmeta.nn import make_backbone
 
-    known = algorithms.available("classification")
-    if algorithm not in known:
-        raise UsageError(f"--algorithm must be one of {', '.join(known)}, got {algorithm!r}")
+    resolve_task("classification", algorithm)
+    if spec["name"] in SEGMENTATION_BACKBONES:
+        raise UsageError(f"--backbone {spec['name']} is the encoder of the segmentation "
+                         "methods (--task segmentation); classifiers take conv4, resnet12, "
+                         "mlp or conv1d")  # fmt: skip
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         backbone = make_backbone(spec["name"], spec["input_shape"], **spec["kwargs"])

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 from medmeta.cli import _data, _setup
 from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
+from medmeta.edge.cli.errors import UsageError
 
 EPILOG = """examples:
   medmeta adapt --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 --out runs/adapted
   medmeta adapt --model runs/maml --support new_site/ --out runs/new_site   # every image is support
+  medmeta adapt --model runs/nuclei --support my_cells/ --class-names nucleus --out runs/cells
+  medmeta adapt --model runs/organs --support scans/ --classes liver --shots 3 --out runs/liver
 
 With --shots K, K seeded examples of each class form the support set and the remaining
 examples measure the adapted classifier's accuracy. The output folder stands alone:
 `medmeta export --model runs/adapted --out model.onnx` ships it.
+
+A segmentation model adapts to images with masks: a folder ROOT/images/* with ROOT/masks/*
+(or <name>_mask.png beside <name>.png; PNG masks hold 0 = background and 1..N, or 0/255 for
+one class), NIfTI volumes with label maps, an .npz or an embedded segmentation set. Class
+names come from --class-names (names or a text file, one per line), a classes.txt in the
+folder, or the data itself; --classes picks some of them (they become labels 1..N). With
+--shots K, K images per class form the support and the others measure the Dice.
 """
 
 
@@ -28,6 +40,8 @@ def build_parser(prog: str) -> object:
     p.add_argument(
         "--shots", type=int_at_least(1), help="support examples per class (default: all examples)"
     )
+    p.add_argument("--class-names", help="segmentation: names of the mask labels 1..N, "
+                   "comma-separated or a text file (default: the folder's classes.txt)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of support examples")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="adapted model folder to write")
@@ -43,6 +57,10 @@ def main(argv: Sequence[str], prog: str = "medmeta adapt") -> int:
 
     device = _setup.resolve_device(args.device)
     model = load_model(args.model, device)
+    if model.card.get("task_type") == "segmentation":
+        return _adapt_segmentation(args, model, device)
+    if args.class_names:
+        raise UsageError("--class-names applies to segmentation models")
     task = _workflow.task_data(model, args.support, args.classes, announce=True)
     outcome = _workflow.adapt_model(model, task, shots=args.shots, seed=args.seed,
                                     out=args.out, device=device)  # fmt: skip
@@ -55,4 +73,25 @@ def main(argv: Sequence[str], prog: str = "medmeta adapt") -> int:
         if outcome.accuracy is not None:
             print(f"  accuracy on the {info['held_out_examples']} other examples: "
                   f"{100 * outcome.accuracy:.1f}%")  # fmt: skip
+    return 0
+
+
+def _adapt_segmentation(args: Any, model: Any, device: str) -> int:
+    from medmeta.cli._seg_adapt import adapt_segmenter, load_support
+    from medmeta.cli._segdata import data_line
+
+    data = load_support(args.support, args.classes, args.class_names)
+    print(data_line(args.support, data, model.preprocessing), file=sys.stderr)
+    outcome = adapt_segmenter(model, data, shots=args.shots, seed=args.seed, out=args.out,
+                              device=device)  # fmt: skip
+    info = {"model": str(outcome.folder), **outcome.extra, "held_out": outcome.held_out}
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    names = outcome.class_names
+    print(f"adapted {model.card['algorithm']} to {len(names)} class(es) ({', '.join(names)}) "
+          f"from {len(outcome.support_ids)} support image(s) -> {outcome.folder}")  # fmt: skip
+    if outcome.held_out is not None:
+        print(f"  Dice on the {outcome.held_out['images']} other images: "
+              f"{100 * outcome.held_out['dice']:.1f}% (IoU {100 * outcome.held_out['iou']:.1f}%)")  # fmt: skip
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from medmeta.cli import _data, _setup
 from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
@@ -14,11 +15,17 @@ EPILOG = """examples:
   medmeta eval --model runs/protonet --data pbc_blood --classes 5-7 --episodes 600
   medmeta eval --model runs/protonet --data pbc_blood --classes 5-7 --shots 1 --json > eval.json
   medmeta eval --model runs/protonet --data scans/ --plots runs/protonet/eval
+  medmeta eval --model runs/nuclei --data dsb_nuclei --episodes 200 --report runs/nuclei/report
 
 Reports the mean accuracy with its 95% confidence interval over the episodes, balanced
 accuracy, macro-F1, one-vs-rest AUROC, per-class sensitivity and specificity, and
 calibration (ECE, NLL, Brier), with the temperature fitted at training time unless
 --temperature says otherwise.
+
+A segmentation model (`medmeta train --task segmentation`) reports the mean foreground Dice
+and IoU with their 95% CIs over seeded N-way K-shot episodes (default 1-way 1-shot, 2
+queries, 100 episodes), per class; --report DIR writes an HTML page with query images and
+their predicted and true outlines, per-class Dice with CIs and a failure gallery.
 """
 
 
@@ -27,18 +34,20 @@ def build_parser(prog: str) -> object:
     p.add_argument("--model", required=True, help="model folder from `medmeta train` or `adapt`")
     p.add_argument("--data", required=True, help=_data.DATA_HELP)
     p.add_argument("--classes", help="test classes; " + _data.CLASSES_HELP)
-    p.add_argument(
-        "--ways", type=int_at_least(2), help="N (default: all test classes, at most the model's)"
-    )
-    p.add_argument(
-        "--shots", type=int_at_least(1), default=5, help="K support examples per class (default 5)"
-    )
-    p.add_argument(
-        "--queries", type=int_at_least(1), default=15, help="Q queries per class (default 15)"
-    )
-    p.add_argument(
-        "--episodes", type=int_at_least(1), default=600, help="test episodes (default 600)"
-    )
+    p.add_argument("--ways", type=int_at_least(1), help="N (default: all test classes, at "
+                   "most the model's; segmentation: 1)")  # fmt: skip
+    p.add_argument("--shots", type=int_at_least(1),
+                   help="K support examples per class (default 5; segmentation 1)")  # fmt: skip
+    p.add_argument("--queries", type=int_at_least(1),
+                   help="Q queries per class (default 15; segmentation: per episode, 2)")  # fmt: skip
+    p.add_argument("--episodes", type=int_at_least(1),
+                   help="test episodes (default 600; segmentation 100)")  # fmt: skip
+    p.add_argument("--min-foreground", type=int_at_least(1), default=32, help="segmentation: "
+                   "pixels of a class an image needs to serve in an episode (default 32)")  # fmt: skip
+    p.add_argument("--class-names", help="segmentation: names of the mask labels 1..N "
+                   "(comma-separated or a text file), for folders of images and masks")  # fmt: skip
+    p.add_argument("--report", metavar="DIR", help="segmentation: write report.html (query "
+                   "images with outlines, per-class Dice, failure gallery) to DIR")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes (default 0)")
     p.add_argument(
         "--temperature",
@@ -74,14 +83,23 @@ def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     from medmeta.cli import _workflow
     from medmeta.cli._model import load_model
+    from medmeta.cli._seg_predict import folder_task
 
     _setup.set_threads(args.threads)
     device = _setup.resolve_device(args.device)
+    if args.ways == 1 and folder_task(args.model) != "segmentation":
+        raise UsageError("--ways: must be an integer >= 2 for a classifier, got 1")
     model = load_model(args.model, device)
+    if model.card.get("task_type") == "segmentation":
+        return _main_segmentation(args, model, device, argv)
+    for flag, value in (("--report", args.report), ("--class-names", args.class_names)):
+        if value:
+            raise UsageError(f"{flag} applies to segmentation models (the classification "
+                             "report is written by `medmeta demo`)")  # fmt: skip
     test_set = _workflow.task_data(model, args.data, args.classes)
     result = _workflow.evaluate_model(
-        model, test_set, ways=args.ways, shots=args.shots, queries=args.queries,
-        episodes=args.episodes, seed=args.seed,
+        model, test_set, ways=args.ways, shots=args.shots or 5, queries=args.queries or 15,
+        episodes=args.episodes or 600, seed=args.seed,
         temperature=_temperature(args.temperature, model.card.get("temperature")),
         device=device, progress=not (args.quiet or args.json),
     )  # fmt: skip
@@ -96,6 +114,42 @@ def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
             print(
                 f"  {name:<28} sensitivity {_pct(sens)}  specificity {_pct(spec)}  (n={row['support']})"
             )
+    return 0
+
+
+def _main_segmentation(args: Any, model: Any, device: str, argv: Sequence[str]) -> int:
+    """Dice and IoU of a segmentation model (and its report with --report)."""
+    from medmeta.cli import _seg_eval
+
+    if args.plots:
+        raise UsageError(
+            "--plots draws classifier plots; use --report DIR for a segmentation model"
+        )
+    dataset, classes = _seg_eval.segmentation_data(model, args.data, args.classes, args.class_names)
+    result = _seg_eval.evaluate_segmenter(
+        model, dataset, classes, ways=args.ways or 1, shots=args.shots or 1,
+        queries=args.queries or 2, episodes=args.episodes or 100, seed=args.seed,
+        min_foreground=args.min_foreground, device=device, progress=not (args.quiet or args.json),
+    )  # fmt: skip
+    info = {"model": str(model.folder), **_seg_eval.result_dict(result, args.min_foreground)}
+    if args.report:
+        from medmeta.cli._seg_report import write_report
+
+        info["report"] = str(write_report(
+            args.report, model, dataset, classes, result, data=args.data,
+            min_foreground=args.min_foreground, device=device,
+            command=" ".join(["medmeta eval", *argv]),
+        ))  # fmt: skip
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(result.summary())
+    for name, row in result.per_class.items():
+        print(f"  {name:<28} Dice {100 * row['dice']:5.1f} ± {100 * row['dice_ci95']:.1f}%  "
+              f"IoU {100 * row['iou']:5.1f} ± {100 * row['iou_ci95']:.1f}%  "
+              f"({row['episodes']} episodes)")  # fmt: skip
+    if args.report:
+        print(f"report: {info['report']}")
     return 0
 
 

@@ -18,11 +18,16 @@ EPILOG = """examples:
   medmeta export --model runs/protonet --support new_cases/ --shots 5 --out model.onnx --int8
   medmeta export --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 \\
                  --form both --out model.onnx     # + model.embed.onnx / model.head.onnx
+  medmeta export --model runs/cells --out cells.onnx   # segmenter: cells.encoder/head.onnx
 
 Forms: `classifier` (inputs -> calibrated class probabilities, the support set baked in),
 `enrolment` (the embedding network plus a prototype head, so a device can enrol new classes
 without PyTorch), or `both`. --int8 adds a statically quantized copy (QDQ, per-channel),
 calibrated on the support images, with a parity report against the float model.
+
+A segmentation model exports as <stem>.encoder.onnx + <stem>.head.onnx (the support set's
+prototypes inside, classes enrolable on the device); run them with
+`medmeta predict --model <stem>.encoder.onnx --inputs images/ --out masks/`.
 """
 
 
@@ -44,6 +49,10 @@ def build_parser(prog: str) -> object:
     p.add_argument("--form", choices=("classifier", "enrolment", "both"), default="classifier")
     p.add_argument("--int8", action="store_true", help="also write an int8 quantized model")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17, default 18)")
+    p.add_argument("--class-names", help="segmentation: names of --support's mask labels")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="segmentation: the ONNX exporter (default auto: dynamo, else "
+                   "TorchScript; torchscript is much faster)")  # fmt: skip
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     return p
@@ -59,6 +68,10 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"--out must be an .onnx file, got {args.out}")
     model = load_model(args.model)
+    if model.card.get("task_type") == "segmentation":
+        return _export_segmentation(args, model)
+    if args.class_names:
+        raise UsageError("--class-names applies to segmentation models")
     held_out = None
     if args.support:
         task = _workflow.task_data(model, args.support, args.classes)
@@ -100,6 +113,23 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
             print(f"adapted model's accuracy on the task's other examples: {100 * accuracy:.1f}%")
         if result.parity:
             print(describe_parity(info["int8_parity"]))
+    return 0
+
+
+def _export_segmentation(args: Any, model: Any) -> int:
+    from medmeta.cli._seg_export import export_segmentation
+
+    info = export_segmentation(args, model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=float))
+        return 0
+    for role, path in info["files"].items():
+        print(f"{role:<10} {path} ({Path(path).stat().st_size / 2**20:.2f} MB)")
+    checks = ", ".join(f"{k} {v:.2g}" for k, v in info["checks"].items())
+    print(f"classes: {', '.join(info['classes'])}; exporter: {info['exporter']}; "
+          f"checks against PyTorch: {checks}")  # fmt: skip
+    print(f"run it without PyTorch: medmeta predict --model {info['files']['encoder']} "
+          "--inputs IMAGES --out MASKS")  # fmt: skip
     return 0
 
 

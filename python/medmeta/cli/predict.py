@@ -1,6 +1,8 @@
 """``medmeta predict``: the edge runtime's ``predict`` (:mod:`medmeta.edge.cli.predict`,
 torch-free) with the data layer's readers, so ``--inputs`` and ``--support`` also take
-``.npz`` files and embedded dataset names."""
+``.npz`` files and embedded dataset names. Segmentation models (a folder from ``medmeta
+adapt`` or an exported ``<stem>.encoder.onnx``) go to :mod:`medmeta.cli._seg_predict`, which
+writes masks."""
 
 from __future__ import annotations
 
@@ -82,4 +84,8 @@ READERS = Readers(
 
 
 def main(argv: Sequence[str], prog: str = "medmeta predict") -> int:
+    from medmeta.cli import _seg_predict
+
+    if _seg_predict.is_segmentation_model(argv):  # a segmentation folder or encoder.onnx
+        return _seg_predict.main(argv, prog=prog)
     return edge_predict.main(argv, prog=prog, readers=READERS)

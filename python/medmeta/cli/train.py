@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from medmeta.cli import _data, _setup
 from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
@@ -17,9 +18,24 @@ EPILOG = """examples:
   medmeta train --data my_scans.npz --algorithm maml --ways 2 --shots 5 --steps 200 \\
                 --param inner_steps=3 --out runs/maml
   medmeta train --config run.toml        # keys mirror the flags: ways = 3, meta-batch = 4, ...
+  medmeta train --task segmentation --data dsb_nuclei --algorithm alpnet --shots 1 \\
+                --steps 300 --image-size 64 --out runs/nuclei      # 1-way 1-shot, Dice
+  medmeta train --algorithm panet --data scans/ --classes liver,spleen --val-classes \\
+                right_kidney --out runs/organs    # NIfTI volumes + label maps
+  medmeta train --task segmentation --data unlabelled_scans/ --out runs/ssl
+                                         # no masks: self-supervised on superpixels
 
 The folder gets model.json (the model card), best.pt/last.pt (checkpoints, written
 atomically; re-running the same command resumes), log.csv, log.json and learning_curves.png.
+
+Segmentation (--task segmentation, or --algorithm alpnet / panet): episodes of N organs
+(--ways, default 1) with K support images each (--shots, default 1) and Q query images
+(--queries, default 2); the score is the mean foreground Dice. Data: an embedded
+segmentation set, an .npz with images/masks/class_names, a folder ROOT/images/* with
+ROOT/masks/* (PNG masks 0..N or 0/255), or NIfTI volumes with label maps. Validation:
+--val-data, else the --val-classes of the data (held-out organs), else 20% of the images
+(by patient / source) held out. --self-supervised trains on superpixels (SSL-ALPNet), the
+default for data without masks.
 """
 
 
@@ -32,17 +48,30 @@ def build_parser(prog: str) -> object:
         help="held-out classes for validation, best-checkpoint selection and temperature "
         "scaling (disjoint from --classes)",
     )
-    p.add_argument("--algorithm", default="protonet", help="a method (default protonet)")
+    p.add_argument(
+        "--task",
+        choices=_setup.TASKS,
+        help="classification (default) or segmentation (default for alpnet, panet)",
+    )
+    p.add_argument(
+        "--algorithm", help="a method (default protonet; alpnet for --task segmentation)"
+    )
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="a hyper-parameter of the method, e.g. inner_steps=3 (repeatable)")  # fmt: skip
     p.add_argument(
-        "--ways", type=int_at_least(2), default=5, help="N, classes per episode (default 5)"
+        "--ways",
+        type=int_at_least(1),
+        help="N, classes per episode (default 5; segmentation: organs, default 1)",
     )
     p.add_argument(
-        "--shots", type=int_at_least(1), default=5, help="K, support examples per class (default 5)"
+        "--shots",
+        type=int_at_least(1),
+        help="K, support examples per class (default 5; segmentation 1)",
     )
     p.add_argument(
-        "--queries", type=int_at_least(1), default=15, help="Q, queries per class (default 15)"
+        "--queries",
+        type=int_at_least(1),
+        help="Q, queries per class (default 15; segmentation: per episode, 2)",
     )
     p.add_argument("--steps", type=int_at_least(1), default=400, help="meta-updates (default 400)")
     p.add_argument(
@@ -50,8 +79,9 @@ def build_parser(prog: str) -> object:
     )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--backbone", choices=_setup.BACKBONES,
-                   help="default conv4 for images, mlp for vectors")  # fmt: skip
-    p.add_argument("--width", help="backbone width(s), e.g. 64 (conv4) or 256,128 (mlp)")
+                   help="default conv4 for images, mlp for vectors, segencoder for segmentation")  # fmt: skip
+    p.add_argument("--width", help="backbone width(s), e.g. 64 (conv4), 256,128 (mlp) or 16 "
+                   "(segencoder: stages 16,32,64,64)")  # fmt: skip
     p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
     p.add_argument("--window", help="intensity window for CT/DICOM/NIfTI values: a preset "
                    "(soft_tissue, lung, bone, brain, liver, ...) or CENTER,WIDTH; part of the "
@@ -61,6 +91,18 @@ def build_parser(prog: str) -> object:
         "--val-every", type=int_at_least(1), default=100, help="validate every this many steps"
     )
     p.add_argument("--val-episodes", type=int_at_least(1), default=100, help="validation episodes")
+    p.add_argument(
+        "--self-supervised",
+        action="store_true",
+        help="segmentation: train on "
+        "superpixels of the images, no mask used (SSL-ALPNet; the default without masks)",
+    )
+    p.add_argument("--val-data", help="segmentation: labelled data to validate on (Dice)")
+    p.add_argument(
+        "--class-names",
+        help="segmentation: names of the mask labels 1..N, comma-"
+        "separated or a text file with one per line (default: the data's classes.txt)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds episodes and initialisation")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
@@ -74,25 +116,58 @@ def build_parser(prog: str) -> object:
 def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     output_folder(args.out)
-    from medmeta.cli._workflow import train_model
 
     _setup.set_threads(args.threads)
+    task, algorithm = _setup.resolve_task(args.task, args.algorithm)
     start = time.perf_counter()
-    outcome = train_model(
-        data=args.data, classes=args.classes, val_classes=args.val_classes,
-        algorithm=args.algorithm, params=_setup.parse_params(args.param), ways=args.ways,
-        shots=args.shots, queries=args.queries, steps=args.steps, meta_batch=args.meta_batch,
-        lr=args.lr, backbone=args.backbone, width=args.width, image_size=args.image_size,
-        channels=args.channels, val_every=args.val_every, val_episodes=args.val_episodes,
-        seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
-        resume=not args.fresh, window=_window(args.window), progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
-    )  # fmt: skip
+    if task == "segmentation":
+        outcome = _train_segmentation(args, algorithm, argv)
+    else:
+        outcome = _train_classifier(args, algorithm, argv)
     summary = outcome.summary(time.perf_counter() - start)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print(outcome.describe(), file=sys.stdout)
     return 0
+
+
+def _train_classifier(args: Any, algorithm: str, argv: Sequence[str]) -> Any:
+    from medmeta.cli._workflow import train_model
+
+    for flag, value in (("--self-supervised", args.self_supervised),
+                        ("--val-data", args.val_data), ("--class-names", args.class_names)):  # fmt: skip
+        if value:
+            raise UsageError(f"{flag} applies to --task segmentation")
+    if args.ways == 1:
+        raise UsageError(
+            "--ways: must be an integer >= 2, got 1 (1-way episodes: --task segmentation)"
+        )
+    return train_model(
+        data=args.data, classes=args.classes, val_classes=args.val_classes,
+        algorithm=algorithm, params=_setup.parse_params(args.param), ways=args.ways or 5,
+        shots=args.shots or 5, queries=args.queries or 15, steps=args.steps, meta_batch=args.meta_batch,
+        lr=args.lr, backbone=args.backbone, width=args.width, image_size=args.image_size,
+        channels=args.channels, val_every=args.val_every, val_episodes=args.val_episodes,
+        seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
+        resume=not args.fresh, window=_window(args.window), progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
+    )  # fmt: skip
+
+
+def _train_segmentation(args: Any, algorithm: str, argv: Sequence[str]) -> Any:
+    from medmeta.cli._seg_train import train_segmenter
+
+    return train_segmenter(
+        data=args.data, classes=args.classes, val_classes=args.val_classes,
+        val_data=args.val_data, class_names=args.class_names, algorithm=algorithm,
+        params=_setup.parse_params(args.param), ways=args.ways or 1, shots=args.shots or 1,
+        queries=args.queries or 2, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
+        backbone=args.backbone, width=args.width, image_size=args.image_size,
+        channels=args.channels, val_every=args.val_every, val_episodes=args.val_episodes,
+        seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
+        resume=not args.fresh, progress=not args.quiet, window=_window(args.window),
+        command=" ".join(["medmeta train", *argv]), self_supervised=args.self_supervised,
+    )  # fmt: skip
 
 
 def _window(text: str | None) -> str | tuple[float, float] | None:

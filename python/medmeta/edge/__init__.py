@@ -5,6 +5,8 @@ Importing this package never imports torch (a test runs it where ``import torch`
 * :class:`EdgeModel` -- load a medmeta ONNX file, preprocess raw inputs, predict calibrated
   probabilities with out-of-distribution flags, enrol classes on the device, explain
   predictions by their nearest support examples, save/restore the enrolment.
+* :class:`EdgeSegmenter` -- load a few-shot segmenter (encoder + prototype head), enrol
+  classes from support images with label maps on the device, predict label maps.
 * :class:`Preprocessing` -- the raw-input -> model-input spec shared with training.
 * :func:`read_metadata` -- the metadata of an exported file.
 
@@ -30,17 +32,21 @@ from medmeta.edge.preprocess import Preprocessing
 from medmeta.edge.results import Explanation, Neighbour, Prediction
 from medmeta.edge.runtime import EdgeModel
 from medmeta.edge.schema import EdgeError, EdgeModelError
+from medmeta.edge.segmenter import EdgeSegmenter, PoolingRule, SegmentationEnrolment
 
 __all__ = [
     "EdgeError",
     "EdgeModel",
     "EdgeModelError",
+    "EdgeSegmenter",
     "Enrolment",
     "Explanation",
     "NativeCoreError",
     "Neighbour",
+    "PoolingRule",
     "Prediction",
     "Preprocessing",
+    "SegmentationEnrolment",
     "read_metadata",
 ]
 

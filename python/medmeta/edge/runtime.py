@@ -41,7 +41,7 @@ from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, Enrolment, build_enrolment
 from medmeta.edge.kernels import check_label_range, pairwise_distances
 from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.results import Explanation, Neighbour, Prediction
-from medmeta.edge.schema import EdgeModelError, decode_array, parse_metadata
+from medmeta.edge.schema import SEGMENTATION_ROLES, EdgeModelError, decode_array, parse_metadata
 
 __all__ = ["EdgeModel"]
 
@@ -141,6 +141,10 @@ class EdgeModel:
         self._session = cpu_session(_read_bytes(self.path, "path"), source, threads)
         self._meta = _metadata(self._session, source)
         role = self._meta["role"]
+        if role in SEGMENTATION_ROLES:
+            raise EdgeModelError(
+                f"{source} is a segmentation {role}; load the encoder with medmeta.edge.EdgeSegmenter"
+            )
         if role == "head":
             raise EdgeModelError(
                 f"{source} is an enrolment head; load the embedder file that names it instead"

@@ -5,7 +5,8 @@ is a JSON document::
 
     format            "medmeta-onnx"
     schema_version    1 (readers refuse newer versions)
-    role              "classifier" | "embedder" | "head"
+    role              "classifier" | "embedder" | "head" (classification), "encoder" |
+                      "segmentation_head" (few-shot segmentation, see below)
     medmeta_version, torch_version, exporter ("dynamo" | "torchscript"), opset, precision
     algorithm         the learner's name, or null
     class_names       [N] names, in output order
@@ -22,6 +23,22 @@ is a JSON document::
     embedder_weights_sha256         (head) the weights hash of its embedder
     head_temperature  (embedder, head) the learner's own logit temperature
 
+Segmentation files (:func:`medmeta.export.export_segmenter`, :mod:`medmeta.edge.segmenter`)
+carry ``task: "segmentation"`` and:
+
+    class_names       [N+1] names, the background at 0 (label k of a label map)
+    encoder           outputs ["features"]; feature_dim D; grid [h, w] (the feature grid of
+                      input_shape); head_file, head_sha256
+                      segmentation {"method", "scale", "background" (ADNet's score or null),
+                      "pooling" (PoolingRule: global_classes, local_classes, window,
+                      threshold, max_local)}
+                      enrolment {"prototypes" [P, D], "prototype_classes" [P],
+                      "support_features" [S, D, h, w] or null, "support_masks" [S, N+1, h, w]
+                      (soft masks) or null}
+    segmentation_head input_name "features", input_shape [D, h, w]; inputs (features,
+                      prototypes, prototype_onehot); outputs ["logits", "labels"];
+                      encoder_weights_sha256; segmentation {"scale", "background"}
+
 Arrays inside (prototypes, support embeddings) are ``{"dtype", "shape", "base64"}`` with
 little-endian raw bytes, so float32 values round-trip exactly.
 """
@@ -36,10 +53,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CLASSIFICATION_ROLES",
     "FORMAT",
     "METADATA_KEY",
     "ROLES",
     "SCHEMA_VERSION",
+    "SEGMENTATION_ROLES",
     "EdgeError",
     "EdgeModelError",
     "decode_array",
@@ -50,7 +69,11 @@ __all__ = [
 METADATA_KEY = "medmeta"
 FORMAT = "medmeta-onnx"
 SCHEMA_VERSION = 1
-ROLES = ("classifier", "embedder", "head")
+#: Roles of classification files (:class:`~medmeta.edge.EdgeModel`) and segmentation files
+#: (:class:`~medmeta.edge.EdgeSegmenter`).
+CLASSIFICATION_ROLES = ("classifier", "embedder", "head")
+SEGMENTATION_ROLES = ("encoder", "segmentation_head")
+ROLES = CLASSIFICATION_ROLES + SEGMENTATION_ROLES
 _REQUIRED = (
     "role",
     "medmeta_version",

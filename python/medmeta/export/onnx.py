@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -55,6 +55,9 @@ from medmeta.export.metadata import (
     set_metadata,
     weights_sha256,
 )
+
+if TYPE_CHECKING:
+    from medmeta.export.segmentation import SegmenterExport
 
 __all__ = ["FORMS", "MIN_OPSET", "ExportError", "ExportResult", "export_graph", "to_onnx"]
 
@@ -356,7 +359,7 @@ def to_onnx(
     opset: int = 18,
     ood_quantile: float = DEFAULT_OOD_QUANTILE,
     check_tolerance: float = CHECK_TOLERANCE,
-) -> ExportResult:
+) -> ExportResult | SegmenterExport:
     """Export an adapted model (see the module docstring for the forms and files).
 
     Args:
@@ -382,10 +385,24 @@ def to_onnx(
         check_tolerance: largest |onnxruntime - eager| probability accepted by the
             export-time check on the support set (or ``calibration_x``) inputs.
 
+    Segmentation learners and ``AdaptedSegmenter`` s go to
+    :func:`medmeta.export.export_segmenter` (``support_y``: the support label maps) and
+    return its :class:`~medmeta.export.SegmenterExport`.
+
     Raises:
         TypeError / ValueError: bad arguments (named); a learner that has no enrolment form.
         ExportError: both exporters failed or the result does not match eager PyTorch.
     """
+    from medmeta.export import segmentation  # imports this module: resolved at call time
+
+    if segmentation.is_segmenter(model):
+        return segmentation.from_to_onnx(
+            model, path, support_x=support_x, support_y=support_y, preprocessing=preprocessing,
+            class_names=class_names, temperature=temperature,
+            temperature_source=temperature_source, evaluation=evaluation, form=form, int8=int8,
+            calibration_x=calibration_x, opset=opset, ood_quantile=ood_quantile,
+            check_tolerance=check_tolerance,
+        )  # fmt: skip
     if form not in FORMS:
         raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:

@@ -16,6 +16,7 @@ from torch import nn
 
 from medmeta.nn import layers as L
 from medmeta.nn.layers import Params, TaskSequential
+from medmeta.nn.seg_encoder import SegEncoder
 
 
 def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> TaskSequential:
@@ -140,8 +141,14 @@ def embedding_dim(backbone: nn.Module, input_shape: Sequence[int]) -> int:
 
 def make_backbone(name: str, input_shape: Sequence[int], **kwargs: object) -> nn.Module:
     """A backbone by name for inputs of ``input_shape`` (no batch axis):
-    ``conv4``, ``resnet12`` (images ``[C,H,W]``), ``mlp`` (vectors ``[F]``), ``conv1d`` (``[C,L]``)."""
+    ``conv4``, ``resnet12`` (images ``[C,H,W]``), ``mlp`` (vectors ``[F]``), ``conv1d`` (``[C,L]``),
+    ``segencoder`` (the dense encoder of the segmentation learners, images ``[C,H,W]`` ->
+    feature maps ``[D, ceil(H/8), ceil(W/8)]``; kwargs ``channels``, ``out_channels``)."""
     name = name.lower()
+    if name == "segencoder":
+        if "channels" in kwargs:  # JSON (a backbone spec) stores the widths as a list
+            kwargs = {**kwargs, "channels": tuple(kwargs["channels"])}  # type: ignore[arg-type]
+        return SegEncoder(input_shape[0], **kwargs)  # type: ignore[arg-type]
     if name == "conv4":
         return Conv4(input_shape[0], **kwargs)  # type: ignore[arg-type]
     if name == "resnet12":
@@ -150,4 +157,6 @@ def make_backbone(name: str, input_shape: Sequence[int], **kwargs: object) -> nn
         return MLP(int(input_shape[-1]), **kwargs)  # type: ignore[arg-type]
     if name == "conv1d":
         return Conv1dNet(input_shape[0] if len(input_shape) == 2 else 1, **kwargs)  # type: ignore[arg-type]
-    raise ValueError(f"unknown backbone {name!r}; choose conv4, resnet12, mlp or conv1d")
+    raise ValueError(
+        f"unknown backbone {name!r}; choose conv4, resnet12, mlp, conv1d or segencoder"
+    )

@@ -250,7 +250,9 @@ def _trajectory_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings a resumed run must share with its checkpoint (``steps`` may grow)."""
     keys = ("learner", "learner_class", "ways", "shots", "queries", "meta_batch", "seed",
             "val_ways", "val_every", "val_episodes", "amp_dtype", "self_supervised")  # fmt: skip
-    return jsonable({k: config.get(k) for k in keys})
+    out = jsonable({k: config.get(k) for k in keys})
+    out["self_supervised"] = bool(out["self_supervised"])  # absent before segmentation
+    return out
 
 
 def meta_fit(
