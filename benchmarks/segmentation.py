@@ -29,6 +29,7 @@ environment (refused from a dirty tree unless ``--allow-dirty``).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -114,13 +115,37 @@ def run_abd_mri(args: argparse.Namespace) -> list[dict[str, Any]]:
     patients = sorted(volumes)
     folds = np.array_split(np.array(patients), args.folds)
     names = list(ds.class_names)
-    rows: list[dict[str, Any]] = []
+    partial = Path(args.out) / "segmentation-cpu.partial.json"
+    rows = _resumed_rows(partial, args)
+    done = {r["fold"] for r in rows}
     for fold, test in enumerate(folds[: args.max_folds or None]):
+        if fold in done:
+            logger.info("fold %d: rows taken from %s", fold, partial)
+            continue
         test = test.tolist()
         train_rows = np.nonzero(~np.isin(ds.groups, test))[0]
         for seed in range(args.seeds):
             rows += _fold(args, ds, volumes, names, train_rows, test, fold, seed)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        H.write_json(partial, {"settings": _settings(args), "rows": rows})
     return rows
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the rows depend on (``--max-folds`` and the output folder excluded)."""
+    skip = ("out", "allow_dirty", "max_folds", "resume", "skip_nuclei", "nuclei_episodes")
+    return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def _resumed_rows(partial: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """With ``--resume``, the finished folds' rows of an earlier run with the same settings
+    (written after every fold), so a long run can be continued."""
+    if not args.resume or not partial.exists():
+        return []
+    saved = json.loads(partial.read_text())
+    if saved["settings"] != json.loads(json.dumps(_settings(args))):
+        raise SystemExit(f"{partial} was written with other settings; drop --resume")
+    return [r for r in saved["rows"] if r["dataset"] == "abd_mri"]
 
 
 def _fold(
@@ -244,6 +269,11 @@ def _parse(argv: list[str], prog: str) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--allow-dirty", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the folds finished by an earlier run (segmentation-cpu.partial.json)",
+    )
     args = p.parse_args(argv)
     args.runs = [_run_of(r, p) for r in args.runs.split(",") if r]
     args.algorithms = sorted({name for name, _, _ in args.runs})

@@ -8,15 +8,16 @@ the prediction dashed, each in its own colour (a pair per class).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medmeta.eval.plots import PathLike, _figure, _save
+
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 __all__ = ["CLASS_COLOURS", "plot_dice_curves", "plot_outlines", "plot_per_class_dice"]
 
@@ -24,26 +25,6 @@ __all__ = ["CLASS_COLOURS", "plot_dice_curves", "plot_outlines", "plot_per_class
 #: ``(truth, prediction)``.
 CLASS_COLOURS = (("#00e5ff", "#ff1744"), ("#76ff03", "#d500f9"), ("#ffea00", "#2979ff"),
                  ("#ff9100", "#00bfa5"))  # fmt: skip
-
-PathLike = str | os.PathLike[str]
-
-
-def _figure(width: float, height: float) -> Figure:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("report figures need matplotlib: pip install matplotlib") from e
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, path: PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
 
 
 def plot_per_class_dice(per_class: Mapping[str, Mapping[str, float]], path: PathLike,
