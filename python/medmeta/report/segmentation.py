@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +37,7 @@ from medmeta.report.document import (
 from medmeta.report.formatting import capitalize, fmt_ci
 from medmeta.report.html import render_html
 from medmeta.report.markdown import render_markdown
+from medmeta.report.writer import place_plots
 
 __all__ = ["SEG_PLOT_NAMES", "SegmentationReportData", "write_segmentation_report"]
 
@@ -212,21 +211,7 @@ def write_segmentation_report(out_dir: str | os.PathLike[str],
         data.created = datetime.now().astimezone().isoformat(timespec="seconds")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots_dir = out / "plots"
-    tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=out))
-    try:
-        drawn = _draw(data, tmp)
-        plots_dir.mkdir(exist_ok=True)
-        paths: dict[str, Path] = {}
-        for name in SEG_PLOT_NAMES:
-            target = plots_dir / f"{name}.png"
-            if name in drawn:
-                os.replace(drawn[name], target)
-                paths[name] = target
-            else:
-                target.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    paths = place_plots(out, SEG_PLOT_NAMES, lambda tmp: _draw(data, tmp))
     rel = {name: f"plots/{p.name}" for name, p in paths.items()}
     doc = build_segmentation_document(data, rel)
     result = ReportPaths(out / "report.html", out / "report.md", paths, out / "report.json")

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -66,6 +67,30 @@ def report_dict(
     return to_jsonable(d)
 
 
+def place_plots(
+    out: Path, names: Sequence[str], draw: Callable[[Path], Mapping[str, Path]]
+) -> dict[str, Path]:
+    """Draw PNGs with ``draw(tmp_folder) -> {name: path}`` into a private temporary folder,
+    then move each into ``out/plots/<name>.png`` (atomic rename); a name not drawn this time
+    loses its old file. Returns ``{name: final path}`` of the drawn ones."""
+    tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=out))
+    try:
+        drawn = draw(tmp)
+        plots_dir = out / "plots"
+        plots_dir.mkdir(exist_ok=True)
+        paths: dict[str, Path] = {}
+        for name in names:
+            target = plots_dir / f"{name}.png"
+            if name in drawn:
+                os.replace(drawn[name], target)
+                paths[name] = target
+            else:
+                target.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths
+
+
 def write_report(
     out_dir: str | os.PathLike[str],
     data: ReportData,
@@ -103,23 +128,15 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"out_dir must be a folder, got the file {out}")
     out.mkdir(parents=True, exist_ok=True)
-    plots_dir = out / "plots"
 
-    # draw into a private temp folder, then move each PNG into place (atomic rename)
-    tmp = Path(tempfile.mkdtemp(prefix=".plots-", dir=out))
-    try:
-        drawn, emb_map = draw_figures(checked, tmp, max_points=max_points, seed=seed)
-        plots_dir.mkdir(exist_ok=True)
-        plot_paths: dict[str, Path] = {}
-        for name in PLOT_NAMES:
-            target = plots_dir / f"{name}.png"
-            if name in drawn:
-                os.replace(drawn[name], target)
-                plot_paths[name] = target
-            else:
-                target.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    drawn: dict[str, Any] = {}
+
+    def draw(tmp: Path) -> dict[str, Path]:
+        figures, drawn["emb_map"] = draw_figures(checked, tmp, max_points=max_points, seed=seed)
+        return figures
+
+    plot_paths = place_plots(out, PLOT_NAMES, draw)
+    emb_map = drawn["emb_map"]
 
     rel = {name: f"plots/{p.name}" for name, p in plot_paths.items()}
     doc = build_document(checked, rel, emb_map)
