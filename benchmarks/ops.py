@@ -47,6 +47,22 @@ PASSES = (FWD, FWD_BWD)
 OPS = ("pairwise_distance", "prototypical_loss", "prototypes", "masked_prototypes", "inner_update")
 X_LABELS = {op: "B (episodes)" for op in OPS} | {"inner_update": "T (tasks)"}
 
+SHAPE_SETS = ("default", "segmentation")
+# The segmentation set sweeps the spatial size of one episode (B = 1) instead of B.
+SEGMENTATION_X_LABELS = {
+    "masked_prototypes": "H·W (cells per support feature map)",
+    "pairwise_distance": "n·h·w (query feature positions)",
+}
+SEGMENTATION_PREFIX = "seg "  # starts the series name of every segmentation-set point
+
+
+def x_name(op: str, series: str) -> str:
+    """The name of a point's sweep variable: B, T, or H·W / n·h·w for the segmentation set."""
+    segmentation = series.startswith(SEGMENTATION_PREFIX)
+    label = (SEGMENTATION_X_LABELS if segmentation else X_LABELS).get(op, "x")
+    return label.split(" ")[0]
+
+
 BROADCAST_MAX_ELEMENTS = 2**23  # the [B,Q,N,D] broadcast formulation only below this
 EASYFSL_MAX_B = 32  # easyfsl's single-episode loop, run over B episodes, only up to here
 
@@ -241,6 +257,37 @@ def torch_distances(metric: str) -> dict[str, Callable[[torch.Tensor, torch.Tens
     raise ValueError(metric)
 
 
+def _cos_bmm_divide(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - x·y / (|x| |y|): the bmm of the raw rows, divided by the outer product of the
+    norms (floored at 1e-8 as F.normalize), so no normalised copy of x is written."""
+    nx = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
+    ny = torch.linalg.vector_norm(y, dim=-1).clamp_min(1e-8).unsqueeze(1)
+    return 1 - torch.bmm(x, y.transpose(1, 2)) / (nx * ny)
+
+
+def _cos_normalize_y_bmm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - x·ŷ / |x|: only the (few) prototypes normalised, the bmm divided by |x|."""
+    nx = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-8)
+    return 1 - torch.bmm(x, F.normalize(y, dim=-1, eps=1e-8).transpose(1, 2)) / nx
+
+
+def torch_cosine_one_episode() -> dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """More cosine formulations, for one episode of many rows (the segmentation score head:
+    every query feature position against a few prototypes): beyond ``torch_distances``'s."""
+    return {
+        "bmm / (|x|·|y|)": _cos_bmm_divide,
+        "normalize(y) + bmm / |x|": _cos_normalize_y_bmm,
+        "normalize + F.linear (B=1)": lambda x, y: (
+            1 - F.linear(F.normalize(x, dim=-1, eps=1e-8), F.normalize(y[0], dim=-1, eps=1e-8))
+        ),
+        "normalize + torch.cdist² / 2": lambda x, y: (
+            torch.cdist(F.normalize(x, dim=-1, eps=1e-8), F.normalize(y, dim=-1, eps=1e-8))
+            .square()
+            .mul(0.5)
+        ),
+    }
+
+
 def _keops_sqdist(lazy: Any, x: torch.Tensor, y: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
     """Dense [B,Q,N] squared distances from KeOps: sum_j d(x_i, y_j) e_j (e_j one-hot)."""
     d = lazy(x[:, :, None, :]).sqdist(lazy(y[:, None, :, :]))
@@ -271,6 +318,40 @@ class EpisodeShape:
         return {"B": self.B, "Q": self.Q, "N": self.N, "D": self.D, "metric": self.metric}
 
 
+@dataclass(frozen=True)
+class SegDistanceShape:
+    """The segmentation score head (PANet/ALPNet): every query feature position, n queries
+    of ``side``×``side`` cells, ``[1, n·side², D]``, against the episode's P prototypes
+    ``[1, P, D]`` under the cosine metric."""
+
+    n: int
+    side: int
+    P: int
+    D: int
+    metric: str = "cosine"
+    B = 1
+    passes = PASSES
+
+    @property
+    def Q(self) -> int:
+        return self.n * self.side * self.side
+
+    @property
+    def N(self) -> int:
+        return self.P
+
+    @property
+    def x(self) -> int:
+        return self.Q
+
+    def series(self) -> str:
+        return f"{SEGMENTATION_PREFIX}{self.metric} P={self.P} D={self.D}"
+
+    def shape(self) -> dict[str, Any]:
+        return {"B": 1, "Q": self.Q, "N": self.P, "D": self.D, "metric": self.metric,
+                "n": self.n, "h": self.side, "w": self.side}  # fmt: skip
+
+
 def _episode_tensors(
     s: EpisodeShape, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -283,7 +364,11 @@ def _episode_tensors(
 
 
 def distance_problem(
-    s: EpisodeShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+    s: EpisodeShape | SegDistanceShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    peers: Peers,
+    checks_off: bool,
 ) -> Problem:
     import medmeta.ops as mm
 
@@ -291,7 +376,10 @@ def distance_problem(
     del checks_off  # pairwise_distance reads no data for its checks: nothing to turn off
     forms = _ours(lambda: mm.pairwise_distance(x, y, s.metric), checks_off=False)
     big = s.B * s.Q * s.N * s.D > BROADCAST_MAX_ELEMENTS
-    for name, f in torch_distances(s.metric).items():
+    candidates = dict(torch_distances(s.metric))
+    if isinstance(s, SegDistanceShape) and s.metric == "cosine":
+        candidates.update(torch_cosine_one_episode())
+    for name, f in candidates.items():
         if "broadcast" in name and big:
             why = f"skipped: B·Q·N·D > {BROADCAST_MAX_ELEMENTS} (a [B,Q,N,D] temporary)"
             forms.append(Formulation(name, H.KIND_TORCH, None, why))
@@ -314,7 +402,7 @@ def distance_problem(
     return Problem(
         "pairwise_distance",
         s.series(),
-        s.B,
+        s.x,
         s.shape(),
         forms,
         [x, y],
@@ -532,6 +620,29 @@ class MaskShape:
         return {"B": self.B, "S": self.S, "C": self.C, "D": self.D, "H": self.HW, "W": self.HW}
 
 
+@dataclass(frozen=True)
+class SegMaskShape:
+    """One segmentation episode (B = 1): support features [1,S,D,H,W] and soft masks
+    [1,S,C,H,W] (C = class prototypes plus ALPNet's local prototypes, up to 20 per class)."""
+
+    S: int
+    C: int
+    D: int
+    HW: int  # H = W
+    B = 1
+    passes = PASSES
+
+    @property
+    def x(self) -> int:
+        return self.HW * self.HW
+
+    def series(self) -> str:
+        return f"{SEGMENTATION_PREFIX}S={self.S} C={self.C} D={self.D}"
+
+    def shape(self) -> dict[str, Any]:
+        return {"B": 1, "S": self.S, "C": self.C, "D": self.D, "H": self.HW, "W": self.HW}
+
+
 def _masked_einsum(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bsdhw,bschw->bcd", f, m) / m.sum(dim=(1, 3, 4)).unsqueeze(-1)
 
@@ -554,13 +665,19 @@ def _masked_bmm_flat(f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def masked_problem(
-    s: MaskShape, device: torch.device, dtype: torch.dtype, peers: Peers, checks_off: bool
+    s: MaskShape | SegMaskShape,
+    device: torch.device,
+    dtype: torch.dtype,
+    peers: Peers,
+    checks_off: bool,
 ) -> Problem:
     import medmeta.ops as mm
 
     del peers
     f = torch.randn(s.B, s.S, s.D, s.HW, s.HW, device=device, dtype=dtype)
-    m = (torch.rand(s.B, s.S, s.C, s.HW, s.HW, device=device) < 0.4).to(dtype)
+    m = torch.rand(s.B, s.S, s.C, s.HW, s.HW, device=device)
+    # binary masks (40% density), or soft ones (cell coverage in [0, 1)) for segmentation
+    m = m.to(dtype) if isinstance(s, SegMaskShape) else (m < 0.4).to(dtype)
     forms = _ours(lambda: mm.masked_prototypes(f, m), checks_off)
     forms += [
         Formulation("einsum", H.KIND_TORCH, lambda: _masked_einsum(f, m)),
@@ -573,7 +690,7 @@ def masked_problem(
     return Problem(
         "masked_prototypes",
         s.series(),
-        s.B,
+        s.x,
         s.shape(),
         forms,
         [f],  # masks are labels: no gradient
@@ -800,8 +917,36 @@ def _in_place_update_problem(
 # --------------------------------------------------------------------------- grids
 
 
-def grid(quick: bool) -> list[tuple[Callable[..., Problem], Any]]:
+def segmentation_grid(quick: bool) -> list[tuple[Callable[..., Problem], Any]]:
+    """The few-shot segmentation shapes (``--shapes segmentation``), one episode each:
+    masked prototypes at D 64-256, H·W 16²-64², S 1 and 5 shots, C 2 (foreground and
+    background), 22 and 42 (1-way with background, up to 20 local prototypes per class),
+    and the cosine score head over n·h·w = 2·16², 2·32², 4·64² query positions against
+    P 2, 22, 42 prototypes at D 64-256."""
+    if quick:
+        masks = [SegMaskShape(1, 2, 64, 16), SegMaskShape(5, 22, 64, 16)]
+        dists = [SegDistanceShape(2, 16, 2, 64), SegDistanceShape(2, 16, 22, 128)]
+    else:
+        masks = [
+            SegMaskShape(S, C, D, side)
+            for D in (64, 128, 256)
+            for S in (1, 5)
+            for C in (2, 22, 42)
+            for side in (16, 32, 64)
+        ]
+        dists = [
+            SegDistanceShape(n, side, P, D)
+            for D in (64, 128, 256)
+            for P in (2, 22, 42)
+            for n, side in ((2, 16), (2, 32), (4, 64))
+        ]
+    return [*[(masked_problem, s) for s in masks], *[(distance_problem, s) for s in dists]]
+
+
+def grid(quick: bool, shapes: str = "default") -> list[tuple[Callable[..., Problem], Any]]:
     """The benchmark points (problem builder, shape spec), in run order."""
+    if shapes == "segmentation":
+        return segmentation_grid(quick)
     if quick:
         episodes = [EpisodeShape(1, 15, 5, 64), EpisodeShape(8, 75, 5, 256)]
         return [
@@ -1629,7 +1774,7 @@ def evaluate_targets(
             slower = [p for p in ps if p.speedup < 1]
             clearly = [p for p in ps if p.clearly_slower]
             detail = (
-                f"worst {worst.speedup:.2f}× at {worst.series} {X_LABELS[op][0]}={worst.x} "
+                f"worst {worst.speedup:.2f}× at {worst.series} {x_name(op, worst.series)}={worst.x} "
                 f"(vs {worst.best_torch}); {len(slower)}/{len(ps)} points slower"
                 f" ({len(clearly)} beyond the IQRs)"
             )
@@ -1728,6 +1873,14 @@ def markdown_report(payload: dict[str, Any]) -> str:
         else "- This run predates the float64 check: formulations were compared with medmeta "
         "(rtol 1e-3, atol 1e-4 × max|medmeta|) before timing.",
     ]
+    segmentation = env.get("shapes") == "segmentation"
+    if segmentation:
+        lines.append(
+            "- Shape set: **segmentation** (`--shapes segmentation`): one episode (B = 1) of "
+            "PANet/ALPNet; masked_prototypes of soft masks swept over H·W, the cosine "
+            "pairwise_distance of every query feature position against the prototypes swept "
+            "over n·h·w (see `segmentation_grid` in benchmarks/ops.py)."
+        )
     c = env.get("contention")
     if c:
         lines.append(
@@ -1760,7 +1913,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
                 s["pass"],
                 s["points"],
                 f"**{H.fmt_ratio(s['worst_speedup'])}**",
-                f"{at['series']} {X_LABELS.get(s['op'], 'x')[0]}={at['x']}",
+                f"{at['series']} {x_name(s['op'], at['series'])}={at['x']}",
                 s["worst_best_torch"],
                 f"**{H.fmt_ratio(s['median_speedup'])}**",
                 f"{s['slower_points']} ({s['clearly_slower_points']})",
@@ -1808,6 +1961,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
     lines.append(
         H.markdown_table(["op", "pass", "formulation", "kind", "points", "median", "worst"], rows)
     )
+    if segmentation:
+        lines += _every_point_section(points)
     slow = [p for p in points if p.speedup is not None and p.speedup < 1]
     lines += ["", "## Points where medmeta is slower than the best torch formulation", ""]
     if not slow:
@@ -1869,6 +2024,31 @@ def markdown_report(payload: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def _every_point_section(points: Sequence[H.Point]) -> list[str]:
+    """Every point: medmeta's speedup over the best torch formulation (forward and
+    forward+backward side by side), for the segmentation shape set."""
+    by_shape: dict[tuple[str, str, int], dict[str, H.Point]] = {}
+    for p in points:
+        by_shape.setdefault((p.op, p.series, p.x), {})[p.pass_] = p
+
+    def cell(p: H.Point | None) -> str:
+        if p is None or p.speedup is None:
+            return "—"
+        mark = " (beyond IQR)" if p.clearly_slower else ""
+        return f"{H.fmt_ratio(p.speedup)} vs {p.best_torch}{mark}"
+
+    rows = [
+        [op, series, f"{x_name(op, series)}={x}", cell(ps.get(FWD)), cell(ps.get(FWD_BWD))]
+        for (op, series, x), ps in by_shape.items()
+    ]
+    return [
+        "",
+        "## Every point: medmeta's speedup over the best torch formulation",
+        "",
+        H.markdown_table(["op", "series", "size", FWD, FWD_BWD], rows),
+    ]
 
 
 def _reference_sections(records: list[dict[str, Any]]) -> list[str]:
@@ -1950,8 +2130,12 @@ def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
     )
     order = [(op, pass_) for op in OPS for pass_ in PASSES]
     paths = [stem.with_suffix(".json")]
+    segmentation = env.get("shapes") == "segmentation"
+    if segmentation:
+        title = title.replace("medmeta ops:", "medmeta ops, segmentation shapes:")
+    x_labels = SEGMENTATION_X_LABELS if segmentation else X_LABELS
     try:
-        H.plot_speedups(points, stem.with_suffix(".png"), title, X_LABELS, order)
+        H.plot_speedups(points, stem.with_suffix(".png"), title, x_labels, order)
         paths.append(stem.with_suffix(".png"))
     except ImportError as e:
         payload.setdefault("notes", []).append(f"no plot: {H.short_error(e)}")
@@ -1969,7 +2153,19 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch (and medmeta) CPU threads")
     ap.add_argument("--quick", action="store_true", help="a few small sizes, short timings (CI)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--tag", default=None, help="file-name suffix (default: 'quick' with --quick)")
+    ap.add_argument(
+        "--tag",
+        default=None,
+        help="file-name suffix (default: 'quick' with --quick; 'segmentation[-quick]' with "
+        "--shapes segmentation)",
+    )
+    ap.add_argument(
+        "--shapes",
+        default="default",
+        choices=SHAPE_SETS,
+        help="the shape set: 'default' (episode batches, B/T sweeps) or 'segmentation' "
+        "(masked_prototypes and the cosine pairwise_distance of PANet/ALPNet, one episode)",
+    )
     ap.add_argument(
         "--ops", default=",".join(OPS), help="comma-separated subset of " + ",".join(OPS)
     )
@@ -1994,8 +2190,9 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     ap.add_argument(
         "--overhead",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also measure the per-call framework overhead on 1-element problems",
+        default=None,
+        help="also measure the per-call framework overhead on 1-element problems "
+        "(default: on, off with --shapes segmentation)",
     )
     ap.add_argument(
         "--no-malloc-env",
@@ -2036,7 +2233,10 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
         help="write into benchmarks/results/ from a tree with uncommitted or untracked files "
         "(the results are marked dirty)",
     )
-    return ap.parse_args(list(argv))
+    args = ap.parse_args(list(argv))
+    if args.overhead is None:
+        args.overhead = args.shapes == "default"
+    return args
 
 
 def _progress(recs: Sequence[H.Record], seconds: float) -> str:
@@ -2118,6 +2318,7 @@ def run(
             "peers": peers.status(),
             "peers_status_json": _peers_status_json(),
             "dtype": "float32",
+            "shapes": args.shapes,
             "value_checks": "on (medmeta); off only in 'medmeta [checks off]'",
             "timing": {
                 **cfg.__dict__,
@@ -2146,7 +2347,7 @@ def run(
         print(f"reusing {len(reuse)} undisturbed points of {args.resume}")
     records: list[H.Record] = []
     started = time.perf_counter()
-    for build, spec in grid(args.quick):
+    for build, spec in grid(args.quick, args.shapes):
         op = BUILDERS[build]
         if op not in ops:
             continue
@@ -2192,7 +2393,12 @@ def run(
         "note": "others_cpu per record: CPUs used by other processes while the point was timed",
     }
     payload = _payload(env, records, device, overhead)
-    tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
+    tag = args.tag
+    if tag is None:
+        tag = "-".join(
+            [*(["segmentation"] if args.shapes == "segmentation" else []),
+             *(["quick"] if args.quick else [])]
+        )  # fmt: skip
     stem = args.out / (f"ops-{device.type}" + (f"-{tag}" if tag else ""))
     for path in write_outputs(payload, stem):
         print(f"wrote {path}")
