@@ -16,6 +16,11 @@ SHAPES = [
     (1, 5, 2, 64, 16, 16),
     (3, 1, 3, 7, 9, 1),
     (2, 2, 1, 33, 50, 50),
+    # many classes (segmentation: class and local prototypes): pixel blocks of grad_feat
+    # smaller than a map, whole and partial
+    (1, 5, 42, 24, 16, 16),
+    (1, 1, 22, 10, 32, 32),
+    (2, 2, 9, 5, 7, 13),
 ]
 
 

@@ -15,72 +15,11 @@
 
 #include "common/cpu.h"
 #include "common/math.h"
+#include "common/simd.h"
 
 namespace medmeta {
 
 namespace {
-
-// ---------------------------------------------------------------- 32-byte SIMD vectors
-// GCC/Clang vector extensions: 8 float or 4 double lanes, one AVX register (two SSE ones in
-// the baseline clone). Loads and stores are macros, so that no vector crosses a function
-// boundary by value (no ABI warnings in the baseline clone), and every tile loop over a
-// compile-time count is unrolled, so that the accumulator arrays live in registers.
-#if defined(__GNUC__)
-template <typename T> struct VecOf;
-template <> struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
-  typedef float unaligned __attribute__((vector_size(32), aligned(4), may_alias));
-};
-template <> struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
-  typedef double unaligned __attribute__((vector_size(32), aligned(8), may_alias));
-};
-#define MP_LOAD(T, p) (*reinterpret_cast<const typename VecOf<T>::unaligned*>(p))
-#define MP_STORE(T, p, v) (*reinterpret_cast<typename VecOf<T>::unaligned*>(p) = (v))
-#define MP_UNROLL MEDMETA_PRAGMA(GCC unroll 16)
-#else
-template <typename T> struct VecOf {
-  struct type {
-    T v[32 / sizeof(T)];
-    T& operator[](int i) { return v[i]; }
-    const T& operator[](int i) const { return v[i]; }
-    type& operator+=(const type& o) {
-      for (int i = 0; i < int(32 / sizeof(T)); ++i) v[i] += o.v[i];
-      return *this;
-    }
-    type operator*(const type& o) const {
-      type r;
-      for (int i = 0; i < int(32 / sizeof(T)); ++i) r.v[i] = v[i] * o.v[i];
-      return r;
-    }
-    type operator*(T x) const {
-      type r;
-      for (int i = 0; i < int(32 / sizeof(T)); ++i) r.v[i] = v[i] * x;
-      return r;
-    }
-  };
-  static type load(const T* p) {
-    type r;
-    std::memcpy(&r, p, sizeof r);
-    return r;
-  }
-  static void store(T* p, const type& v) { std::memcpy(p, &v, sizeof v); }
-};
-#define MP_LOAD(T, p) (VecOf<T>::load(p))
-#define MP_STORE(T, p, v) (VecOf<T>::store((p), (v)))
-#define MP_UNROLL
-#endif
-template <typename T> using Vec = typename VecOf<T>::type;
-
-template <typename T> constexpr int kLanes = int(32 / sizeof(T));
-
-// Sum of the lanes, pairwise.
-template <typename T> MEDMETA_INLINE T hsum(const Vec<T>& v) {
-  if constexpr (kLanes<T> == 8)
-    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-  else
-    return (v[0] + v[2]) + (v[1] + v[3]);
-}
 
 // ---------------------------------------------------------------- forward
 
@@ -96,26 +35,26 @@ MEDMETA_INLINE void dot_tile(const T* __restrict m, int64_t ms, const T* __restr
                              T* __restrict out, int64_t os) {
   constexpr int W = kLanes<T>;
   Vec<T> acc[CT][DT];
-  MP_UNROLL
+  MEDMETA_UNROLL
   for (int i = 0; i < CT; ++i) {
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int j = 0; j < DT; ++j) acc[i][j] = Vec<T>{};
   }
   int64_t p = 0;
   for (; p + W <= n; p += W) {
     Vec<T> fv[DT];
-    MP_UNROLL
-    for (int j = 0; j < DT; ++j) fv[j] = MP_LOAD(T, f + j * fs + p);
-    MP_UNROLL
+    MEDMETA_UNROLL
+    for (int j = 0; j < DT; ++j) fv[j] = MEDMETA_VLOAD(T, f + j * fs + p);
+    MEDMETA_UNROLL
     for (int i = 0; i < CT; ++i) {
-      const Vec<T> mv = MP_LOAD(T, m + i * ms + p);
-      MP_UNROLL
+      const Vec<T> mv = MEDMETA_VLOAD(T, m + i * ms + p);
+      MEDMETA_UNROLL
       for (int j = 0; j < DT; ++j) acc[i][j] += mv * fv[j];
     }
   }
-  MP_UNROLL
+  MEDMETA_UNROLL
   for (int i = 0; i < CT; ++i) {
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int j = 0; j < DT; ++j) {
       T s = hsum<T>(acc[i][j]);
       for (int64_t q = p; q < n; ++q) s += m[i * ms + q] * f[j * fs + q];
@@ -141,12 +80,12 @@ template <typename T> MEDMETA_INLINE T row_sum(const T* __restrict x, int64_t n)
   Vec<T> a0{}, a1{}, a2{}, a3{};
   int64_t p = 0;
   for (; p + 4 * W <= n; p += 4 * W) {
-    a0 += MP_LOAD(T, x + p);
-    a1 += MP_LOAD(T, x + p + W);
-    a2 += MP_LOAD(T, x + p + 2 * W);
-    a3 += MP_LOAD(T, x + p + 3 * W);
+    a0 += MEDMETA_VLOAD(T, x + p);
+    a1 += MEDMETA_VLOAD(T, x + p + W);
+    a2 += MEDMETA_VLOAD(T, x + p + 2 * W);
+    a3 += MEDMETA_VLOAD(T, x + p + 3 * W);
   }
-  for (; p + W <= n; p += W) a0 += MP_LOAD(T, x + p);
+  for (; p + W <= n; p += W) a0 += MEDMETA_VLOAD(T, x + p);
   a0 += a1;
   a2 += a3;
   a0 += a2;
@@ -219,7 +158,8 @@ MEDMETA_CPU_CLONES void forward_tasks(const T* feat, const T* masks, T* mass, T*
 // ---------------------------------------------------------------- backward
 
 constexpr int64_t kRowTile = 4;          // grad_feat rows per register tile
-constexpr int64_t kFeatBlock = 1920;     // bytes of a row per grad_feat pixel block (20 × 3 vectors)
+constexpr int64_t kFeatBlock = 1920;     // bytes of a row per grad_feat pixel block (20 × 3 vectors)...
+constexpr int64_t kFeatMaskBytes = 16384; // ...at most, so that the block's C mask rows stay in L1
 constexpr int64_t kMaskBlock = 960;      // bytes of a row per grad_masks pixel block (10 × 3 vectors)
 constexpr int64_t kMaskDepth = 16;       // channels per grad_masks contraction block
 constexpr int64_t kMaskClassTile = 4;    // classes per grad_masks register tile
@@ -233,12 +173,12 @@ MEDMETA_INLINE void combine_rows(const T* __restrict g, int64_t C, const T* __re
   int64_t p = 0;
   for (; p + 3 * W <= n; p += 3 * W) {
     Vec<T> acc0[RT], acc1[RT], acc2[RT];
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < RT; ++i) acc0[i] = Vec<T>{}, acc1[i] = Vec<T>{}, acc2[i] = Vec<T>{};
     for (int64_t c = 0; c < C; ++c) {
       const T* mc = m + c * ms + p;
-      const Vec<T> m0 = MP_LOAD(T, mc), m1 = MP_LOAD(T, mc + W), m2 = MP_LOAD(T, mc + 2 * W);
-      MP_UNROLL
+      const Vec<T> m0 = MEDMETA_VLOAD(T, mc), m1 = MEDMETA_VLOAD(T, mc + W), m2 = MEDMETA_VLOAD(T, mc + 2 * W);
+      MEDMETA_UNROLL
       for (int i = 0; i < RT; ++i) {
         const T gi = g[i * C + c];
         acc0[i] += m0 * gi;
@@ -246,28 +186,28 @@ MEDMETA_INLINE void combine_rows(const T* __restrict g, int64_t C, const T* __re
         acc2[i] += m2 * gi;
       }
     }
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < RT; ++i) {
       T* o = out + i * os + p;
-      MP_STORE(T, o, acc0[i]);
-      MP_STORE(T, o + W, acc1[i]);
-      MP_STORE(T, o + 2 * W, acc2[i]);
+      MEDMETA_VSTORE(T, o, acc0[i]);
+      MEDMETA_VSTORE(T, o + W, acc1[i]);
+      MEDMETA_VSTORE(T, o + 2 * W, acc2[i]);
     }
   }
   for (; p + W <= n; p += W) {
     Vec<T> acc[RT];
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < RT; ++i) acc[i] = Vec<T>{};
     for (int64_t c = 0; c < C; ++c) {
-      const Vec<T> m0 = MP_LOAD(T, m + c * ms + p);
-      MP_UNROLL
+      const Vec<T> m0 = MEDMETA_VLOAD(T, m + c * ms + p);
+      MEDMETA_UNROLL
       for (int i = 0; i < RT; ++i) acc[i] += m0 * g[i * C + c];
     }
-    MP_UNROLL
-    for (int i = 0; i < RT; ++i) MP_STORE(T, out + i * os + p, acc[i]);
+    MEDMETA_UNROLL
+    for (int i = 0; i < RT; ++i) MEDMETA_VSTORE(T, out + i * os + p, acc[i]);
   }
   for (; p < n; ++p) {
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < RT; ++i) {
       T s = 0;
       for (int64_t c = 0; c < C; ++c) s += g[i * C + c] * m[c * ms + p];
@@ -280,22 +220,30 @@ MEDMETA_INLINE void combine_rows(const T* __restrict g, int64_t C, const T* __re
 template <typename T>
 MEDMETA_CPU_CLONES void grad_feat_tasks(const T* gt, const T* masks, T* gfeat, int64_t S, int64_t C, int64_t D,
                                    int64_t HW, int64_t tiles, int64_t t0, int64_t t1) {
-  const int64_t block = kFeatBlock / int64_t(sizeof(T));
+  // whole register tiles of pixels (3 vectors), as many as the L1 share of the masks holds
+  constexpr int64_t step = 3 * kLanes<T>, size = int64_t(sizeof(T));
+  const int64_t fit = kFeatMaskBytes / (std::max<int64_t>(C, 1) * size);
+  const int64_t block = std::max(step, std::min(kFeatBlock / size, fit) / step * step);
+  // The block's mask rows, copied contiguously: rows HW apart (a power of two for square
+  // maps) would share the same few L1 sets and evict each other.
+  std::vector<T> packed(C * block);
   for (int64_t r = t0 / tiles; r * tiles < t1; ++r) {  // r = b * S + s
     const int64_t b = r / S;
     const int64_t d_lo = (std::max(t0, r * tiles) - r * tiles) * kRowTile;
     const int64_t d_hi = std::min(D, (std::min(t1, (r + 1) * tiles) - r * tiles) * kRowTile);
     for (int64_t p0 = 0; p0 < HW; p0 += block) {
       const int64_t n = std::min(block, HW - p0);
-      const T* m = masks + r * C * HW + p0;
+      const T* mr = masks + r * C * HW + p0;
+      for (int64_t c = 0; c < C; ++c) std::copy(mr + c * HW, mr + c * HW + n, packed.data() + c * n);
+      const T* m = packed.data();
       for (int64_t d0 = d_lo; d0 < d_hi; d0 += kRowTile) {
         const T* g = gt + (b * D + d0) * C;
         T* o = gfeat + (r * D + d0) * HW + p0;
         switch (std::min(kRowTile, d_hi - d0)) {
-          case 4: combine_rows<4>(g, C, m, HW, n, o, HW); break;
-          case 3: combine_rows<3>(g, C, m, HW, n, o, HW); break;
-          case 2: combine_rows<2>(g, C, m, HW, n, o, HW); break;
-          default: combine_rows<1>(g, C, m, HW, n, o, HW); break;
+          case 4: combine_rows<4>(g, C, m, n, n, o, HW); break;
+          case 3: combine_rows<3>(g, C, m, n, n, o, HW); break;
+          case 2: combine_rows<2>(g, C, m, n, n, o, HW); break;
+          default: combine_rows<1>(g, C, m, n, n, o, HW); break;
         }
       }
     }
@@ -311,17 +259,17 @@ MEDMETA_INLINE void accumulate_rows(const T* __restrict g, int64_t C, const T* _
   int64_t p = 0;
   for (; p + 3 * W <= n; p += 3 * W) {
     Vec<T> acc0[CT], acc1[CT], acc2[CT];
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < CT; ++i) {
       const T* o = out + i * os + p;
-      acc0[i] = MP_LOAD(T, o);
-      acc1[i] = MP_LOAD(T, o + W);
-      acc2[i] = MP_LOAD(T, o + 2 * W);
+      acc0[i] = MEDMETA_VLOAD(T, o);
+      acc1[i] = MEDMETA_VLOAD(T, o + W);
+      acc2[i] = MEDMETA_VLOAD(T, o + 2 * W);
     }
     for (int64_t d = 0; d < depth; ++d) {
       const T* fd = f + d * fs + p;
-      const Vec<T> f0 = MP_LOAD(T, fd), f1 = MP_LOAD(T, fd + W), f2 = MP_LOAD(T, fd + 2 * W);
-      MP_UNROLL
+      const Vec<T> f0 = MEDMETA_VLOAD(T, fd), f1 = MEDMETA_VLOAD(T, fd + W), f2 = MEDMETA_VLOAD(T, fd + 2 * W);
+      MEDMETA_UNROLL
       for (int i = 0; i < CT; ++i) {
         const T gi = g[d * C + i];
         acc0[i] += f0 * gi;
@@ -329,28 +277,28 @@ MEDMETA_INLINE void accumulate_rows(const T* __restrict g, int64_t C, const T* _
         acc2[i] += f2 * gi;
       }
     }
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < CT; ++i) {
       T* o = out + i * os + p;
-      MP_STORE(T, o, acc0[i]);
-      MP_STORE(T, o + W, acc1[i]);
-      MP_STORE(T, o + 2 * W, acc2[i]);
+      MEDMETA_VSTORE(T, o, acc0[i]);
+      MEDMETA_VSTORE(T, o + W, acc1[i]);
+      MEDMETA_VSTORE(T, o + 2 * W, acc2[i]);
     }
   }
   for (; p + W <= n; p += W) {
     Vec<T> acc[CT];
-    MP_UNROLL
-    for (int i = 0; i < CT; ++i) acc[i] = MP_LOAD(T, out + i * os + p);
+    MEDMETA_UNROLL
+    for (int i = 0; i < CT; ++i) acc[i] = MEDMETA_VLOAD(T, out + i * os + p);
     for (int64_t d = 0; d < depth; ++d) {
-      const Vec<T> f0 = MP_LOAD(T, f + d * fs + p);
-      MP_UNROLL
+      const Vec<T> f0 = MEDMETA_VLOAD(T, f + d * fs + p);
+      MEDMETA_UNROLL
       for (int i = 0; i < CT; ++i) acc[i] += f0 * g[d * C + i];
     }
-    MP_UNROLL
-    for (int i = 0; i < CT; ++i) MP_STORE(T, out + i * os + p, acc[i]);
+    MEDMETA_UNROLL
+    for (int i = 0; i < CT; ++i) MEDMETA_VSTORE(T, out + i * os + p, acc[i]);
   }
   for (; p < n; ++p) {
-    MP_UNROLL
+    MEDMETA_UNROLL
     for (int i = 0; i < CT; ++i) {
       T s = out[i * os + p];
       for (int64_t d = 0; d < depth; ++d) s += g[d * C + i] * f[d * fs + p];
