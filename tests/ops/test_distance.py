@@ -31,6 +31,73 @@ def test_matches_reference(device_dtype, gen, metric, shape):
         assert_close(a, b, dtype)
 
 
+# Many prototypes (N >= 8: the CPU's matrix-product kernels): whole and partial vectors and
+# panels of prototypes, query counts off the blocks, channels off the vectors and the
+# channel blocks, one episode split over the threads (the segmentation score head's shape).
+MANY_PROTOTYPES = [
+    (1, 9, 8, 5),
+    (2, 37, 22, 29),
+    (3, 50, 42, 70),
+    (1, 301, 57, 24),
+    (1, 700, 42, 64),
+]
+
+
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("shape", MANY_PROTOTYPES, ids=str)
+def test_many_prototypes_match_reference(device_dtype, gen, metric, shape):
+    device, dtype = device_dtype
+    B, Q, N, D = shape
+    x = randn(gen, B, Q, D, device=device, requires_grad=True)
+    y = randn(gen, B, N, D, device=device, requires_grad=True)
+    xd, yd = (x.detach().to(dtype).requires_grad_(), y.detach().to(dtype).requires_grad_())
+    out = ops.pairwise_distance(xd, yd, metric)
+    ref = _reference.pairwise_distance(x, y, metric)
+    assert_close(out, ref, dtype)
+    g = randn(gen, B, Q, N, device=device)
+    got = torch.autograd.grad(out, (xd, yd), g.to(dtype))
+    want = torch.autograd.grad(ref, (x, y), g)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b, dtype)
+    # each input's gradient alone (the kernels skip the other one)
+    for i, inp in enumerate((xd, yd)):
+        (alone,) = torch.autograd.grad(ops.pairwise_distance(xd, yd, metric), (inp,), g.to(dtype))
+        assert_close(alone, want[i], dtype)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_many_prototypes_edge_cases_as_few(gen, metric):
+    """Zero rows (the cosine's norm floor) and coinciding rows (the euclidean clamp) get the
+    same values and gradients from the kernels of many prototypes (N = 9) as from those of
+    few (the same prototypes in two calls of N = 5 and 4)."""
+    x = randn(gen, 2, 10, 6)
+    y = randn(gen, 2, 9, 6)
+    x[0, 3] = 0
+    y[1, 2] = 0
+    x[1, 4] = y[1, 5]
+    x[1, 7] = y[1, 1]
+    g = randn(gen, 2, 10, 9)
+    xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+    many = ops.pairwise_distance(xa, ya, metric)
+    many_grads = torch.autograd.grad(many, (xa, ya), g)
+    xb, yb = x.clone().requires_grad_(), y.clone().requires_grad_()
+    few = torch.cat([ops.pairwise_distance(xb, yb[:, :5], metric),
+                     ops.pairwise_distance(xb, yb[:, 5:], metric)], 2)  # fmt: skip
+    few_grads = torch.autograd.grad(few, (xb, yb), g)
+    torch.testing.assert_close(many, few, rtol=1e-12, atol=1e-12)
+    for a, b in zip(many_grads, few_grads, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_many_prototypes_empty_queries():
+    y = torch.ones(2, 9, 6, dtype=torch.float64, requires_grad=True)
+    out = ops.pairwise_distance(torch.zeros(2, 0, 6, dtype=torch.float64), y, "cosine")
+    assert out.shape == (2, 0, 9)
+    (gy,) = torch.autograd.grad(out.sum(), y)
+    assert torch.equal(gy, torch.zeros_like(y))
+
+
 @pytest.mark.parametrize("metric", METRICS)
 def test_gradcheck_and_gradgradcheck(device, gen, metric):
     x = randn(gen, 2, 4, 5, device=device, requires_grad=True)
