@@ -43,6 +43,15 @@ namespace medmeta {
 int cpu_num_threads();
 void set_cpu_num_threads(int n);
 
+// The threads parallel_for may use: cpu_num_threads(), 1 in serial builds (the edge library).
+inline int64_t parallel_threads() {
+#if defined(MEDMETA_WITH_OPENMP)
+  return cpu_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Calls f(begin, end) on contiguous chunks of [begin, end), in parallel when the
 // range is larger than `grain` items. Small episodes stay on the calling thread.
 template <typename F>

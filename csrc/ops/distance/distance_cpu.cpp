@@ -433,7 +433,7 @@ void panel_backward(const T* g, const T* x, const T* y, const T* dist, T* gx, T*
                });
   if (gy == nullptr) return;
   // Fewer episodes than threads: each episode's queries split in parts summed at the end.
-  const int64_t threads = cpu_num_threads();
+  const int64_t threads = parallel_threads();
   const int64_t parts =
       B < threads && Q * N * D >= 65536 ? std::min<int64_t>((threads + B - 1) / B, (Q + 63) / 64) : 1;
   std::vector<T> partial(B * (parts - 1) * N * D);
