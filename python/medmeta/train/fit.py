@@ -179,8 +179,22 @@ def _samplers(
     learner: MetaLearner, train_set: Any, val_set: Any | None, ways: int, val_ways: int,
     shots: int, queries: int, meta_batch: int, seed: int, self_supervised: bool,
 ) -> tuple[Any, Any | None]:  # fmt: skip
-    """The training sampler and the validation sampler (``None`` without ``val_set``)."""
+    """The training sampler and the validation sampler (``None`` without ``val_set``).
+
+    A data set with an ``episode_sampler(ways, shots, queries, *, batch_size, generator)``
+    method (e.g. assay tasks, regression tasks) makes its own
+    :class:`~medmeta.data.episodes.SeededSampler`."""
     val_seed = seed + VAL_SEED_OFFSET
+    if hasattr(train_set, "episode_sampler"):
+        train = train_set.episode_sampler(
+            ways, shots, queries, batch_size=meta_batch, generator=seed
+        )
+        val = (
+            val_set.episode_sampler(val_ways, shots, queries, batch_size=1, generator=val_seed)
+            if val_set is not None
+            else None
+        )
+        return train, val
     if learner.task == "segmentation":
         if self_supervised:
             from medmeta.data.superpixel_episodes import SuperpixelEpisodeSampler as kind
