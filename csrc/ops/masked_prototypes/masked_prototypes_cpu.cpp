@@ -29,7 +29,8 @@ constexpr int64_t kForwardBlock = 4096;  // bytes of a row per contraction block
 // Classes per forward register tile: 3 (3×4 accumulators), 2+2 rather than 3+1 for the last four.
 MEDMETA_INLINE int64_t class_tile(int64_t left) { return left == 4 ? 2 : std::min<int64_t>(3, left); }
 
-// out[i*os + j] += sum_{p<n} m[i*ms + p] * f[j*fs + p] for i < CT, j < DT.
+// out[i*os + j] += sum_{p<n} m[i*ms + p] * f[j*fs + p] for i < CT, j < DT: the CT mask vectors
+// held, the DT feature vectors streamed (CT·DT + CT + 1 <= 16 AVX2 registers: no spills).
 template <int CT, int DT, typename T>
 MEDMETA_INLINE void dot_tile(const T* __restrict m, int64_t ms, const T* __restrict f, int64_t fs, int64_t n,
                              T* __restrict out, int64_t os) {
@@ -42,14 +43,14 @@ MEDMETA_INLINE void dot_tile(const T* __restrict m, int64_t ms, const T* __restr
   }
   int64_t p = 0;
   for (; p + W <= n; p += W) {
-    Vec<T> fv[DT];
+    Vec<T> mv[CT];
     MEDMETA_UNROLL
-    for (int j = 0; j < DT; ++j) fv[j] = MEDMETA_VLOAD(T, f + j * fs + p);
+    for (int i = 0; i < CT; ++i) mv[i] = MEDMETA_VLOAD(T, m + i * ms + p);
     MEDMETA_UNROLL
-    for (int i = 0; i < CT; ++i) {
-      const Vec<T> mv = MEDMETA_VLOAD(T, m + i * ms + p);
+    for (int j = 0; j < DT; ++j) {
+      const Vec<T> fv = MEDMETA_VLOAD(T, f + j * fs + p);
       MEDMETA_UNROLL
-      for (int j = 0; j < DT; ++j) acc[i][j] += mv * fv[j];
+      for (int i = 0; i < CT; ++i) acc[i][j] += mv[i] * fv;
     }
   }
   MEDMETA_UNROLL
