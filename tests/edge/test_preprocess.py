@@ -103,8 +103,10 @@ def test_vectors_and_series():
     s = Preprocessing.for_series((1, 5))
     assert s(np.zeros((3, 5))).shape == (3, 1, 5)  # [n, L] with one channel
     assert s(np.zeros((3, 1, 5))).shape == (3, 1, 5)
-    with pytest.raises(ValueError, match=r"shape \[n, 1, 5\]"):
+    with pytest.raises(ValueError, match=r"the signal has 6 samples, the model takes 5"):
         s(np.zeros((3, 6)))
+    with pytest.raises(ValueError, match=r"shape \[n, 1, 5\]"):
+        s(np.zeros((3, 2, 5)))  # two channels for a one-channel model
 
 
 def test_round_trip_through_json():

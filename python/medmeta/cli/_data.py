@@ -17,16 +17,28 @@ from medmeta.edge.cli.classes import parse_classes
 
 DATA_HELP = (
     "an embedded dataset name (see `medmeta datasets`), an .npz file (MedMNIST layout "
-    "train_images/train_labels/... or images/labels/class_names), or a folder with one "
-    "sub-folder per class of images, DICOM files or NIfTI volumes (every slice an example)"
+    "train_images/train_labels/... or images/labels/class_names), a .csv/.tsv table (one row "
+    "per example, the class in a column named target, label, class, diagnosis or y), or a "
+    "folder with one sub-folder per class of images, DICOM files or NIfTI volumes (every "
+    "slice an example)"
 )
 
 
+TABLE_SUFFIXES = (".csv", ".tsv")
+
+
 def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
-    """The labelled dataset named or located by ``spec`` (see :data:`DATA_HELP`)."""
+    """The labelled dataset named or located by ``spec`` (see :data:`DATA_HELP`); a table
+    (``.csv`` / ``.tsv`` file or the embedded ``thyroid``) comes as a
+    :class:`~medmeta.data.formats.table_rows.LabelledTable` of text rows."""
     from medmeta.data import registry
+    from medmeta.data.formats.table_rows import read_labelled_table
 
     path = Path(spec)
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        if not path.is_file():
+            raise DataError("file not found", spec)
+        return read_labelled_table(path)  # type: ignore[return-value]
     if path.is_dir() and _medical.is_medical(path):
         return _medical.load_medical_classes(path)
     if path.is_dir():
@@ -55,6 +67,8 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
             f"no such file or folder, and not an embedded dataset (embedded: {', '.join(known)})",
             spec,
         )
+    if registry.dataset_info(spec).kind == "table":
+        return registry.load(spec, rows=True)  # type: ignore[no-any-return]
     ds = registry.load(spec)
     if not isinstance(ds, ArrayDataset):
         hint = (": use --task segmentation (--algorithm alpnet or panet)"

@@ -20,10 +20,18 @@ TASKS = ("classification", "segmentation")
 DEFAULT_ALGORITHM = {"classification": "protonet", "segmentation": "alpnet"}
 
 
-def data_kind(x: Any) -> str:
-    """``"image"`` for ``[N, H, W]`` / ``[N, H, W, C]`` / ``[N, C, H, W]`` arrays,
-    ``"vector"`` for ``[N, F]``."""
+def data_kind(x: Any, meta: Any = None) -> str:
+    """``"series"`` for signals ``[N, C, L]`` (a data set whose ``meta["format"]`` is
+    ``"timeseries"``: the embedded signal sets and signal files), ``"table"`` for text rows
+    (:class:`~medmeta.edge.table.TableRows`), ``"image"`` for other
+    ``[N, H, W]`` / ``[N, H, W, C]`` / ``[N, C, H, W]`` arrays, ``"vector"`` for ``[N, F]``."""
+    from medmeta.edge.table import TableRows
+
+    if isinstance(x, TableRows):
+        return "table"
     ndim = np.ndim(x) if not hasattr(x, "dim") else x.dim()
+    if ndim == 3 and (meta or {}).get("format") == "timeseries":
+        return "series"
     if ndim in (3, 4):
         return "image"
     if ndim == 2:
@@ -50,14 +58,23 @@ def make_preprocessing(
     channels: int | None,
     backbone: str,
     window: str | tuple[float, float] | None = None,
+    signal_length: int | None = None,
 ) -> Any:
     """The :class:`medmeta.edge.Preprocessing` for this data: images resized to
     ``image_size`` (default: their own size) with ``channels`` channels (default: their own)
     and, with ``window`` (a CT preset or ``(center, width)``), intensities windowed to
-    ``[0, 1]``; vectors as they are (``[1, F]`` series for the 1-D CNN)."""
+    ``[0, 1]``; signals ``[C, L]`` standardised per record (cut to their central
+    ``signal_length`` samples when given); vectors as they are (``[1, F]`` series for the
+    1-D CNN)."""
     from medmeta.edge.preprocess import Preprocessing
 
-    kind = data_kind(ds.x)
+    kind = data_kind(ds.x, ds.meta)
+    if signal_length is not None and kind != "series":
+        raise UsageError(f"--signal-length applies to signals, not to {kind}s")
+    if kind == "series":
+        return _series_preprocessing(ds, signal_length, window)
+    if kind == "table":
+        return _table_preprocessing(ds, backbone, window)
     if kind == "image":
         c, h, w = image_geometry(ds.x)
         if image_size is None and h != w:
@@ -72,20 +89,61 @@ def make_preprocessing(
     return Preprocessing.for_vectors(features)
 
 
+def _series_preprocessing(ds: ArrayDataset, length: int | None, window: Any) -> Any:
+    from medmeta.edge.preprocess import Preprocessing
+
+    if window is not None:
+        raise UsageError("--window applies to images (DICOM, NIfTI, CT slices), not to signals")
+    channels, stored = (int(s) for s in np.shape(ds.x)[1:])
+    if length is not None and length > stored:
+        raise UsageError(f"--signal-length {length} is longer than the records ({stored} samples)")
+    return Preprocessing.for_series(
+        (channels, length or stored), per_record=True, crop="center" if length else "none"
+    )
+
+
+def _table_preprocessing(ds: Any, backbone: str, window: Any) -> Any:
+    """The encoding of ``ds``'s rows (the training rows: nothing of the test classes)."""
+    from medmeta.edge.preprocess import Preprocessing
+    from medmeta.edge.table import TableSpec
+
+    if window is not None:
+        raise UsageError("--window applies to images (DICOM, NIfTI, CT slices), not to tables")
+    if backbone != "mlp":
+        raise UsageError(f"--backbone {backbone}: a table takes the mlp backbone")
+    try:
+        return Preprocessing.for_table(TableSpec.fit(ds.x))
+    except ValueError as err:
+        raise DataError(str(err), describe(ds)) from None
+
+
+def describe(ds: Any) -> str:
+    """A data set's name or path, for messages."""
+    return str(ds.meta.get("path") or ds.meta.get("name") or "data")
+
+
 def preprocess_dataset(ds: ArrayDataset, preprocessing: Any) -> ArrayDataset:
     """``ds`` with its inputs run through ``preprocessing`` (float32 ``[N, *input_shape]``)."""
-    x = preprocessing(np.asarray(ds.x))
+    from medmeta.edge.table import TableRows
+
+    try:
+        x = preprocessing(ds.x if isinstance(ds.x, TableRows) else np.asarray(ds.x))
+    except ValueError as err:  # a table column missing or with text in a numeric column
+        raise DataError(str(err), describe(ds)) from None
     return ArrayDataset(
         x,
         ds.labels,
         class_names=list(ds.class_names),
         groups=ds.groups,
-        meta=dict(ds.meta),
+        # the model's inputs are signals [N, C, L] for a series model (also vectors fed to
+        # the 1-D CNN): the episode samplers keep them 3-D
+        meta={**ds.meta, **({"format": "timeseries"} if preprocessing.kind == "series" else {})},
     )
 
 
 def default_backbone(kind: str) -> str:
-    return "conv4" if kind == "image" else "mlp"
+    """conv4 for images, the 1-D CNN for signals, the MLP for vectors."""
+    return {"image": "conv4", "series": "conv1d"}.get(kind, "mlp")
 
 
 def backbone_spec(name: str, input_shape: Sequence[int], width: str | None) -> dict[str, Any]:
@@ -221,7 +279,18 @@ def data_summary(name: str, ds: ArrayDataset, preprocessing: Any) -> str:
     counts = np.bincount(ds.labels, minlength=ds.num_classes)
     counts = counts[counts > 0]
     line = f"data: {name}: {len(ds)} examples in {len(counts)} classes ({counts.min()}-{counts.max()} per class)"
-    if data_kind(ds.x) != "image":
+    kind = data_kind(ds.x, ds.meta)
+    if kind == "series":
+        channels, length = np.shape(ds.x)[1:]
+        cut = preprocessing.input_shape[1]
+        return line + (f", signals of {channels} channel(s) x {length} samples, standardised "
+                       "per record" + (f", central {cut} samples" if cut != length else ""))  # fmt: skip
+    if kind == "table":
+        spec = preprocessing.table
+        return line + (f", {len(ds.x.columns)} columns ({len(spec.numeric)} numeric, "
+                       f"{len(spec.categorical)} categorical) encoded as "
+                       f"{len(spec.feature_names)} features fitted on the training rows")  # fmt: skip
+    if kind != "image":
         return line + f", {int(np.asarray(ds.x).shape[1])} features"
     c, h, w = image_geometry(ds.x)
     line += f", images {h}x{w} with {c} channel{'s' if c > 1 else ''}"

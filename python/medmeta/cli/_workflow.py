@@ -162,6 +162,7 @@ def train_model(
     command: str | None = None,
     val_set: ArrayDataset | None = None,
     window: str | tuple[float, float] | None = None,
+    signal_length: int | None = None,
 ) -> TrainOutcome:
     """Meta-train ``algorithm`` on the ``classes`` of ``data`` and write a model folder.
 
@@ -176,11 +177,12 @@ def train_model(
     train_raw, val_set, calibration = _validation_data(
         raw, train_raw, val_set, val_classes, shots + queries, seed
     )
-    kind = _setup.data_kind(raw.x)
+    kind = _setup.data_kind(raw.x, raw.meta)
     backbone = backbone or _setup.default_backbone(kind)
-    pre = _setup.make_preprocessing(
-        raw, image_size=image_size, channels=channels, backbone=backbone, window=window
-    )
+    pre = _setup.make_preprocessing(  # a table's encoding is fitted on the training rows only
+        train_raw, image_size=image_size, channels=channels, backbone=backbone, window=window,
+        signal_length=signal_length,
+    )  # fmt: skip
     if progress:
         print(
             _setup.data_summary(_data.describe_source(data, raw), train_raw, pre), file=sys.stderr

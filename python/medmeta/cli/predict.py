@@ -15,6 +15,7 @@ from medmeta.cli import _data, _medical
 from medmeta.edge.cli import predict as edge_predict
 from medmeta.edge.cli.predict import Inputs, Readers
 from medmeta.edge.images import IMAGE_EXTENSIONS
+from medmeta.edge.table import TableRows
 
 
 def _read_medical(paths: list[Path]) -> Inputs:
@@ -48,6 +49,8 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
             )
         return _read_medical(paths)
     source = paths[0]
+    if len(items) == 1 and source.suffix.lower() in edge_predict.TABLE_SUFFIXES:
+        return edge_predict.read_table_inputs(source)
     if len(items) > 1 or source.suffix.lower() in IMAGE_EXTENSIONS or source.is_dir():
         return edge_predict.read_image_inputs(items)
     ds = _data.load_dataset(str(source))
@@ -64,7 +67,7 @@ def _read_support(spec: str, classes: str | None) -> Inputs:
     support = _data.select_classes(_data.load_dataset(spec), classes, "--classes")
     kept = _data.present_classes(support)
     return Inputs(
-        np.asarray(support.x),
+        support.x if isinstance(support.x, TableRows) else np.asarray(support.x),
         [str(i) for i in range(len(support))],
         _data.relabel(support.labels, kept),
         [support.class_names[c] for c in kept],

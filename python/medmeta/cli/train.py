@@ -79,7 +79,8 @@ def build_parser(prog: str) -> object:
     )
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--backbone", choices=_setup.BACKBONES,
-                   help="default conv4 for images, mlp for vectors, segencoder for segmentation")  # fmt: skip
+                   help="default conv4 for images, conv1d for signals, mlp for vectors and "
+                   "tables, segencoder for segmentation")  # fmt: skip
     p.add_argument("--width", help="backbone width(s), e.g. 64 (conv4), 256,128 (mlp) or 16 "
                    "(segencoder: stages 16,32,64,64)")  # fmt: skip
     p.add_argument("--image-size", type=int_at_least(1), help="resize images to this square size")
@@ -87,6 +88,9 @@ def build_parser(prog: str) -> object:
                    "(soft_tissue, lung, bone, brain, liver, ...) or CENTER,WIDTH; part of the "
                    "model's preprocessing, applied again at prediction")  # fmt: skip
     p.add_argument("--channels", type=int, choices=(1, 3), help="image channels for the model")
+    p.add_argument("--signal-length", type=int_at_least(2), help="signals: the model's window "
+                   "in samples; longer records are cut to their central window (in training "
+                   "and at prediction), shorter ones refused (default: the records' length)")  # fmt: skip
     p.add_argument(
         "--val-every", type=int_at_least(1), default=100, help="validate every this many steps"
     )
@@ -151,6 +155,7 @@ def _train_classifier(args: Any, algorithm: str, argv: Sequence[str]) -> Any:
         channels=args.channels, val_every=args.val_every, val_episodes=args.val_episodes,
         seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
         resume=not args.fresh, window=_window(args.window), progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
+        signal_length=args.signal_length,
     )  # fmt: skip
 
 

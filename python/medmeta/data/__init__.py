@@ -71,6 +71,7 @@ _LAZY = {
     "EpisodeBatch": "episodes",
     "EpisodeSampler": "episodes",
     "as_features": "episodes",
+    "features_of": "episodes",
     "split_classes": "episodes",
     "SegmentationEpisodeBatch": "segmentation_episodes",
     "SegmentationEpisodeSampler": "segmentation_episodes",

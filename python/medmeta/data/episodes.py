@@ -56,11 +56,12 @@ class EpisodeBatch:
         )
 
 
-def as_features(x: Any) -> torch.Tensor:
-    """Inputs as a float32 tensor: images ``[N, C, H, W]`` in [0, 1], vectors ``[N, F]``.
+def as_features(x: Any, *, series: bool = False) -> torch.Tensor:
+    """Inputs as a float32 tensor: images ``[N, C, H, W]`` in [0, 1], vectors ``[N, F]``,
+    signals ``[N, C, L]`` (``series=True``).
 
     uint8 / uint16 images are scaled to [0, 1]; channels-last RGB(A) ``[N, H, W, 3|4]`` is
-    moved to channels-first; grayscale ``[N, H, W]`` gets a channel axis.
+    moved to channels-first; grayscale ``[N, H, W]`` gets a channel axis (not signals).
     """
     t = torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
     if t.dtype == torch.uint8:
@@ -69,11 +70,21 @@ def as_features(x: Any) -> torch.Tensor:
         t = t.float() / 65535.0
     else:
         t = t.float()
-    if t.dim() == 3:  # [N, H, W] grayscale images
+    if t.dim() == 3 and not series:  # [N, H, W] grayscale images
         t = t.unsqueeze(1)
     elif t.dim() == 4 and t.shape[-1] in (1, 3, 4) and t.shape[1] not in (1, 3, 4):
         t = t.permute(0, 3, 1, 2)
     return t.contiguous()
+
+
+def is_series(dataset: Any) -> bool:
+    """Whether a data set holds signals ``[N, C, L]`` (``meta["format"] == "timeseries"``)."""
+    return getattr(dataset, "meta", {}).get("format") == "timeseries"
+
+
+def features_of(dataset: Any) -> torch.Tensor:
+    """:func:`as_features` of ``dataset.x``, signals kept ``[N, C, L]``."""
+    return as_features(dataset.x, series=is_series(dataset))
 
 
 def split_classes(
@@ -161,7 +172,7 @@ class EpisodeSampler(SeededSampler):
         batch_size: episodes per meta-batch B.
         generator: a ``torch.Generator`` (or an int seed); sampling is reproducible from it
             and its state is saved by :meth:`state_dict` for exact resumption.
-        features: the inputs as a tensor (default: ``as_features(dataset.x)``).
+        features: the inputs as a tensor (default: ``features_of(dataset)``).
         use_groups: honour ``dataset.groups`` when present.
     """
 
@@ -186,7 +197,7 @@ class EpisodeSampler(SeededSampler):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise DataError(f"{name} must be an int >= {low}, got {value!r}", name)
         self.ways, self.shots, self.queries, self.batch_size = ways, shots, queries, batch_size
-        self.features = as_features(dataset.x) if features is None else features
+        self.features = features_of(dataset) if features is None else features
         labels = np.asarray(dataset.labels, dtype=np.int64)
         if len(labels) != len(self.features):
             raise DataError(

@@ -160,7 +160,8 @@ def load(name: str, *, root: str | os.PathLike[str] | None = None, **options: An
 
             * ``pbmc68k_celltypes``: ``matrix="lognorm"`` (default; leak-free) or ``"scaled"``.
             * ``nci60``: ``labels="cancer"`` (14 labels, default) or ``"tissue"`` (10).
-            * ``thyroid``: any :func:`~medmeta.data.formats.table.read_table` keyword.
+            * ``thyroid``: any :func:`~medmeta.data.formats.table.read_table` keyword, or
+              ``rows=True`` for text rows (:func:`~medmeta.data.formats.table_rows.read_labelled_table`).
 
     Returns:
         * image sets: :class:`ArrayDataset`, ``x`` uint8 ``[N, H, W]`` or ``[N, H, W, 3]``;
@@ -175,14 +176,7 @@ def load(name: str, *, root: str | os.PathLike[str] | None = None, **options: An
     info = dataset_info(name)
     with dataset_path(name, root) as path:
         if info.kind == "table":
-            from .formats.table import read_table
-
-            kw = {
-                "target": "target",
-                "drop": ("record_id", "diagnosis_code", "diagnosis_primary"),
-                **options,
-            }
-            return _with_info(read_table(path, name=name, **kw), info)
+            return _with_info(_load_table(path, name, options), info)
         if options and name not in ("pbmc68k_celltypes", "nci60"):
             raise DataError(f"{name!r} takes no options, got {sorted(options)}", name)
         if name == "pbmc68k_celltypes":
@@ -226,6 +220,20 @@ def load(name: str, *, root: str | os.PathLike[str] | None = None, **options: An
                 f"file layout does not match the registered kind {info.kind!r}", os.fspath(path)
             )
         return _with_info(ds, info)
+
+
+def _load_table(path: Path, name: str, options: dict[str, Any]) -> Any:
+    """``thyroid``: a pandas :class:`~medmeta.data.formats.table.ClinicalTable`, or with
+    ``rows=True`` a :class:`~medmeta.data.formats.table_rows.LabelledTable` of text rows."""
+    kw = {"target": "target", "drop": ("record_id", "diagnosis_code", "diagnosis_primary"),
+          **options}  # fmt: skip
+    if kw.pop("rows", False):
+        from .formats.table_rows import read_labelled_table
+
+        return read_labelled_table(path, name=name, **kw)
+    from .formats.table import read_table
+
+    return read_table(path, name=name, **kw)
 
 
 def _short(counts: dict[str, int]) -> str:

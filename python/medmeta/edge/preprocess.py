@@ -28,7 +28,18 @@ Steps, in order, for ``kind="image"`` (``input_shape = (C, H, W)``):
 ``kind="vector"`` (``input_shape = (F,)``) and ``kind="series"`` (``(C, L)``) take
 ``[n, F]`` / ``[n, C, L]`` (or one example without the batch axis; a series with ``C == 1``
 also as ``[n, L]``), cast to float32, apply ``scale`` if given and normalise per feature /
-channel; they are never resized. Every result is checked to be finite.
+channel; they are never resized. A series longer than ``L`` is refused unless
+``crop="center"`` (its central ``L`` samples are kept, the same in training and on the
+device); one shorter than ``L`` is always refused, naming both lengths. With
+``per_record=True`` each record is standardised per channel over time (its own mean and
+standard deviation; a flat channel becomes 0) before ``mean``/``std``: the amplitude and
+offset of a sensor or an animal do not decide the class. Every result is checked to be
+finite.
+
+``kind="table"`` (``input_shape = (F,)``) takes :class:`~medmeta.edge.table.TableRows`
+(rows of text, e.g. from :func:`~medmeta.edge.table.read_csv_rows`) and encodes them with
+``table``, the :class:`~medmeta.edge.table.TableSpec` fitted on the training rows
+(categories, scaling, missing-value indicators), into ``[n, F]``.
 """
 
 from __future__ import annotations
@@ -41,12 +52,15 @@ from typing import Any, Literal
 import numpy as np
 
 from medmeta.edge.resize import resize_images
+from medmeta.edge.table import TableRows, TableSpec
 
 __all__ = ["Preprocessing"]
 
-Kind = Literal["image", "vector", "series"]
+Kind = Literal["image", "vector", "series", "table"]
 Channels = Literal["auto", "first", "last"]
-_KINDS = ("image", "vector", "series")
+Crop = Literal["none", "center"]
+_CROPS = ("none", "center")
+_KINDS = ("image", "vector", "series", "table")
 _CHANNELS = ("auto", "first", "last")
 _CHANNEL_SIZES = (1, 3, 4)
 
@@ -82,13 +96,17 @@ class Preprocessing:
     """How raw inputs become model inputs (see the module docstring for each step).
 
     Attributes:
-        kind: ``"image"``, ``"vector"`` or ``"series"``.
+        kind: ``"image"``, ``"vector"``, ``"series"`` or ``"table"``.
         input_shape: the model input without the batch axis, e.g. ``(3, 28, 28)``.
         mean, std: per-channel (per-feature for vectors) normalisation, length 1 or C.
         scale: explicit intensity factor replacing the by-dtype scaling.
         window: CT window ``(center, width)`` applied before anything else (a preset name
             is resolved to its pair on construction).
         channels: layout of raw image batches: ``"auto"``, ``"first"`` or ``"last"``.
+        per_record: series only: standardise each record per channel over time.
+        crop: series only: ``"none"`` (records must be ``L`` long) or ``"center"`` (longer
+            records are cut to their central ``L`` samples).
+        table: tables only: the fitted :class:`~medmeta.edge.table.TableSpec`.
     """
 
     kind: Kind
@@ -98,6 +116,9 @@ class Preprocessing:
     scale: float | None = None
     window: tuple[float, float] | None = None
     channels: Channels = "auto"
+    per_record: bool = False
+    crop: Crop = "none"
+    table: TableSpec | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -108,8 +129,10 @@ class Preprocessing:
             raise ValueError(
                 f"Preprocessing: 'input_shape' must be a sequence of ints, got {self.input_shape!r}"
             ) from err
-        layout = {"image": "(C, H, W)", "vector": "(F,)", "series": "(C, L)"}[self.kind]
-        rank = {"image": 3, "vector": 1, "series": 2}[self.kind]
+        layout = {"image": "(C, H, W)", "vector": "(F,)", "series": "(C, L)", "table": "(F,)"}[
+            self.kind
+        ]
+        rank = {"image": 3, "vector": 1, "series": 2, "table": 1}[self.kind]
         if len(shape) != rank or min(shape) < 1:
             raise ValueError(
                 f"Preprocessing: 'input_shape' of kind {self.kind!r} must be positive sizes "
@@ -141,6 +164,33 @@ class Preprocessing:
         if self.channels not in _CHANNELS:
             raise ValueError(
                 f"Preprocessing: 'channels' must be one of {_CHANNELS}, got {self.channels!r}"
+            )
+        self._check_series_options()
+        self._check_table()
+
+    def _check_table(self) -> None:
+        if isinstance(self.table, Mapping):
+            object.__setattr__(self, "table", TableSpec.from_dict(self.table))
+        if (self.kind == "table") != (self.table is not None):
+            raise ValueError("Preprocessing: kind 'table' needs 'table' (a TableSpec), and only it")
+        if self.table is not None:
+            width = len(self.table.feature_names)
+            if self.input_shape != (width,):
+                raise ValueError(
+                    f"Preprocessing: the table encodes {width} features, 'input_shape' says "
+                    f"{self.input_shape}"
+                )
+            if self.mean is not None or self.std is not None or self.scale is not None:
+                raise ValueError("Preprocessing: a table is scaled by its 'table' spec only")
+
+    def _check_series_options(self) -> None:
+        if not isinstance(self.per_record, bool):
+            raise ValueError(f"Preprocessing: 'per_record' must be a bool, got {self.per_record!r}")
+        if self.crop not in _CROPS:
+            raise ValueError(f"Preprocessing: 'crop' must be one of {_CROPS}, got {self.crop!r}")
+        if self.kind != "series" and (self.per_record or self.crop != "none"):
+            raise ValueError(
+                f"Preprocessing: 'per_record' and 'crop' apply to series, not {self.kind!r}"
             )
 
     # -- construction ----------------------------------------------------------------
@@ -179,15 +229,24 @@ class Preprocessing:
         std: float | Sequence[float] | None = None,
         *,
         scale: float | None = None,
+        per_record: bool = False,
+        crop: Crop = "none",
     ) -> Preprocessing:
         """Time series ``[n, C, L]`` (ECG beats, pressure windows)."""
-        return cls("series", tuple(input_shape), mean, std, scale)
+        return cls("series", tuple(input_shape), mean, std, scale, per_record=per_record, crop=crop)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (lists for tuples); :meth:`from_dict` inverts it."""
         out = asdict(self)
+        # the options added after the first format appear only when used, so that a runtime
+        # of that format still reads every model that does not need them
+        for key, default in (("per_record", False), ("crop", "none"), ("table", None)):
+            if out[key] == default:
+                del out[key]
+        if self.table is not None:
+            out["table"] = self.table.to_dict()
         for key in ("input_shape", "mean", "std", "window"):
-            if out[key] is not None:
+            if out.get(key) is not None:
                 out[key] = list(out[key])
         return out
 
@@ -196,7 +255,8 @@ class Preprocessing:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error (a newer format)."""
         if not isinstance(data, Mapping):
             raise TypeError(f"Preprocessing.from_dict: expected a dict, got {type(data).__name__}")
-        known = {"kind", "input_shape", "mean", "std", "scale", "window", "channels"}
+        known = {"kind", "input_shape", "mean", "std", "scale", "window", "channels",
+                 "per_record", "crop", "table"}  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
@@ -220,6 +280,8 @@ class Preprocessing:
                 integer dtype whose range is unknown without ``window``/``scale``.
             ValueError: a shape that does not fit ``input_shape``, or NaN/inf values.
         """
+        if self.kind == "table":
+            return self._table(raw)
         x = self._array(raw)
         if self.kind == "image":
             out = self._image(x, batched)
@@ -232,6 +294,21 @@ class Preprocessing:
             if self.std is not None:
                 out = out / np.asarray(self.std, np.float32).reshape(shape)
         return check_finite(np.ascontiguousarray(out, dtype=np.float32))
+
+    @classmethod
+    def for_table(cls, spec: TableSpec) -> Preprocessing:
+        """Table rows encoded by ``spec`` (fitted on the training rows)."""
+        return cls("table", (len(spec.feature_names),), table=spec)
+
+    def _table(self, raw: Any) -> np.ndarray:
+        if not isinstance(raw, TableRows):
+            raise TypeError(
+                f"raw: a table model takes TableRows (rows of a CSV file), got {type(raw).__name__}"
+            )
+        if len(raw) == 0:
+            raise ValueError("raw: got no table rows")
+        assert self.table is not None
+        return check_finite(self.table.encode(raw))
 
     def _array(self, raw: Any) -> np.ndarray:
         if hasattr(raw, "detach") and hasattr(raw, "numpy"):  # a torch tensor, without torch
@@ -316,14 +393,18 @@ class Preprocessing:
 
     def _sequence(self, x: np.ndarray, batched: bool | None) -> np.ndarray:
         shape = self.input_shape
-        if batched is None:
+        if batched is None:  # a one-channel series: [n, L'] is a batch, [L'] one record
             batched = x.ndim == len(shape) + 1 or (
-                self.kind == "series" and shape[0] == 1 and x.ndim == 2 and x.shape[1] == shape[1]
+                self.kind == "series" and shape[0] == 1 and x.ndim == 2
             )
         if batched and self.kind == "series" and x.ndim == 2 and shape[0] == 1:
             x = x[:, None]  # [n, L] -> [n, 1, L]
         if not batched:
             x = x[None]
+        if self.kind == "series" and shape[0] == 1 and x.ndim == 2:
+            x = x[:, None]  # one record [1, L'] -> [1, 1, L']
+        if self.kind == "series":
+            x = self._fit_length(x, batched)
         if tuple(x.shape[1:]) != shape:
             raise ValueError(
                 f"raw: expected {self.kind}s of shape [n, {', '.join(map(str, shape))}] (or one "
@@ -334,4 +415,36 @@ class Preprocessing:
         x = x.astype(np.float32)
         if self.scale is not None:
             x = x * np.float32(self.scale)
+        if self.per_record:
+            x = standardize_records(x)
         return x
+
+    def _fit_length(self, x: np.ndarray, batched: bool) -> np.ndarray:
+        """Series ``[n, C, L']`` cut to the model's ``L`` (``crop="center"``), or refused
+        when shorter (always) or longer (``crop="none"``)."""
+        length = self.input_shape[1]
+        if x.ndim != 3 or x.shape[2] == length:
+            return x
+        got = x.shape[2]
+        if got < length:
+            raise ValueError(
+                f"raw: the signal has {got} samples, shorter than the model's window of "
+                f"{length} samples; record at least {length} samples"
+            )
+        if self.crop != "center":
+            raise ValueError(
+                f"raw: the signal has {got} samples, the model takes {length}; cut it to "
+                f"{length} samples (or export the model with crop='center')"
+            )
+        start = (got - length) // 2
+        return x[:, :, start : start + length]
+
+
+def standardize_records(x: np.ndarray) -> np.ndarray:
+    """Each record's channels standardised over time: float32 ``[n, C, L]`` with mean 0 and
+    standard deviation 1 per ``(record, channel)``; a flat channel becomes all zeros."""
+    x64 = x.astype(np.float64)
+    centred = x64 - x64.mean(axis=-1, keepdims=True)
+    std = np.sqrt((centred**2).mean(axis=-1, keepdims=True))
+    scaled = np.divide(centred, std, out=np.zeros_like(centred), where=std > 1e-12)
+    return scaled.astype(np.float32)

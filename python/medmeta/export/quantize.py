@@ -524,7 +524,7 @@ def episode_parity(
     Args:
         learner: a meta-trained :class:`~medmeta.algorithms.base.MetaLearner`.
         test_set: an :class:`~medmeta.data.ArrayDataset` of held-out classes; its inputs
-            must already be model inputs (``as_features`` of them is fed to the network).
+            must already be model inputs (``features_of`` them is fed to the network).
         ways, shots: N and K of the episodes.
         episodes: number of episodes (>= 1).
         queries: queries per class (default: all remaining examples).
@@ -535,7 +535,7 @@ def episode_parity(
     """
     import torch
 
-    from medmeta.data.episodes import as_features
+    from medmeta.data.episodes import features_of
     from medmeta.eval.metrics import mean_ci95
 
     for name, value, low in (("ways", ways, 2), ("shots", shots, 1), ("episodes", episodes, 1)):
@@ -546,7 +546,7 @@ def episode_parity(
     ):
         raise ValueError(f"'queries' must be None or an int >= 1, got {queries!r}")
     export = export or _to_onnx_classifier
-    x_all = as_features(test_set.x)
+    x_all = features_of(test_set)
     y_all = np.asarray(test_set.labels, dtype=np.int64)
     classes = np.unique(y_all)
     if len(classes) < ways:

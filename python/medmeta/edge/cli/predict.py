@@ -23,6 +23,7 @@ from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
 from medmeta.edge.cli.errors import ModelError, UsageError
 from medmeta.edge.errors import DataError
 from medmeta.edge.images import IMAGE_EXTENSIONS, read_image
+from medmeta.edge.table import TableRows, read_csv_rows, split_target
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,11 @@ writes .csv, .json or .npz (probabilities).
 
 @dataclass(frozen=True)
 class Inputs:
-    """What ``--inputs`` or ``--support`` read: ``raw`` inputs (one array ``[n, ...]`` or a
-    list of arrays of any shape), an id per input, and labels into ``class_names`` or None."""
+    """What ``--inputs`` or ``--support`` read: ``raw`` inputs (one array ``[n, ...]``, a
+    list of arrays of any shape, or table rows), an id per input, and labels into
+    ``class_names`` or None."""
 
-    raw: list[np.ndarray] | np.ndarray
+    raw: list[np.ndarray] | np.ndarray | TableRows
     ids: list[str]
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
@@ -101,10 +103,28 @@ def read_labelled_folder(
     return Inputs(raw, ids, np.asarray(labels, dtype=np.int64), kept)
 
 
+TABLE_SUFFIXES = (".csv", ".tsv")
+
+
+def read_table_inputs(path: str | Path, *, labelled: bool = False) -> Inputs:
+    """The rows of a ``.csv`` / ``.tsv`` table (a table model's inputs), labelled when it has
+    a class column (see :data:`medmeta.edge.table.TARGET_NAMES`; required with
+    ``labelled``); ids are the values of an ``id`` / ``record_id`` column or row numbers."""
+    try:
+        rows, labels, names = split_target(read_csv_rows(path), required=labelled)
+    except ValueError as err:
+        raise DataError(str(err), path) from None
+    key = next((c for c in ("id", "record_id") if c in rows.columns), None)
+    ids = [str(v) for v in rows.column(key)] if key else [str(i) for i in range(len(rows))]
+    return Inputs(rows, ids, labels, names, note=f"{path}: {len(rows)} table rows")
+
+
 def read_image_inputs(items: Sequence[str]) -> Inputs:
-    """``--inputs`` on a device: image files, a folder of images, or a folder with one
-    sub-folder of images per class (labelled)."""
+    """``--inputs`` on a device: image files, a folder of images, a folder with one
+    sub-folder of images per class (labelled), or one ``.csv``/``.tsv`` table of rows."""
     files = [Path(i) for i in items]
+    if len(files) == 1 and files[0].suffix.lower() in TABLE_SUFFIXES:
+        return read_table_inputs(files[0])
     if len(files) == 1 and files[0].is_dir():
         folder = files[0]
         if _class_folders(folder):
@@ -123,8 +143,11 @@ def read_image_inputs(items: Sequence[str]) -> Inputs:
 
 
 def read_support_folder(spec: str, classes: str | None) -> Inputs:
-    """``--support`` on a device: a folder with one sub-folder of images per class."""
+    """``--support`` on a device: a folder with one sub-folder of images per class, or a
+    ``.csv``/``.tsv`` table with a class column."""
     root = Path(spec)
+    if root.suffix.lower() in TABLE_SUFFIXES:
+        return _chosen(read_table_inputs(root, labelled=True), classes)
     if not root.is_dir():
         raise DataError(
             "expected a folder with one sub-folder of images per class (the full medmeta "
@@ -134,7 +157,21 @@ def read_support_folder(spec: str, classes: str | None) -> Inputs:
     return read_labelled_folder(root, classes)
 
 
-#: The readers of ``medmeta-edge predict``: images only (numpy and Pillow).
+def _chosen(support: Inputs, classes: str | None) -> Inputs:
+    """``support`` restricted to ``classes`` (names or ids; all when None), relabelled."""
+    assert support.labels is not None and support.class_names is not None
+    chosen = parse_classes(classes, support.class_names)
+    if chosen is None:
+        return support
+    keep = np.flatnonzero(np.isin(support.labels, chosen))
+    relabel = {c: i for i, c in enumerate(chosen)}
+    rows = support.raw.take(keep) if isinstance(support.raw, TableRows) else support.raw
+    return Inputs(rows, [support.ids[i] for i in keep],
+                  np.array([relabel[int(k)] for k in support.labels[keep]], dtype=np.int64),
+                  [support.class_names[c] for c in chosen], support.note)  # fmt: skip
+
+
+#: The readers of ``medmeta-edge predict``: images (numpy and Pillow) and tables (csv).
 IMAGE_READERS = Readers(read_image_inputs, read_support_folder)
 
 
@@ -161,6 +198,9 @@ def _enrol(model: Any, support: Inputs) -> None:
     if support.labels is None or support.class_names is None:
         raise DataError("labelled examples are needed (one sub-folder per class)", "--support")
     names = [str(support.class_names[k]) for k in support.labels]
+    if isinstance(support.raw, TableRows):  # rows of a table: one call
+        model.enrol(support.raw, names, replace=True)
+        return
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(support.raw):
         groups.setdefault(tuple(np.shape(r)), []).append(i)
@@ -175,9 +215,9 @@ def _enrol(model: Any, support: Inputs) -> None:
         seen.update(names[i] for i in idx)
 
 
-def _predict(model: Any, raw: list[np.ndarray] | np.ndarray) -> Any:
-    """One call when the inputs share a shape, else one per input (merged)."""
-    if isinstance(raw, np.ndarray) or len({r.shape for r in raw}) == 1:
+def _predict(model: Any, raw: list[np.ndarray] | np.ndarray | TableRows) -> Any:
+    """One call when the inputs share a shape (or are table rows), else one per input."""
+    if isinstance(raw, (np.ndarray, TableRows)) or len({r.shape for r in raw}) == 1:
         return model.predict(np.stack(raw) if isinstance(raw, list) else raw)
     from medmeta.edge.results import Prediction
 
@@ -211,6 +251,22 @@ def _rows(pred: Any, ids: list[str], truth: list[str] | None) -> list[dict[str, 
         )
         rows.append(row)
     return rows
+
+
+def _unknown_categories(model: Any, raw: Any) -> list[list[str]] | None:
+    """For table rows, each row's categories the model never saw (encoded as unknown)."""
+    spec = getattr(model.preprocessing, "table", None)
+    if spec is None or not isinstance(raw, TableRows):
+        return None
+    unknown = spec.unknown(raw)
+    count = sum(bool(u) for u in unknown)
+    if count:
+        logger.warning(
+            "%d of %d rows hold categories the model never saw in training (encoded as "
+            "'unknown'; listed in the 'unknown' column): %s",
+            count, len(unknown), ", ".join(sorted({c for u in unknown for c in u})[:10]),
+        )  # fmt: skip
+    return unknown
 
 
 def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> None:
@@ -267,6 +323,11 @@ def main(
         raise DataError(str(err), "--inputs") from err
     truth = None if labels is None or names is None else [names[i] for i in labels]
     rows = _rows(pred, ids, truth)
+    unknown = _unknown_categories(model, raw)
+    if unknown is not None:
+        for row, seen in zip(rows, unknown, strict=True):
+            row["unknown"] = ";".join(seen)
+        summary_unknown = sum(bool(u) for u in unknown)
     summary: dict[str, Any] = {
         "model": args.model,
         "role": model.metadata.get("role"),
@@ -276,6 +337,8 @@ def main(
         "ood_threshold": pred.ood_threshold,
         "calibration": model.metadata.get("calibration"),
     }
+    if unknown is not None:
+        summary["rows_with_unknown_categories"] = summary_unknown
     if inputs.note:
         pre = model.metadata.get("preprocessing") or {}
         window = pre.get("window")
@@ -301,7 +364,9 @@ def main(
         for r in rows:
             label = r["prediction"] if r["prediction"] is not None else "out-of-distribution"
             print(
-                f"{r['input']}\t{label}\t{r['probability']:.3f}" + ("\t(OOD)" if r["ood"] else "")
+                f"{r['input']}\t{label}\t{r['probability']:.3f}"
+                + ("\t(OOD)" if r["ood"] else "")
+                + (f"\t(unknown: {r['unknown']})" if r.get("unknown") else "")
             )
         if "read" in summary:
             print(f"read: {summary['read']}", file=sys.stderr)
@@ -310,5 +375,7 @@ def main(
             tail += f", accuracy {100 * summary['accuracy']:.1f}%"
         if summary["ood"]:
             tail += f", {summary['ood']} flagged out-of-distribution"
+        if summary.get("rows_with_unknown_categories"):
+            tail += f", {summary['rows_with_unknown_categories']} with unknown categories"
         print(tail)
     return 0

@@ -1,0 +1,91 @@
+"""A labelled clinical table kept as text rows, for the command line: the encoding (categories,
+scaling, missing-value indicators) is fitted later, on the training rows only, as a
+:class:`~medmeta.edge.table.TableSpec` that the model carries to the device.
+
+(:class:`~medmeta.data.formats.table.ClinicalTable` is the pandas form for library users,
+with an encoder fitted per episode's support set.)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from medmeta.edge.table import TARGET_NAMES, TableRows, read_csv_rows, split_target
+
+from ..dataset import _index_array, _Labelled
+from ..errors import DataError
+
+__all__ = ["TARGET_NAMES", "LabelledTable", "read_labelled_table"]
+
+
+class LabelledTable(_Labelled):
+    """Feature rows (:class:`TableRows`, the target column removed) with int64 labels.
+
+    ``x`` is the rows, so code written for :class:`~medmeta.data.ArrayDataset` can ask for
+    it; it becomes numbers only through a fitted ``Preprocessing(kind="table")``.
+    """
+
+    def __init__(
+        self,
+        rows: TableRows,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.x = rows
+        self.y = np.asarray(labels, dtype=np.int64)
+        self._init_common(len(rows), class_names, len(class_names), None, meta, None, ())
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def indices_by_class(self) -> dict[int, np.ndarray]:
+        return {k: np.flatnonzero(self.y == k) for k in range(self.num_classes)}
+
+    def subset(self, indices: Any) -> LabelledTable:
+        idx = _index_array(indices, len(self))
+        return LabelledTable(self.x.take(idx), self.y[idx], self.class_names, self.meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelledTable(name={self.meta.get('name')!r}, n={len(self)}, "
+            f"columns={len(self.x.columns)}, classes={self.num_classes})"
+        )
+
+
+def read_labelled_table(
+    path: str | os.PathLike[str],
+    *,
+    target: str | None = None,
+    drop: Sequence[str] = (),
+    name: str | None = None,
+) -> LabelledTable:
+    """A ``.csv`` / ``.tsv`` table with one row per example and a class column.
+
+    Args:
+        path: the file.
+        target: the class column (default: the first of :data:`TARGET_NAMES` present).
+        drop: columns that are not features (identifiers, leaky columns).
+        name: the data set's name in ``meta``.
+
+    Raises:
+        DataError: unreadable file, no target column, a missing target value (row named),
+            fewer than two classes.
+    """
+    source = os.fspath(path)
+    try:
+        rows, labels, names = split_target(read_csv_rows(source), target, required=True)
+    except ValueError as err:
+        raise DataError(str(err), source) from None
+    assert labels is not None and names is not None
+    meta = {"name": name or os.path.splitext(os.path.basename(source))[0], "format": "table",
+            "path": source}  # fmt: skip
+    return LabelledTable(rows.drop(drop), labels, names, meta)
