@@ -24,6 +24,7 @@ from medmeta.data import (
     list_datasets,
     load,
 )
+from medmeta.data.assay_tasks import AssayTable
 from medmeta.data.formats.table import ClinicalTable
 from medmeta.data.registry import main, verify
 
@@ -45,6 +46,8 @@ def test_expected_sets_are_embedded():
         "ecg_beats",
         "pig_cvp",
         "dsb_nuclei",
+        "tox21",
+        "toxcast",
     }
     assert set(EXTERNAL) == {"chaos_mr_t2", "dsb2018_nuclei"}
     assert DEFAULT_DATASET == "pbc_blood" and dataset_info("pbc_blood").license == "CC BY 4.0"
@@ -58,12 +61,15 @@ def test_every_embedded_dataset_loads_as_documented(name):
     assert tuple(ds.class_names) == info.classes
     assert ds.class_counts() == info.examples_per_class
     assert len(ds) == info.n_examples
-    if info.kind != "segmentation":  # segmentation counts: images containing each class
+    # segmentation counts: images containing each class; molecules: actives per assay
+    if info.kind not in ("segmentation", "molecules"):
         assert len(ds) == sum(info.examples_per_class.values())
     assert ds.meta["license"] == info.license and ds.meta["citation"] == info.citation
-    expected_type = {"table": ClinicalTable, "segmentation": SegmentationDataset}.get(
-        info.kind, ArrayDataset
-    )
+    expected_type = {
+        "table": ClinicalTable,
+        "segmentation": SegmentationDataset,
+        "molecules": AssayTable,
+    }.get(info.kind, ArrayDataset)
     assert isinstance(ds, expected_type)
     if info.kind == "image":
         assert ds.x.dtype == np.uint8

@@ -56,7 +56,7 @@ class DatasetInfo:
 
     name: str
     file: str
-    kind: str  # image | segmentation | table | expression | timeseries
+    kind: str  # image | segmentation | table | expression | timeseries | molecules
     task: str
     modality: str
     shape: str
@@ -169,12 +169,21 @@ def load(name: str, *, root: str | os.PathLike[str] | None = None, **options: An
           ``meta["gene_names"]`` when known;
         * time series: :class:`ArrayDataset`, ``x`` float32 ``[N, 1, L]``;
         * ``thyroid``: :class:`~medmeta.data.formats.table.ClinicalTable`;
-        * segmentation sets: :class:`SegmentationDataset` with ``groups`` = patient/source ids.
+        * segmentation sets: :class:`SegmentationDataset` with ``groups`` = patient/source ids;
+        * molecule sets (``toxcast``, ``tox21``):
+          :class:`~medmeta.data.assay_tasks.AssayTable` (SMILES, labels ``[n_mol, n_assay]``
+          1/0/NaN, task names and groups; "classes" are the assays, counts their actives).
     """
     from .formats.npz import load_npz, read_npz
 
     info = dataset_info(name)
     with dataset_path(name, root) as path:
+        if info.kind == "molecules":
+            from .assay_tasks import load_assay_table
+
+            if options:
+                raise DataError(f"{name!r} takes no options, got {sorted(options)}", name)
+            return _with_info(load_assay_table(path, name=name), info)
         if info.kind == "table":
             return _with_info(_load_table(path, name, options), info)
         if options and name not in ("pbmc68k_celltypes", "nci60"):
