@@ -15,11 +15,16 @@ starts a new file). Results go into benchmarks/results/ only from a clean tree
 (``--allow-dirty`` writes them marked dirty).
 
     python -m benchmarks.protocols [--algorithms protonet,maml] [--steps 400] [--episodes 600]
+
+With ``--family expression|signals|tables|molecules|regression`` it runs the protocols of
+that data family instead (``benchmarks/protocol_families.py``, ``protocol_molecules.py``,
+``protocol_regression.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import sys
@@ -266,9 +271,43 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: ``--family`` -> the module with its protocols (a ``main(argv, prog)`` entry point).
+FAMILY_MODULES = {
+    "expression": "benchmarks.protocol_families",
+    "signals": "benchmarks.protocol_families",
+    "tables": "benchmarks.protocol_families",
+    "molecules": "benchmarks.protocol_molecules",
+    "regression": "benchmarks.protocol_regression",
+}
+
+
+def _family_main(argv: list[str], prog: str) -> int | None:
+    """``--family F[,G]``: run those families' protocols (all in one module) instead of the
+    image protocols; None when no ``--family`` is given."""
+    words = [a.split("=", 1) for a in argv]
+    at = next((i for i, w in enumerate(words) if w[0] == "--family"), None)
+    if at is None:
+        return None
+    value = words[at][1] if len(words[at]) == 2 else (argv[at + 1] if at + 1 < len(argv) else "")
+    families = [f.strip() for f in value.split(",") if f.strip()]
+    modules = {FAMILY_MODULES.get(f) for f in families}
+    if not families or None in modules or len(modules) != 1:
+        print(f"{prog}: --family takes one of {', '.join(FAMILY_MODULES)} (expression, "
+              "signals and tables together), got " + repr(value), file=sys.stderr)  # fmt: skip
+        return 2
+    module = importlib.import_module(modules.pop())  # type: ignore[arg-type]
+    if module.__name__ != "benchmarks.protocol_families":  # one family per module: no flag
+        rest = argv[:at] + argv[at + (1 if len(words[at]) == 2 else 2) :]
+        return int(module.main(rest, prog=f"{prog} --family {value}") or 0)
+    return int(module.main(argv, prog=prog) or 0)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     prog = prog or "python -m benchmarks.protocols"
     argv = list(sys.argv[1:] if argv is None else argv)
+    family = _family_main(argv, prog)
+    if family is not None:
+        return family
     parser = argparse.ArgumentParser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
