@@ -37,3 +37,9 @@ def test_command_runs_as_a_module_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "pbc_blood" in proc.stdout
+
+
+def test_training_on_an_assay_table_points_to_the_drug_screening_api(capsys, tmp_path):
+    assert main(["train", "--data", "toxcast", "--out", str(tmp_path / "m")]) != 0
+    err = capsys.readouterr().err
+    assert "toxcast: an assay table of molecules" in err and "--family molecules" in err

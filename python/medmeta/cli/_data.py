@@ -67,8 +67,16 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
             f"no such file or folder, and not an embedded dataset (embedded: {', '.join(known)})",
             spec,
         )
-    if registry.dataset_info(spec).kind == "table":
+    kind = registry.dataset_info(spec).kind
+    if kind == "table":
         return registry.load(spec, rows=True)  # type: ignore[no-any-return]
+    if kind == "molecules":
+        raise DataError(
+            "an assay table of molecules (each assay a binary few-shot task), not a "
+            "classification dataset: use the Python API (docs/drug_screening.md: "
+            "medmeta.data.assay_tasks) or `python -m benchmarks protocols --family molecules`",
+            spec,
+        )
     ds = registry.load(spec)
     if not isinstance(ds, ArrayDataset):
         hint = (": use --task segmentation (--algorithm alpnet or panet)"
