@@ -151,3 +151,32 @@ def test_signal_export_predict_without_torch_and_a_too_short_signal(
              class_names=np.asarray(["a"]))  # fmt: skip
     proc = run_without_torch(["predict", "--model", str(onnx), "--inputs", str(short)])
     assert proc.returncode != 0 and "shorter than the model's window of 1000" in proc.stderr
+
+
+def test_parquet_tables_and_h5ad_expression_train_from_the_cli(tmp_path: Path):
+    pd = pytest.importorskip("pandas")
+    anndata = pytest.importorskip("anndata")
+    from medmeta.data import load
+
+    table = pd.read_csv(_thyroid_csv(tmp_path, THYROID_TRAIN.split(",")[:3], 30), dtype=str)
+    table.to_parquet(tmp_path / "rows.parquet")
+    pq_model = _train(["--data", str(tmp_path / "rows.parquet"), "--ways", "3", "--shots", "2",
+                       "--queries", "3", "--steps", "2"], tmp_path / "pq")  # fmt: skip
+    pre = read_card(pq_model)["preprocessing"]
+    assert pre["kind"] == "table" and "TSH" in pre["table"]["numeric"]
+
+    pbmc = load("pbmc68k_celltypes")
+    keep = np.isin(pbmc.labels, [0, 3, 5, 6])
+    genes = pd.DataFrame(index=[str(g) for g in pbmc.meta["gene_names"]])
+    names = np.asarray(pbmc.class_names)[pbmc.labels[keep]]
+    obs = pd.DataFrame({"cell_type": names}, index=[f"cell{i}" for i in range(len(names))])
+    anndata.AnnData(X=pbmc.x[keep], obs=obs, var=genes).write_h5ad(tmp_path / "cells.h5ad")
+    h5_model = _train(["--data", str(tmp_path / "cells.h5ad"), "--ways", "3", "--shots", "2",
+                       "--queries", "3", "--steps", "2"], tmp_path / "h5")  # fmt: skip
+    card = read_card(h5_model)
+    assert card["preprocessing"]["kind"] == "vector" and card["backbone"]["name"] == "mlp"
+    assert len(card["training"]["classes"]) == 4
+    no_label = tmp_path / "nolabel.h5ad"
+    donors = pd.DataFrame({"donor": ["a"] * 20}, index=[f"cell{i}" for i in range(20)])
+    anndata.AnnData(X=pbmc.x[:20], obs=donors, var=genes).write_h5ad(no_label)
+    assert main(["train", "--data", str(no_label), "--out", str(tmp_path / "x")]) != 0

@@ -17,14 +17,17 @@ from medmeta.edge.cli.classes import parse_classes
 
 DATA_HELP = (
     "an embedded dataset name (see `medmeta datasets`), an .npz file (MedMNIST layout "
-    "train_images/train_labels/... or images/labels/class_names), a .csv/.tsv table (one row "
-    "per example, the class in a column named target, label, class, diagnosis or y), or a "
+    "train_images/train_labels/... or images/labels/class_names), a .csv/.tsv/.parquet table "
+    "(one row per example, the class in a column named target, label, class, diagnosis or "
+    "y), an AnnData .h5ad file (the class in obs cell_type, label, condition, ...), or a "
     "folder with one sub-folder per class of images, DICOM files or NIfTI volumes (every "
     "slice an example)"
 )
 
 
-TABLE_SUFFIXES = (".csv", ".tsv")
+#: ``obs`` columns taken as the class of an ``.h5ad`` file, in order of preference.
+H5AD_LABEL_KEYS = ("cell_type", "celltype", "cell_type_label", "label", "target", "class",
+                   "condition")  # fmt: skip
 
 
 def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
@@ -32,9 +35,11 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
     (``.csv`` / ``.tsv`` file or the embedded ``thyroid``) comes as a
     :class:`~medmeta.data.formats.table_rows.LabelledTable` of text rows."""
     from medmeta.data import registry
-    from medmeta.data.formats.table_rows import read_labelled_table
+    from medmeta.data.formats.table_rows import TABLE_SUFFIXES, read_labelled_table
 
     path = Path(spec)
+    if path.suffix.lower() == ".h5ad":
+        return _load_h5ad(path)
     if path.suffix.lower() in TABLE_SUFFIXES:
         if not path.is_file():
             raise DataError("file not found", spec)
@@ -83,6 +88,34 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
                 if registry.dataset_info(spec).kind == "segmentation" else "")  # fmt: skip
         raise DataError(f"a classification dataset is needed{hint}", spec)
     return ds
+
+
+def _load_h5ad(path: Path) -> ArrayDataset:
+    """Cells x genes of an AnnData file, the class from the first ``obs`` column of
+    :data:`H5AD_LABEL_KEYS` present."""
+    from medmeta.data.formats.expression import load_h5ad
+
+    if not path.is_file():
+        raise DataError("file not found", str(path))
+    from medmeta.data.errors import missing_extra
+
+    try:
+        import anndata
+    except ImportError as err:
+        raise missing_extra("anndata", err) from err
+    backed = anndata.read_h5ad(path, backed="r")
+    try:
+        columns = list(backed.obs.columns)
+    finally:
+        backed.file.close()
+    key = next((k for k in H5AD_LABEL_KEYS if k in columns), None)
+    if key is None:
+        raise DataError(
+            f"no class column in obs: expected one of {', '.join(H5AD_LABEL_KEYS)}, obs "
+            f"columns are {columns}",
+            str(path),
+        )
+    return load_h5ad(path, key)
 
 
 def select_classes(ds: ArrayDataset, spec: str | None, option: str = "--classes") -> ArrayDataset:

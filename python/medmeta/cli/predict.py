@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medmeta.cli import _data, _medical
+from medmeta.data import DataError
 from medmeta.edge.cli import predict as edge_predict
 from medmeta.edge.cli.predict import Inputs, Readers
 from medmeta.edge.images import IMAGE_EXTENSIONS
@@ -29,6 +30,19 @@ def _read_medical(paths: list[Path]) -> Inputs:
         ids += [f"{path}[{i}]" for i in range(len(slices))] if len(slices) > 1 else [str(path)]
         read.append(what)
     return Inputs(raw, ids, note="; ".join(read))
+
+
+def _read_parquet_inputs(path: Path) -> Inputs:
+    """The rows of a Parquet table (labelled when it has a class column)."""
+    from medmeta.data.formats.table_rows import read_rows
+    from medmeta.edge.table import split_target
+
+    try:
+        rows, labels, names = split_target(read_rows(path))
+    except ValueError as err:
+        raise DataError(str(err), str(path)) from None
+    return Inputs(rows, [str(i) for i in range(len(rows))], labels, names,
+                  note=f"{path}: {len(rows)} table rows")  # fmt: skip
 
 
 def _read_inputs(items: Sequence[str]) -> Inputs:
@@ -51,6 +65,8 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
     source = paths[0]
     if len(items) == 1 and source.suffix.lower() in edge_predict.TABLE_SUFFIXES:
         return edge_predict.read_table_inputs(source)
+    if len(items) == 1 and source.suffix.lower() in (".parquet", ".pq"):
+        return _read_parquet_inputs(source)
     if len(items) > 1 or source.suffix.lower() in IMAGE_EXTENSIONS or source.is_dir():
         return edge_predict.read_image_inputs(items)
     ds = _data.load_dataset(str(source))

@@ -17,9 +17,12 @@ import numpy as np
 from medmeta.edge.table import TARGET_NAMES, TableRows, read_csv_rows, split_target
 
 from ..dataset import _index_array, _Labelled
-from ..errors import DataError
+from ..errors import DataError, missing_extra
 
-__all__ = ["TARGET_NAMES", "LabelledTable", "read_labelled_table"]
+__all__ = ["TABLE_SUFFIXES", "TARGET_NAMES", "LabelledTable", "read_labelled_table", "read_rows"]
+
+#: File suffixes read as tables (Parquet needs pyarrow: ``pip install "medmeta[data]"``).
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 
 
 class LabelledTable(_Labelled):
@@ -61,6 +64,43 @@ class LabelledTable(_Labelled):
         )
 
 
+def _parquet_rows(path: str) -> TableRows:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise missing_extra("pyarrow", err) from err
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise DataError(
+            f"cannot read the Parquet file ({type(err).__name__}: {err})", path
+        ) from err
+    columns = table.column_names
+    data = table.to_pydict()
+    cells = [["" if v is None else _text(v) for v in data[c]] for c in columns]
+    values = np.asarray(cells, dtype=str).T.reshape(table.num_rows, len(columns))
+    return TableRows(tuple(columns), values)
+
+
+def _text(value: Any) -> str:
+    """A cell as the text a CSV file would hold (integral floats without ``.0``)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def read_rows(path: str | os.PathLike[str]) -> TableRows:
+    """The rows of a ``.csv`` / ``.tsv`` (numpy + csv, as on a device) or ``.parquet`` table,
+    as text (:class:`~medmeta.edge.table.TableRows`)."""
+    source = os.fspath(path)
+    if source.lower().endswith((".parquet", ".pq")):
+        return _parquet_rows(source)
+    try:
+        return read_csv_rows(source)
+    except ValueError as err:
+        raise DataError(str(err), source) from None
+
+
 def read_labelled_table(
     path: str | os.PathLike[str],
     *,
@@ -68,7 +108,7 @@ def read_labelled_table(
     drop: Sequence[str] = (),
     name: str | None = None,
 ) -> LabelledTable:
-    """A ``.csv`` / ``.tsv`` table with one row per example and a class column.
+    """A ``.csv`` / ``.tsv`` / ``.parquet`` table with one row per example and a class column.
 
     Args:
         path: the file.
@@ -82,7 +122,7 @@ def read_labelled_table(
     """
     source = os.fspath(path)
     try:
-        rows, labels, names = split_target(read_csv_rows(source), target, required=True)
+        rows, labels, names = split_target(read_rows(source), target, required=True)
     except ValueError as err:
         raise DataError(str(err), source) from None
     assert labels is not None and names is not None

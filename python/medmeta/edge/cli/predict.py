@@ -297,6 +297,67 @@ def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> Non
     atomic_write_bytes(path, data)
 
 
+def _read_note(note: str, model: Any) -> str:
+    """What was read, and what the model's preprocessing did to it."""
+    pre = model.metadata.get("preprocessing") or {}
+    kind, shape = pre.get("kind", "image"), list(model.input_shape)  # without the batch axis
+    if kind == "table":
+        return f"{note}; encoded into {shape[0]} features by the model's table encoding"
+    if kind == "series":
+        return (f"{note}; the model's window: {shape[-1]} samples"
+                + (", standardised per record" if pre.get("per_record") else ""))  # fmt: skip
+    if kind == "vector":
+        return f"{note}; {shape[0]} features"
+    window = pre.get("window")
+    return (
+        f"{note}; the model's preprocessing: "
+        + (f"window center {window[0]:g}, width {window[1]:g}" if window else "no intensity window")
+        + f", resized to {'x'.join(map(str, shape[1:]))}"
+    )
+
+
+def _summary(path: str, model: Any, pred: Any, rows: list[dict[str, Any]], note: str | None,
+             truth: list[str] | None) -> dict[str, Any]:  # fmt: skip
+    """The run's totals: model, classes, inputs, OOD count, calibration, accuracy."""
+    summary: dict[str, Any] = {
+        "model": path,
+        "role": model.metadata.get("role"),
+        "classes": list(pred.classes),
+        "inputs": len(rows),
+        "ood": None if pred.ood is None else int(np.sum(pred.ood)),
+        "ood_threshold": pred.ood_threshold,
+        "calibration": model.metadata.get("calibration"),
+    }
+    if note:
+        summary["read"] = _read_note(note, model)
+    if truth is not None:
+        # top-1 over every input (an OOD flag does not count as an error here)
+        top1 = [pred.classes[k] for k in pred.labels]
+        summary["accuracy"] = float(np.mean([a == b for a, b in zip(top1, truth, strict=True)]))
+    return summary
+
+
+def _print_text(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """One line per input (label, probability, OOD and unknown categories), then totals."""
+    for r in rows:
+        label = r["prediction"] if r["prediction"] is not None else "out-of-distribution"
+        print(
+            f"{r['input']}\t{label}\t{r['probability']:.3f}"
+            + ("\t(OOD)" if r["ood"] else "")
+            + (f"\t(unknown: {r['unknown']})" if r.get("unknown") else "")
+        )
+    if "read" in summary:
+        print(f"read: {summary['read']}", file=sys.stderr)
+    tail = f"{len(rows)} inputs"
+    if "accuracy" in summary:
+        tail += f", accuracy {100 * summary['accuracy']:.1f}%"
+    if summary["ood"]:
+        tail += f", {summary['ood']} flagged out-of-distribution"
+    if summary.get("rows_with_unknown_categories"):
+        tail += f", {summary['rows_with_unknown_categories']} with unknown categories"
+    print(tail)
+
+
 def main(
     argv: Sequence[str], prog: str = "medmeta-edge predict", readers: Readers = IMAGE_READERS
 ) -> int:
@@ -324,58 +385,16 @@ def main(
     truth = None if labels is None or names is None else [names[i] for i in labels]
     rows = _rows(pred, ids, truth)
     unknown = _unknown_categories(model, raw)
+    for row, seen in zip(rows, unknown or [], strict=False):
+        row["unknown"] = ";".join(seen)
+    summary = _summary(args.model, model, pred, rows, inputs.note, truth)
     if unknown is not None:
-        for row, seen in zip(rows, unknown, strict=True):
-            row["unknown"] = ";".join(seen)
-        summary_unknown = sum(bool(u) for u in unknown)
-    summary: dict[str, Any] = {
-        "model": args.model,
-        "role": model.metadata.get("role"),
-        "classes": list(pred.classes),
-        "inputs": len(rows),
-        "ood": None if pred.ood is None else int(np.sum(pred.ood)),
-        "ood_threshold": pred.ood_threshold,
-        "calibration": model.metadata.get("calibration"),
-    }
-    if unknown is not None:
-        summary["rows_with_unknown_categories"] = summary_unknown
-    if inputs.note:
-        pre = model.metadata.get("preprocessing") or {}
-        window = pre.get("window")
-        summary["read"] = (
-            f"{inputs.note}; the model's preprocessing: "
-            + (
-                f"window center {window[0]:g}, width {window[1]:g}"
-                if window
-                else "no intensity window"
-            )
-            + f", resized to {'x'.join(map(str, model.input_shape[1:]))}"
-        )
-    if truth is not None:
-        # top-1 over every input (an OOD flag does not count as an error here)
-        top1 = [pred.classes[k] for k in pred.labels]
-        summary["accuracy"] = float(np.mean([a == b for a, b in zip(top1, truth, strict=True)]))
+        summary["rows_with_unknown_categories"] = sum(bool(u) for u in unknown)
     if args.out:
         _write(Path(args.out), rows, pred, model)
         summary["out"] = args.out
     if args.json:
         print(json.dumps({**summary, "predictions": rows}, indent=2))
     else:
-        for r in rows:
-            label = r["prediction"] if r["prediction"] is not None else "out-of-distribution"
-            print(
-                f"{r['input']}\t{label}\t{r['probability']:.3f}"
-                + ("\t(OOD)" if r["ood"] else "")
-                + (f"\t(unknown: {r['unknown']})" if r.get("unknown") else "")
-            )
-        if "read" in summary:
-            print(f"read: {summary['read']}", file=sys.stderr)
-        tail = f"{len(rows)} inputs"
-        if "accuracy" in summary:
-            tail += f", accuracy {100 * summary['accuracy']:.1f}%"
-        if summary["ood"]:
-            tail += f", {summary['ood']} flagged out-of-distribution"
-        if summary.get("rows_with_unknown_categories"):
-            tail += f", {summary['rows_with_unknown_categories']} with unknown categories"
-        print(tail)
+        _print_text(rows, summary)
     return 0
