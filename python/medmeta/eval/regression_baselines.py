@@ -116,7 +116,7 @@ def _mlp_parameters(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         body = MLP(features, hidden=tuple(hidden), batch_norm=False)
-        net = TaskSequential(body, Linear(hidden[-1] if hidden else features, 1)).double()
+        net = TaskSequential(body, Linear(hidden[-1] if hidden else features, 1))
     params = {
         k: p.detach().unsqueeze(0).repeat(tasks, *([1] * p.dim())).requires_grad_()
         for k, p in net.named_parameters()
@@ -136,10 +136,11 @@ def scratch_mlp_predict(
 ) -> np.ndarray:
     """The MLP fitted from scratch on each support set: ``steps`` full-batch Adam steps on
     the mean squared error of the standardised support targets, from one seeded
-    initialisation (the same for every episode). Episodes are independent: each has its own
-    weights and the loss is a sum over episodes, so Adam's per-element updates never mix
-    them. ``[B, Q]`` in the targets' units."""
-    sx, sy, qx = (torch.from_numpy(a) for a in _arrays(support_x, support_y, query_x))
+    initialisation (the same for every episode), in float32 like the meta-learners.
+    Episodes are independent: each has its own weights and the loss is a sum over
+    episodes, so Adam's per-element updates never mix them. ``[B, Q]`` in the targets'
+    units."""
+    sx, sy, qx = (torch.from_numpy(a).float() for a in _arrays(support_x, support_y, query_x))
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     mean, scale = support_statistics(sy)
@@ -155,4 +156,4 @@ def scratch_mlp_predict(
             optimizer.step()
     with torch.no_grad():
         pred = unstandardise(net.forward_tasks(qx, params)[..., 0], mean, scale)
-    return pred.numpy()
+    return pred.double().numpy()
