@@ -28,6 +28,13 @@ other rows get no gradient and are left as they are. Class slots are interchange
 episode sampler permutes classes), so any n of them serve. More ways than ``ways`` are
 refused.
 
+Regression (``task="regression"``, ``ways=1``; see :mod:`medmeta.algorithms.regressor`): the
+head has one output, the inner and outer losses are the mean squared error on targets
+standardised with each support set's statistics (:func:`regression_support_loss`,
+:func:`regression_query_metrics`), :meth:`FastWeightLearner.predict` returns ``[B, Q]``
+predictions in the targets' units and :meth:`FastWeightLearner.adapt` an
+:class:`~medmeta.algorithms.regressor.AdaptedRegressor`.
+
 Batch norm is transductive during meta-training and in :meth:`FastWeightLearner.predict`
 (statistics of the batch being normalised, per task, as in MAML). A model returned by
 :meth:`FastWeightLearner.adapt` runs in eval mode with running statistics set to the
@@ -48,7 +55,15 @@ from torch import nn
 
 from medmeta import ops
 from medmeta.algorithms.base import Adapted, MetaLearner
+from medmeta.algorithms.regressor import (
+    AdaptedRegressor,
+    check_regression_episode,
+    check_regression_task,
+    check_targets,
+    r2_per_task,
+)
 from medmeta.data.episodes import EpisodeBatch
+from medmeta.data.regression_tasks import standardise, support_statistics, unstandardise
 from medmeta.nn.backbones import embedding_dim
 from medmeta.nn.layers import Linear
 
@@ -75,6 +90,23 @@ def query_metrics(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
     accuracy = (logits.detach().argmax(-1) == labels).float().mean(1)
     return loss, accuracy
+
+
+def regression_support_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over tasks of each task's mean squared error: ``outputs [T, n, 1]``, ``targets
+    [T, n]`` -> a scalar (task t's gradient is its own mean-loss gradient, as in
+    :func:`support_loss`)."""
+    return (outputs[..., 0] - targets).pow(2).mean(1).sum()
+
+
+def regression_query_metrics(
+    outputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over tasks of the mean squared error (scalar), R² per task ``[T]``, 0 where
+    the query targets are constant)."""
+    loss = (outputs[..., 0] - targets).pow(2).mean()
+    r2 = torch.nan_to_num(r2_per_task(outputs.detach()[..., 0], targets), nan=0.0)
+    return loss, r2
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -176,6 +208,8 @@ class FastWeightLearner(MetaLearner):
         first_order: drop the second-order terms (first-order MAML).
         feature_dim / input_shape: the backbone's embedding size D, or an input shape
             (no batch axis) to probe it with; one is required.
+        task: ``"classification"`` (default) or, for the methods listing it in ``tasks``,
+            ``"regression"`` (needs ``ways=1``; stored in ``hparams`` only then).
     """
 
     fixed_ways = True
@@ -192,12 +226,22 @@ class FastWeightLearner(MetaLearner):
         first_order: bool,
         feature_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        task: str = "classification",
         **hparams: Any,
     ) -> None:
         if inner_steps < 1 or eval_steps < 1:
             raise ValueError(
                 f"inner_steps and eval_steps must be >= 1, got {inner_steps}, {eval_steps}"
             )
+        if task not in type(self).tasks:
+            raise ValueError(f"{self.name} supports task in {type(self).tasks}, got {task!r}")
+        if task == "regression" and ways != 1:
+            raise ValueError(
+                f"{self.name} regression predicts one target (a 1-unit output layer): build it "
+                f"with ways=1, got ways={ways}"
+            )
+        if task != "classification":
+            hparams = {"task": task, **hparams}
         super().__init__(
             backbone,
             ways,
@@ -213,6 +257,7 @@ class FastWeightLearner(MetaLearner):
         self.inner_steps = int(inner_steps)
         self.eval_steps = int(eval_steps)
         self.first_order = bool(first_order)
+        self.task = task
         self.head = Linear(head_input_dim(backbone, feature_dim, input_shape), ways)
 
     # -- the model ---------------------------------------------------------------------
@@ -255,6 +300,39 @@ class FastWeightLearner(MetaLearner):
         """The inner learning rate of step ``step`` (a float or one tensor per parameter)."""
         return self.inner_lr
 
+    def check_ways(self, n: int) -> None:
+        """Refuse ``n``-way episodes the head cannot take (a regressor takes only 1)."""
+        if self.task == "regression" and n != 1:
+            raise ValueError(
+                f"{self.name} is a regression learner (one target per episode): ways must "
+                f"be 1, got {n}"
+            )
+        super().check_ways(n)
+
+    # -- the losses --------------------------------------------------------------------
+    def inner_objective(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The support loss summed over tasks: cross-entropy, or the squared error."""
+        if self.task == "regression":
+            return regression_support_loss(outputs, targets)
+        return support_loss(outputs, targets)
+
+    def query_objective(
+        self, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query loss, score per task ``[T]``): accuracy, or R² for regression."""
+        if self.task == "regression":
+            return regression_query_metrics(outputs, targets)
+        return query_metrics(outputs, targets)
+
+    def episode_targets(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support and query targets as the losses take them: the labels, or for regression
+        the targets standardised with each support set's mean and scale."""
+        if self.task != "regression":
+            return batch.support_y, batch.query_y
+        check_targets(self.name, "support_y", batch.support_y)
+        mean, scale = support_statistics(batch.support_y)
+        return standardise(batch.support_y, mean, scale), standardise(batch.query_y, mean, scale)
+
     # -- the inner loop ------------------------------------------------------------------
     def inner_loop(
         self,
@@ -282,7 +360,7 @@ class FastWeightLearner(MetaLearner):
         """
         names = list(fast)
         for step in range(steps):
-            loss = support_loss(self.task_logits(x, fast, step, n_way), y)
+            loss = self.inner_objective(self.task_logits(x, fast, step, n_way), y)
             grads = torch.autograd.grad(
                 loss, list(fast.values()), create_graph=second_order, materialize_grads=True
             )
@@ -305,7 +383,7 @@ class FastWeightLearner(MetaLearner):
             fast = detached_copies(self.adapted_parameters(), x.shape[0])
             leaves = list(fast.values())
             for step in range(steps):
-                loss = support_loss(self.task_logits(x, fast, step, n_way), y)
+                loss = self.inner_objective(self.task_logits(x, fast, step, n_way), y)
                 grads = torch.autograd.grad(loss, leaves, materialize_grads=True)
                 rate = self.inner_rate(step)
                 if not isinstance(rate, float):
@@ -317,16 +395,19 @@ class FastWeightLearner(MetaLearner):
     # -- the MetaLearner interface --------------------------------------------------------
     def meta_loss(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean query cross-entropy after ``inner_steps`` inner steps on each support set
-        (MAML's meta-objective, Finn et al. 2017, eq. 1) and the query accuracy ``[B]``."""
+        (MAML's meta-objective, Finn et al. 2017, eq. 1) and the query accuracy ``[B]``;
+        for regression the mean squared error of the standardised query targets and the
+        query R² ``[B]``."""
         self.check_ways(batch.ways)
+        support_y, query_y = self.episode_targets(batch)
         support, query = self.task_inputs(batch.support_x, batch.query_x)
         fast = broadcast(self.adapted_parameters(), batch.batch_size)
         fast = self.inner_loop(
-            fast, support, batch.support_y, self.inner_steps,
+            fast, support, support_y, self.inner_steps,
             second_order=not self.first_order, n_way=batch.ways,
         )  # fmt: skip
         logits = self.task_logits(query, fast, self.inner_steps, batch.ways)
-        return query_metrics(logits, batch.query_y)
+        return self.query_objective(logits, query_y)
 
     def predict(
         self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
@@ -336,7 +417,11 @@ class FastWeightLearner(MetaLearner):
 
         Adaptation needs gradients, so it runs under ``torch.enable_grad`` even when called
         under ``torch.no_grad``; no graph to the meta-parameters is built. Logits are detached.
+
+        Regression: predictions ``[B, Q]`` in the units of ``support_y [B, K]`` (float).
         """
+        if self.task == "regression":
+            return self.predict_regression(support_x, support_y, query_x)
         n_way = self.task_ways(support_y)
         with torch.no_grad():
             support, query = self.task_inputs(support_x, query_x)
@@ -344,7 +429,7 @@ class FastWeightLearner(MetaLearner):
         with torch.no_grad():
             return self.task_logits(query, fast, self.eval_steps, n_way)
 
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted:
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor) -> Adapted | AdaptedRegressor:
         """A stand-alone classifier for one task (``support_x [S, ...]``, ``support_y [S]``).
 
         A plain copy of backbone and head (``nn.Sequential`` with children ``backbone`` and
@@ -353,7 +438,12 @@ class FastWeightLearner(MetaLearner):
         (:func:`set_batch_norm_statistics`), so single inputs can be classified, and on the
         support set the output equals :meth:`predict` with ``query_x = support_x``. For an
         n-way support set with n < ``ways`` the deployed head keeps the first n rows.
+
+        Regression: an :class:`~medmeta.algorithms.regressor.AdaptedRegressor` (the same
+        network, mapping back to the units of ``support_y``).
         """
+        if self.task == "regression":
+            return self.adapt_regression(support_x, support_y)
         n_way = self.task_ways(support_y)
         with torch.no_grad():
             support, _ = self.task_inputs(support_x.unsqueeze(0), None)
@@ -363,6 +453,35 @@ class FastWeightLearner(MetaLearner):
         if n_way < self.ways:
             net.head = first_outputs(net.head, n_way)
         return Adapted(net, n_way).eval()
+
+    # -- regression ------------------------------------------------------------------------
+    def predict_regression(
+        self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor
+    ) -> torch.Tensor:
+        """Query predictions ``[B, Q]`` after ``eval_steps`` steps on each support set's
+        standardised targets, mapped back to the targets' units (detached)."""
+        check_regression_episode(self.name, support_x, support_y, query_x)
+        mean, scale = support_statistics(support_y)
+        with torch.no_grad():
+            support, query = self.task_inputs(support_x, query_x)
+        fast = self.adapt_detached(support, standardise(support_y, mean, scale), self.eval_steps, 1)
+        with torch.no_grad():
+            out = self.task_logits(query, fast, self.eval_steps, 1)[..., 0]
+            return unstandardise(out, mean, scale)
+
+    def adapt_regression(
+        self, support_x: torch.Tensor, support_y: torch.Tensor
+    ) -> AdaptedRegressor:
+        """A stand-alone regressor for one task (``support_x [K, ...]``, ``support_y [K]``)."""
+        check_regression_task(self.name, support_x, support_y)
+        mean, scale = support_statistics(support_y)
+        with torch.no_grad():
+            support, _ = self.task_inputs(support_x.unsqueeze(0), None)
+        z = standardise(support_y, mean, scale).unsqueeze(0)
+        fast = self.adapt_detached(support, z, self.eval_steps, 1)
+        net = self.single_task_model({k: v[0] for k, v in fast.items()}, self.eval_steps)
+        self.set_deployment_statistics(net, support_x)
+        return AdaptedRegressor(net, mean, scale).eval()
 
     # -- deployment helpers ----------------------------------------------------------------
     def single_task_model(self, weights: Params, version: int) -> nn.Sequential:

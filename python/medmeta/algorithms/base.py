@@ -10,6 +10,11 @@ A learner is an ``nn.Module`` whose parameters are the meta-parameters. It
 * adapts to one support set and returns a stand-alone classifier for deployment and
   export: :meth:`MetaLearner.adapt` -> :class:`Adapted`.
 
+Methods listing ``"regression"`` in :attr:`MetaLearner.tasks` (the MAML family) also learn
+few-shot regression when built with ``task="regression"``: float targets, predictions
+``[B, Q]`` and an :class:`~medmeta.algorithms.regressor.AdaptedRegressor` (see
+:mod:`medmeta.algorithms.regressor`).
+
 Learners are created by name with :func:`create` and rebuilt from checkpoints with
 :meth:`MetaLearner.spec` (plain JSON-like data, safe to load with ``weights_only=True``).
 """
@@ -78,8 +83,14 @@ class MetaLearner(nn.Module, ABC):
 
     name: ClassVar[str] = ""
     #: What the method learns: ``"classification"`` (episodes of :class:`EpisodeBatch`,
-    #: logits ``[B, Q, N]``) or ``"segmentation"`` (see :mod:`medmeta.algorithms.segmenter`).
-    task: ClassVar[str] = "classification"
+    #: logits ``[B, Q, N]``), ``"segmentation"`` (see :mod:`medmeta.algorithms.segmenter`)
+    #: or ``"regression"`` (float targets, predictions ``[B, Q]``; see
+    #: :mod:`medmeta.algorithms.regressor`). A method supporting several tasks takes a
+    #: ``task`` hyper-parameter and sets this on the instance.
+    task: str = "classification"
+    #: Every task the method supports (:func:`available` lists it under each). Defaults to
+    #: ``(task,)`` of the class that sets ``task``.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: True for methods with an N-way output layer (the MAML family, SNAIL): they classify
     #: up to ``ways`` classes (fewer by using the first n outputs); metric methods take
     #: any N from the episode.
@@ -87,6 +98,11 @@ class MetaLearner(nn.Module, ABC):
     #: Hyper-parameters sized from the backbone's output, at least one of which the method
     #: needs (:func:`create` fills them in from ``input_shape``).
     shape_hparams: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "task" in cls.__dict__ and "tasks" not in cls.__dict__:
+            cls.tasks = (cls.task,)
 
     def __init__(self, backbone: nn.Module, ways: int, **hparams: Any) -> None:
         super().__init__()
@@ -188,15 +204,16 @@ def register(cls: type[MetaLearner]) -> type[MetaLearner]:
     return cls
 
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "regression")
 
 
 def available(task: str | None = None) -> list[str]:
-    """Names of the registered learners, all or those of one ``task`` (see :data:`TASKS`)."""
+    """Names of the registered learners, all or those supporting one ``task`` (see
+    :data:`TASKS` and :attr:`MetaLearner.tasks`)."""
     _import_all()
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    return sorted(n for n, cls in _REGISTRY.items() if task in (None, cls.task))
+    return sorted(n for n, cls in _REGISTRY.items() if task is None or task in cls.tasks)
 
 
 def create(
@@ -216,10 +233,22 @@ def create(
     e.g. ``(3, 28, 28)``): the backbone is run once on zeros to fill in their shape
     arguments (:func:`shape_arguments`). It may be passed to any method. ``num_classes``
     (the number of training classes) is needed by the supervised baseline. Explicit
-    ``hparams`` win over what is filled in.
+    ``hparams`` win over what is filled in. ``task="regression"`` (with ``ways=1``) builds
+    a regressor of a method that supports it (:func:`available`), e.g.
+    ``create("maml", MLP(50, batch_norm=False), ways=1, task="regression",
+    input_shape=(50,))``.
     """
     cls = _lookup(name)
     accepted = inspect.signature(cls).parameters
+    if "task" in hparams:
+        task = hparams["task"]
+        if task not in cls.tasks:
+            raise ValueError(
+                f"{name} does not support task={task!r} (it supports {cls.tasks}); methods "
+                f"for {task!r}: {', '.join(available(task)) if task in TASKS else 'none'}"
+            )
+        if "task" not in accepted:  # a single-task method: the task is implied
+            hparams = {k: v for k, v in hparams.items() if k != "task"}
     if input_shape is not None:
         shapes = shape_arguments(backbone, input_shape, num_classes)
         hparams = {k: v for k, v in shapes.items() if k in accepted} | hparams

@@ -10,6 +10,9 @@ give weights that classify its queries well::
 Second-order MAML differentiates through the inner steps; first-order MAML (``fomaml``,
 Finn et al. 2017, sec. 5.2) treats the inner gradients as constants. All tasks of a
 meta-batch are adapted at once (see :mod:`medmeta.algorithms._fast_weights`).
+
+Both also learn few-shot regression (``task="regression"``: the squared error as inner and
+outer loss, Finn et al. 2017, sec. 3.1; see :mod:`medmeta.algorithms.regressor`).
 """
 
 from __future__ import annotations
@@ -36,9 +39,12 @@ class MAML(FastWeightLearner):
         first_order: first-order approximation (no second derivatives).
         feature_dim / input_shape: the backbone's embedding size, or an input shape to
             probe it with (one is required).
+        task: ``"classification"`` or ``"regression"`` (``ways=1``, a 1-unit head and the
+            squared error; see :mod:`medmeta.algorithms.regressor`).
     """
 
     name = "maml"
+    tasks = ("classification", "regression")
 
     def __init__(
         self,
@@ -51,6 +57,7 @@ class MAML(FastWeightLearner):
         first_order: bool = False,
         feature_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        task: str = "classification",
     ) -> None:
         super().__init__(
             backbone,
@@ -61,6 +68,7 @@ class MAML(FastWeightLearner):
             first_order=first_order,
             feature_dim=feature_dim,
             input_shape=input_shape,
+            task=task,
         )
 
 
@@ -82,6 +90,7 @@ class FOMAML(MAML):
         first_order: bool = True,
         feature_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        task: str = "classification",
     ) -> None:
         if not first_order:
             raise ValueError("fomaml is first-order; use 'maml' for second-order MAML")
@@ -94,4 +103,5 @@ class FOMAML(MAML):
             first_order=True,
             feature_dim=feature_dim,
             input_shape=input_shape,
+            task=task,
         )

@@ -36,6 +36,8 @@ class MetaSGD(FastWeightLearner):
         first_order: drop second-order terms (alpha is still learned).
         feature_dim / input_shape: the backbone's embedding size, or an input shape to
             probe it with.
+        task: ``"classification"`` or ``"regression"`` (``ways=1``; Li et al. sec. 3.1 also
+            meta-learn regression with the squared error).
 
     Attributes:
         alpha: ``nn.ParameterList`` of learned rates, one per adapted parameter, in the order
@@ -43,6 +45,7 @@ class MetaSGD(FastWeightLearner):
     """
 
     name = "metasgd"
+    tasks = ("classification", "regression")
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class MetaSGD(FastWeightLearner):
         first_order: bool = False,
         feature_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        task: str = "classification",
     ) -> None:
         super().__init__(
             backbone,
@@ -65,6 +69,7 @@ class MetaSGD(FastWeightLearner):
             first_order=first_order,
             feature_dim=feature_dim,
             input_shape=input_shape,
+            task=task,
         )
         self.hparams["alpha_init"] = self.hparams.pop("inner_lr")
         self.alpha = nn.ParameterList(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medmeta.algorithms._fast_weights import FastWeightLearner, query_metrics
+from medmeta.algorithms._fast_weights import FastWeightLearner
 from medmeta.algorithms.base import StepResult, register
 from medmeta.data.episodes import EpisodeBatch
 
@@ -38,12 +38,15 @@ class Reptile(FastWeightLearner):
         eval_steps: inner steps at test time.
         feature_dim / input_shape: the backbone's embedding size, or an input shape to
             probe it with.
+        task: ``"classification"`` or ``"regression"`` (``ways=1``; the inner SGD then
+            minimises the squared error, as in Nichol et al.'s sine-wave experiments).
 
     ``meta_train_step`` implements the Reptile update; ``meta_loss`` (first-order MAML's
     query loss after ``inner_steps`` steps) is for reporting and validation only.
     """
 
     name = "reptile"
+    tasks = ("classification", "regression")
 
     def __init__(
         self,
@@ -55,6 +58,7 @@ class Reptile(FastWeightLearner):
         eval_steps: int = 10,
         feature_dim: int | None = None,
         input_shape: Sequence[int] | None = None,
+        task: str = "classification",
     ) -> None:
         super().__init__(
             backbone,
@@ -65,6 +69,7 @@ class Reptile(FastWeightLearner):
             first_order=True,
             feature_dim=feature_dim,
             input_shape=input_shape,
+            task=task,
         )
         del self.hparams["first_order"]  # not a Reptile hyper-parameter (always first-order)
 
@@ -72,14 +77,16 @@ class Reptile(FastWeightLearner):
         """Adapt every task on its support set, then step theta along ``mean_t phi_t - theta``.
 
         The reported loss and accuracy are those of the adapted weights on the queries
-        (computed before the meta-step, at no extra inner-loop cost).
+        (computed before the meta-step, at no extra inner-loop cost); for regression the
+        squared error of the standardised query targets and the query R².
         """
         self.train()
         self.check_ways(batch.ways)
-        fast = self.adapt_detached(batch.support_x, batch.support_y, self.inner_steps, batch.ways)
+        support_y, query_y = self.episode_targets(batch)
+        fast = self.adapt_detached(batch.support_x, support_y, self.inner_steps, batch.ways)
         with torch.no_grad():
             logits = self.task_logits(batch.query_x, fast, self.inner_steps, batch.ways)
-            loss, accuracy = query_metrics(logits, batch.query_y)
+            loss, accuracy = self.query_objective(logits, query_y)
         optimizer.zero_grad(set_to_none=True)
         for name, theta in self.adapted_parameters().items():
             theta.grad = theta.detach() - fast[name].mean(0)

@@ -22,8 +22,10 @@ from medmeta.algorithms.protonet import evaluating
 from medmeta.algorithms.segmenter import dice_scores
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
 from medmeta.data.segmentation_episodes import SegmentationEpisodeSampler
+from medmeta.eval import regression
 from medmeta.eval.evaluate import predict_episodes
 from medmeta.eval.metrics import mean_ci95
+from medmeta.eval.regression import predict_regression_episodes
 from medmeta.train.checkpoint import (
     FORMAT,
     atomic_save,
@@ -55,7 +57,8 @@ class FitResult:
             best validation step.
         history: logged rows (see :mod:`medmeta.train.logs`).
         best_step, best_accuracy, best_ci95: the best validation step and its accuracy with
-            the 95% CI half-width (``None`` without a validation set).
+            the 95% CI half-width (``None`` without a validation set); for regression
+            learners the mean validation R² of the step with the lowest validation MSE.
         last_step: the number of steps trained in total.
         resumed_from: the step of the checkpoint the run resumed from, if any.
         out_dir, last_path, best_path, csv_path, json_path: files written (``None`` without
@@ -144,6 +147,43 @@ def _validate(
     return acc, ci, float(loss)
 
 
+def _validate_regression(
+    learner: MetaLearner,
+    sampler: Any,
+    seed: int,
+    episodes: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float, float]:
+    """(mean query R², its 95% CI half-width, query MSE) on the same ``episodes``
+    validation episodes; R² over the episodes where it is defined (0 if none is)."""
+    sampler.generator.manual_seed(seed)
+    preds = predict_regression_episodes(learner, sampler, episodes, batch_size, device)
+    per_r2 = regression.r2(preds.pred.numpy(), preds.target.numpy())
+    defined = per_r2[np.isfinite(per_r2)]
+    r2_mean, r2_ci = mean_ci95(defined) if defined.size else (0.0, 0.0)
+    return r2_mean, r2_ci, float(regression.mse(preds.pred.numpy(), preds.target.numpy()).mean())
+
+
+def _check_task_data(learner: MetaLearner, train_set: Any, val_set: Any | None) -> None:
+    """A regression learner trains on regression tasks, and only a regression learner does."""
+    for name, data in (("train_set", train_set), ("val_set", val_set)):
+        if data is None:
+            continue
+        data_task = getattr(data, "task", None)
+        if learner.task == "regression" and data_task != "regression":
+            raise ValueError(
+                f"{learner.name} is a regression learner: {name} must be regression tasks "
+                f"(medmeta.data.regression_tasks.RegressionTasks), got {type(data).__name__}"
+            )
+        if data_task == "regression" and learner.task != "regression":
+            raise ValueError(
+                f"{name} holds regression tasks but {learner.name} is a {learner.task} "
+                f"learner; build it with task='regression' (available: "
+                "medmeta.algorithms.available('regression'))"
+            )
+
+
 def _validate_segmentation(
     learner: MetaLearner, sampler: Any, seed: int, episodes: int, device: torch.device
 ) -> tuple[float, float, float]:
@@ -214,6 +254,18 @@ def _samplers(
         else None
     )
     return train, val
+
+
+def _improves(
+    learner: MetaLearner, best: Mapping[str, Any], val_score: float, val_loss: float
+) -> bool:
+    """Whether a validation beats the best so far: a higher accuracy (Dice), or for
+    regression a lower MSE."""
+    if best["accuracy"] is None:
+        return True
+    if learner.task == "regression":
+        return val_loss < best.get("loss", math.inf)
+    return val_score > best["accuracy"]
 
 
 def _restore_best(
@@ -351,6 +403,16 @@ def meta_fit(
             no label. ``None`` (default): self-supervised exactly when ``train_set`` holds
             no label maps (raw images or a dataset without ``masks``).
 
+    Regression learners (``learner.task == "regression"``: MAML, first-order MAML, Meta-SGD,
+    Reptile built with ``task="regression"``) train on a
+    :class:`~medmeta.data.regression_tasks.RegressionTasks` (``ways=1``, ``shots`` support
+    and ``queries`` query rows per episode). Their ``accuracy`` (history, progress bar,
+    ``best_accuracy``) is the query R² (in training: of the standardised targets, 0 for an
+    episode whose query targets are constant; in validation: the mean over validation
+    episodes, with ``val_ci95``), ``val_loss`` is the validation MSE in the targets' units,
+    and the best step is the one with the lowest validation MSE (``best`` also records it
+    as ``loss``).
+
     Segmentation learners (``learner.task == "segmentation"``: PANet, ALPNet) train on
     :class:`~medmeta.data.SegmentationEpisodeBatch` es of ``train_set`` (a
     :class:`~medmeta.data.SegmentationDataset`, ``ways`` organs per episode, ``shots``
@@ -393,6 +455,7 @@ def meta_fit(
     for n in (ways, val_n):  # before any training: a fixed-width learner's limit
         learner.check_ways(n)
     val_seed = seed + VAL_SEED_OFFSET
+    _check_task_data(learner, train_set, val_set)
     self_supervised = _self_supervised(learner, train_set, self_supervised)
     train_sampler, val_sampler = _samplers(
         learner, train_set, val_set, ways, val_n, shots, queries, meta_batch, seed,
@@ -570,17 +633,29 @@ def meta_fit(
                         val_acc, val_ci, val_loss = _validate_segmentation(
                             learner, val_sampler, val_seed, val_episodes, dev
                         )
+                    elif learner.task == "regression":
+                        val_acc, val_ci, val_loss = _validate_regression(
+                            learner, val_sampler, val_seed, val_episodes, meta_batch, dev
+                        )
                     else:
                         val_acc, val_ci, val_loss = _validate(
                             learner, val_sampler, val_seed, val_episodes, meta_batch, dev
                         )
-                    logger.info(
-                        "step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
-                        step, 100 * val_acc, 100 * val_ci, val_episodes,
-                    )  # fmt: skip
-                    if best["accuracy"] is None or val_acc > best["accuracy"]:
+                    if learner.task == "regression":
+                        logger.info(
+                            "step %d: val MSE %.4g, R² %.3f ± %.3f (%d episodes)",
+                            step, val_loss, val_acc, val_ci, val_episodes,
+                        )  # fmt: skip
+                    else:
+                        logger.info(
+                            "step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
+                            step, 100 * val_acc, 100 * val_ci, val_episodes,
+                        )  # fmt: skip
+                    if _improves(learner, best, val_acc, val_loss):
                         improved = True
                         best = {"step": step, "accuracy": val_acc, "ci95": val_ci}
+                        if learner.task == "regression":
+                            best["loss"] = val_loss
                         best_state = {
                             k: v.detach().clone() for k, v in learner.state_dict().items()
                         }
@@ -618,11 +693,15 @@ def meta_fit(
 
     if val_sampler is not None and best_state is not None:
         learner.load_state_dict(best_state)
-        logger.info(
-            "loaded the best validation step %d (accuracy %.2f%%)",
-            best["step"],
-            100 * best["accuracy"],
-        )
+        if learner.task == "regression":
+            logger.info("loaded the best validation step %d (MSE %.4g, R² %.3f)",
+                        best["step"], best["loss"], best["accuracy"])  # fmt: skip
+        else:
+            logger.info(
+                "loaded the best validation step %d (accuracy %.2f%%)",
+                best["step"],
+                100 * best["accuracy"],
+            )
     return FitResult(
         learner=learner,
         history=history,

@@ -1,0 +1,165 @@
+"""Few-shot regression metrics, in numpy: per-episode MSE and R², coverage and width of
+predictive intervals, and means with 95% CIs over episodes.
+
+Conventions: ``E`` episodes, ``Q`` queries per episode; ``pred``, ``target``, ``lower``,
+``upper`` are ``[E, Q]``. Every per-episode metric is computed on one episode's queries and
+summarised over episodes with :func:`~medmeta.eval.metrics.mean_ci95` (tasks are the unit of
+replication, as in the classification protocols).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmeta.data.regression_tasks import MIN_SCALE
+from medmeta.eval.evaluate import iter_episodes
+from medmeta.eval.metrics import mean_ci95
+
+__all__ = [
+    "RegressionPredictions",
+    "coverage",
+    "interval_width",
+    "mse",
+    "paired_difference",
+    "predict_regression_episodes",
+    "r2",
+    "summarize_regression",
+]
+
+
+def _pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 2:
+        raise ValueError(
+            f"pred and target must both be [E, Q], got {list(p.shape)} and {list(t.shape)}"
+        )
+    if not np.isfinite(t).all():
+        e, q = np.argwhere(~np.isfinite(t))[0]
+        raise ValueError(f"target holds a non-finite value at episode {e}, query {q}")
+    return p, t
+
+
+def mse(pred: Any, target: Any) -> np.ndarray:
+    """Mean squared error per episode ``[E]``."""
+    p, t = _pair(pred, target)
+    return ((p - t) ** 2).mean(1)
+
+
+def r2(pred: Any, target: Any) -> np.ndarray:
+    """Coefficient of determination per episode ``[E]``: ``1 - SSE / SST`` with SST around
+    the episode's own query mean (so predicting that mean scores 0, a constant off it
+    scores below 0). NaN where the query targets are all equal (undefined; their standard
+    deviation at most ``MIN_SCALE * (1 + |mean|)``, as for the support scale)."""
+    p, t = _pair(pred, target)
+    sse = ((t - p) ** 2).sum(1)
+    sst = ((t - t.mean(1, keepdims=True)) ** 2).sum(1)
+    out = np.full(len(t), np.nan)
+    ok = np.sqrt(sst / t.shape[1]) > MIN_SCALE * (1 + np.abs(t.mean(1)))
+    out[ok] = 1 - sse[ok] / sst[ok]
+    return out
+
+
+def coverage(lower: Any, upper: Any, target: Any) -> np.ndarray:
+    """Fraction of each episode's query targets inside ``[lower, upper]`` ``[E]``."""
+    lo, t = _pair(lower, target)
+    hi, _ = _pair(upper, target)
+    if (hi < lo).any():
+        raise ValueError("upper is below lower for some queries")
+    return ((t >= lo) & (t <= hi)).mean(1)
+
+
+def interval_width(lower: Any, upper: Any) -> np.ndarray:
+    """Mean interval width per episode ``[E]``."""
+    lo, hi = _pair(lower, upper)
+    return (hi - lo).mean(1)
+
+
+def paired_difference(a: Any, b: Any) -> tuple[float, float]:
+    """Mean of ``a - b`` over episodes and its 95% CI half-width (paired: the same
+    episodes), e.g. a method's MSE minus a baseline's: negative = the method is better."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a and b must both be [E], got {list(a.shape)} and {list(b.shape)}")
+    ok = np.isfinite(a) & np.isfinite(b)
+    return mean_ci95((a - b)[ok])
+
+
+def summarize_regression(
+    pred: Any, target: Any, lower: Any = None, upper: Any = None
+) -> dict[str, float]:
+    """MSE and R² (mean and 95% CI half-width over episodes) and, with an interval, its
+    coverage and mean width.
+
+    R² is averaged over the episodes where it is defined; ``r2_undefined`` counts the others
+    (query targets all equal).
+    """
+    per_mse = mse(pred, target)
+    per_r2 = r2(pred, target)
+    defined = np.isfinite(per_r2)
+    m, m_ci = mean_ci95(per_mse)
+    r, r_ci = mean_ci95(per_r2[defined]) if defined.any() else (np.nan, np.nan)
+    out = {"episodes": len(per_mse), "mse": m, "mse_ci95": m_ci, "r2": r, "r2_ci95": r_ci,
+           "r2_median": float(np.median(per_r2[defined])) if defined.any() else np.nan,
+           "r2_undefined": int((~defined).sum())}  # fmt: skip
+    if lower is not None and upper is not None:
+        c, c_ci = mean_ci95(coverage(lower, upper, target))
+        w, w_ci = mean_ci95(interval_width(lower, upper))
+        out |= {"coverage": c, "coverage_ci95": c_ci, "width": w, "width_ci95": w_ci}
+    return out
+
+
+@dataclass(frozen=True)
+class RegressionPredictions:
+    """Query predictions of ``E`` episodes (CPU float32).
+
+    Attributes:
+        pred, target: ``[E, Q]``.
+        support_y: ``[E, K]`` the support targets (for baselines and scales).
+        tasks: ``[E]`` task index of each episode.
+    """
+
+    pred: torch.Tensor
+    target: torch.Tensor
+    support_y: torch.Tensor
+    tasks: torch.Tensor
+
+
+def _batches(sampler: Any, episodes: int, batch_size: int) -> Iterator[Any]:
+    sampler_batch = getattr(sampler, "batch_size", 1)
+    if sampler_batch != 1:
+        raise ValueError("predict_regression_episodes needs a sampler with batch_size=1")
+    return iter_episodes(sampler, episodes, batch_size)
+
+
+def predict_regression_episodes(
+    learner: Any, sampler: Any, episodes: int, batch_size: int, device: torch.device
+) -> RegressionPredictions:
+    """``learner.predict`` (in eval mode) on ``episodes`` episodes of a ``batch_size=1``
+    regression sampler (:class:`~medmeta.data.regression_tasks.RegressionEpisodeSampler`),
+    stacked ``batch_size`` at a time (the episodes do not depend on ``batch_size``)."""
+    was_training = learner.training
+    learner.eval()
+    preds, targets, supports, tasks = [], [], [], []
+    try:
+        for batch in _batches(sampler, episodes, batch_size):
+            b = batch.to(device)
+            out = learner.predict(b.support_x, b.support_y, b.query_x)
+            if tuple(out.shape) != tuple(b.query_y.shape):
+                raise ValueError(
+                    f"{type(learner).__name__}.predict returned shape {tuple(out.shape)}, "
+                    f"expected [B, Q] = {list(b.query_y.shape)}"
+                )
+            preds.append(out.detach().float().cpu())
+            targets.append(batch.query_y.float())
+            supports.append(batch.support_y.float())
+            tasks.append(batch.classes[:, 0])
+    finally:
+        learner.train(was_training)
+    return RegressionPredictions(torch.cat(preds), torch.cat(targets), torch.cat(supports),
+                                 torch.cat(tasks))  # fmt: skip
