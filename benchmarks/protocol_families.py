@@ -17,7 +17,9 @@ support set.
 
 Every test episode (the same seeded episodes for every method) also gets, fitted on its
 support set only: logistic regression, k-nearest neighbours and a random forest
-(scikit-learn, :mod:`medmeta.eval.support_baselines`). Features for them are standardised with the support's mean and standard
+(scikit-learn, :mod:`medmeta.eval.support_baselines`). For signals they read the log
+amplitude spectrum (phase-invariant: raw time points of unaligned recordings put them at or
+below chance). Features for them are standardised with the support's mean and standard
 deviation (tables: encoded by a :class:`~medmeta.edge.table.TableSpec` fitted on the
 support rows): nothing of the queries leaks. Results are mean accuracy ± 95% CI over the
 episodes, JSON + Markdown in ``--out`` (``families-cpu.*``).
@@ -98,6 +100,7 @@ PROTOCOLS = {
 }  # fmt: skip
 
 SIGNAL_WINDOW = 1000  # samples of pig_cvp's 2000 (the CLI's --signal-length 1000)
+SPECTRUM_BINS = 200  # low-frequency amplitude-spectrum bins the signal baselines read
 # The MAML family adapts in an inner loop: half the meta-steps (as the image protocols).
 STEP_SHARE = {"maml": 0.5, "anil": 0.5, "metasgd": 0.5}
 
@@ -134,6 +137,14 @@ def _standardised(raw: Any, s: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, n
     return (xs - mean) / std, (xq - mean) / std
 
 
+def _spectrum_features(raw: Any, s: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signals as their log amplitude spectrum (``log1p |rFFT|`` of bins 1..SPECTRUM_BINS per
+    channel: invariant to the phase of the waveform, which differs between recordings),
+    standardised with the support's statistics only."""
+    spectra = np.log1p(np.abs(np.fft.rfft(np.asarray(raw, np.float64), axis=-1)))
+    return _standardised(spectra[..., 1 : SPECTRUM_BINS + 1], s, q)
+
+
 def _table_features(raw: Any, s: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Table rows encoded by a spec fitted on the support rows only."""
     spec = TableSpec.fit(raw.take(s))
@@ -152,7 +163,7 @@ def load_family(protocol: Protocol) -> FamilyData:
     if protocol.family == "signals":  # the central window, each record standardised
         start = (x.shape[-1] - SIGNAL_WINDOW) // 2
         x = standardize_records(x[..., start : start + SIGNAL_WINDOW])
-        return FamilyData(x, ds.labels, list(ds.class_names), x, _standardised, series=True)
+        return FamilyData(x, ds.labels, list(ds.class_names), x, _spectrum_features, series=True)
     return FamilyData(x, ds.labels, list(ds.class_names), x, _standardised)
 
 

@@ -62,3 +62,16 @@ def test_baseline_standardisation_uses_the_support_only() -> None:
     xs2, xq2 = P._standardised(moved, s, q)
     np.testing.assert_allclose(xs2, xs)
     np.testing.assert_allclose(xq2 - xq, np.broadcast_to(100.0 / raw[s].std(0), xq.shape))
+
+
+def test_signal_baselines_read_a_phase_invariant_spectrum() -> None:
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(12, 1, 1000))
+    shifted = raw.copy()
+    shifted[6:] = np.roll(raw[6:], 137, axis=-1)  # the queries' waveforms start elsewhere
+    s, q = np.arange(6), np.arange(6, 12)
+    want = P._spectrum_features(raw, s, q)
+    got = P._spectrum_features(shifted, s, q)
+    assert got[1].shape == (6, P.SPECTRUM_BINS)
+    np.testing.assert_allclose(got[1], want[1], atol=1e-9)
+    assert not np.allclose(raw[6:], shifted[6:])
