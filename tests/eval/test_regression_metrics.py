@@ -189,3 +189,17 @@ def test_baselines_refuse_nan_targets_and_bad_shapes():
         RB.scratch_mlp_predict(sx, sy, qx)
     with pytest.raises(ValueError, match=r"expected support_x \[B, K, F\]"):
         RB.ridge_predict(sx[0], sy[0], qx[0])
+
+
+def test_a_diverged_interval_is_counted_not_raised():
+    target = np.zeros((3, 2))
+    lower, upper = np.full((3, 2), -1.0), np.full((3, 2), 1.0)
+    upper[2, 0] = np.inf  # one bootstrap member diverged in episode 2
+    lower[1, 1] = np.nan
+    width = R.interval_width(lower, upper)
+    np.testing.assert_allclose(width[0], 2.0)
+    assert np.isinf(width[2]) and np.isinf(width[1])
+    summary = R.summarize_regression(np.zeros((3, 2)), target, lower, upper)
+    assert summary["nonfinite_intervals"] == 2 and summary["width"] == pytest.approx(2.0)
+    assert summary["coverage"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert summary["nonfinite_predictions"] == 0

@@ -69,15 +69,21 @@ def coverage(lower: Any, upper: Any, target: Any) -> np.ndarray:
     """Fraction of each episode's query targets inside ``[lower, upper]`` ``[E]``."""
     lo, t = _pair(lower, target)
     hi, _ = _pair(upper, target)
-    if (hi < lo).any():
+    if (hi < lo).any():  # NaN bounds compare False: such a query is simply not covered
         raise ValueError("upper is below lower for some queries")
     return ((t >= lo) & (t <= hi)).mean(1)
 
 
 def interval_width(lower: Any, upper: Any) -> np.ndarray:
-    """Mean interval width per episode ``[E]``."""
-    lo, hi = _pair(lower, upper)
-    return (hi - lo).mean(1)
+    """Mean interval width per episode ``[E]``; ``inf`` for an episode where a bound is not
+    finite (a diverged adaptation: counted by :func:`summarize_regression`, not raised)."""
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    if lo.shape != hi.shape or lo.ndim != 2:
+        raise ValueError(
+            f"lower and upper must both be [E, Q], got {list(lo.shape)} and {list(hi.shape)}"
+        )
+    width = (hi - lo).mean(1)
+    return np.where(np.isfinite(width), width, np.inf)
 
 
 def paired_difference(a: Any, b: Any) -> tuple[float, float]:
@@ -97,7 +103,9 @@ def summarize_regression(
     coverage and mean width.
 
     R² is averaged over the episodes where it is defined; ``r2_undefined`` counts the others
-    (query targets all equal).
+    (query targets all equal). ``nonfinite_predictions`` counts diverged predictions (their
+    MSE is not finite, so neither is the mean: shown, not hidden); the width is averaged over
+    the episodes whose interval is finite and ``nonfinite_intervals`` counts the others.
     """
     per_mse = mse(pred, target)
     per_r2 = r2(pred, target)
@@ -107,10 +115,14 @@ def summarize_regression(
     out = {"episodes": len(per_mse), "mse": m, "mse_ci95": m_ci, "r2": r, "r2_ci95": r_ci,
            "r2_median": float(np.median(per_r2[defined])) if defined.any() else np.nan,
            "r2_undefined": int((~defined).sum())}  # fmt: skip
+    out["nonfinite_predictions"] = int((~np.isfinite(np.asarray(pred, np.float64))).sum())
     if lower is not None and upper is not None:
         c, c_ci = mean_ci95(coverage(lower, upper, target))
-        w, w_ci = mean_ci95(interval_width(lower, upper))
-        out |= {"coverage": c, "coverage_ci95": c_ci, "width": w, "width_ci95": w_ci}
+        widths = interval_width(lower, upper)
+        finite = np.isfinite(widths)
+        w, w_ci = mean_ci95(widths[finite]) if finite.any() else (np.inf, np.nan)
+        out |= {"coverage": c, "coverage_ci95": c_ci, "width": w, "width_ci95": w_ci,
+                "nonfinite_intervals": int((~finite).sum())}  # fmt: skip
     return out
 
 
