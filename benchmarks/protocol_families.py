@@ -279,7 +279,7 @@ def run_family(protocol: Protocol, args: argparse.Namespace) -> list[dict[str, A
 def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = ["# medmeta few-shot protocols beyond images", ""]
-    lines += [f"- {line}" for line in H.provenance_lines(env)]
+    lines += H.provenance_lines(env)
     lines += ["", "| family | data | method | kind | N-way | 1-shot | 5-shot |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
     cells: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
