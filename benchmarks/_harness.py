@@ -343,6 +343,21 @@ def start_run(
     return dev, command
 
 
+def protocol_environment(
+    prog: str, module: str, argv: Sequence[str], out: Path, allow_dirty: bool, threads: int
+) -> dict[str, Any] | None:
+    """What every accuracy suite (the protocols) does before it runs: refuse to write
+    ``out`` = benchmarks/results from a dirty tree (printed; None returned), set the torch
+    threads, and record the environment with the command that reproduces the run."""
+    refusal = dirty_refusal(out, allow_dirty)
+    if refusal:
+        print(refusal, file=sys.stderr)
+        return None
+    command = [*module_command(prog, module), *argv]
+    torch.set_num_threads(threads)
+    return environment(torch.device("cpu"), threads, command, {}, allow_dirty)
+
+
 def short_error(e: BaseException) -> str:
     """``Type: first line of the message`` (at most 300 characters) for records."""
     first = (str(e).strip().splitlines() or [""])[0]

@@ -322,13 +322,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return 2
     args.algorithms = {a.strip() for a in args.algorithms.split(",") if a.strip()}
     out = Path(args.out)
-    refusal = H.dirty_refusal(out, args.allow_dirty)
-    if refusal:
-        print(refusal, file=sys.stderr)
+    env = H.protocol_environment(
+        prog, "benchmarks.protocol_families", argv, out, args.allow_dirty, args.threads
+    )
+    if env is None:
         return 2
-    torch.set_num_threads(args.threads)
-    command = [*H.module_command(prog, "benchmarks.protocol_families"), *argv]
-    env = H.environment(torch.device("cpu"), args.threads, command, {}, args.allow_dirty)
     started = time.perf_counter()
     rows = [r for f in families for r in run_family(PROTOCOLS[f], args)]
     env["wall_s"] = round(time.perf_counter() - started, 1)

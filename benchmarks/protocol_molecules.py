@@ -359,13 +359,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     out = Path(args.out)
-    refusal = H.dirty_refusal(out, args.allow_dirty)
-    if refusal:
-        print(refusal, file=sys.stderr)
+    env = H.protocol_environment(
+        prog, "benchmarks.protocol_molecules", argv, out, args.allow_dirty, args.threads
+    )
+    if env is None:
         return 2
-    command = [*H.module_command(prog, "benchmarks.protocol_molecules"), *argv]
-    torch.set_num_threads(args.threads)
-    env = H.environment(torch.device("cpu"), args.threads, command, {}, args.allow_dirty)
     started = time.perf_counter()
     report = {"schema": SCHEMA, **run(args)}
     env["wall_s"] = round(time.perf_counter() - started, 1)

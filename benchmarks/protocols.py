@@ -338,18 +338,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"unknown algorithms {unknown}; known: {', '.join(ALGORITHMS)}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    refusal = H.dirty_refusal(out, args.allow_dirty)
-    if refusal:
-        print(refusal, file=sys.stderr)
+    env = H.protocol_environment(
+        prog, "benchmarks.protocols", argv, out, args.allow_dirty, args.threads
+    )
+    if env is None:
         return 2
-    command = [*H.module_command(prog, "benchmarks.protocols"), *argv]
-    torch.set_num_threads(args.threads)
-    env = H.environment(torch.device("cpu"), args.threads, command, {}, args.allow_dirty)
     started = time.perf_counter()
     rows = run(args)
     env["wall_s"] = round(time.perf_counter() - started, 1)
     this_run = {
-        "command": command,
+        "command": env["command"],
         "date_utc": env["date_utc"],
         "git_commit": env["git_commit"],
         "git_dirty": env["git_dirty"],
