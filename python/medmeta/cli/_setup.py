@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medmeta.cli._data import describe_source
 from medmeta.data import ArrayDataset, DataError
 from medmeta.edge.cli.errors import UsageError
 
@@ -114,12 +115,7 @@ def _table_preprocessing(ds: Any, backbone: str, window: Any) -> Any:
     try:
         return Preprocessing.for_table(TableSpec.fit(ds.x))
     except ValueError as err:
-        raise DataError(str(err), describe(ds)) from None
-
-
-def describe(ds: Any) -> str:
-    """A data set's name or path, for messages."""
-    return str(ds.meta.get("path") or ds.meta.get("name") or "data")
+        raise DataError(str(err), describe_source(ds, ds)) from None
 
 
 def preprocess_dataset(ds: ArrayDataset, preprocessing: Any) -> ArrayDataset:
@@ -129,7 +125,7 @@ def preprocess_dataset(ds: ArrayDataset, preprocessing: Any) -> ArrayDataset:
     try:
         x = preprocessing(ds.x if isinstance(ds.x, TableRows) else np.asarray(ds.x))
     except ValueError as err:  # a table column missing or with text in a numeric column
-        raise DataError(str(err), describe(ds)) from None
+        raise DataError(str(err), describe_source(ds, ds)) from None
     return ArrayDataset(
         x,
         ds.labels,

@@ -39,6 +39,7 @@ import torch
 
 from .episodes import EpisodeBatch, SeededSampler
 from .errors import DataError
+from .segmentation_episodes import _check_int
 
 __all__ = [
     "TOX21_PREFIX",
@@ -419,12 +420,6 @@ def _padded(index_lists: list[np.ndarray]) -> torch.Tensor:
     for i, ix in enumerate(index_lists):
         table[i, : len(ix)] = ix
     return torch.from_numpy(table)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DataError(f"must be an int >= {low}, got {value!r}", name)
-    return int(value)
 
 
 class AssayEpisodeSampler(SeededSampler):
