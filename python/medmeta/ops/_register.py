@@ -45,6 +45,11 @@ def argument_kinds(schema: str) -> tuple[str, ...]:
     return tuple(k if k in (TENSOR, OPTIONAL, LIST) else VALUE for k in kinds)
 
 
+def _tuple(names: Sequence[str]) -> str:
+    """Python source of a tuple of ``names`` (``()``, ``(a,)``, ``(a, b)``)."""
+    return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
+
+
 def _contiguous(args: Sequence[Any]) -> list[Any]:
     return [
         [t.contiguous() for t in a]
@@ -284,6 +289,8 @@ class NativeOp:
 
     def _eager_function(self) -> type:
         """A classic-style autograd.Function over the arguments (lists flattened)."""
+        if not self._has_lists and not self._returns_list:
+            return self._plain_eager_function()
         op = self
 
         def forward(ctx: Any, *flat: Any) -> Any:
@@ -305,6 +312,71 @@ class NativeOp:
             (torch.autograd.Function,),
             {"forward": staticmethod(forward), "backward": staticmethod(backward)},
         )
+
+    def _plain_eager_function(self) -> type:
+        """The eager autograd.Function of an op without list arguments or results, written
+        out for this op's arguments and outputs (no per-call loop over them, no helper call:
+        ~25 us less per forward+backward than the general path, a sixth of a small
+        segmentation op). Same semantics as the general one (see ``_gradients``)."""
+        n_out = self._output_count()
+        args = [f"a{i}" for i in range(len(self._kinds))]
+        outs = [f"o{k}" for k in range(n_out)]
+        ups = [f"u{k}" for k in range(n_out)]
+        needs = [f"n{j}" for j in range(len(self._differentiable))]
+        hidden = [outs[k] for k in range(n_out) if k not in self._differentiable_outputs]
+        tensors = [args[i] for i in self._tensor_arguments]
+        values = [args[i] for i in self._value_arguments]
+        saved = [*tensors, *(outs[k] for k in self._saved_outputs)]
+        given = [outs[k] if k in self._saved_outputs else "None" for k in range(n_out)]
+        grads = ["None"] * len(args)
+        for j, i in enumerate(self._differentiable):
+            grads[i] = f"g[{j}] if {needs[j]} else None"
+        lines = [
+            f"def forward(ctx, {', '.join(args)}):",
+            f"    output = forward_fn({', '.join(args)})",
+            f"    {_tuple(outs)} = {'output' if n_out > 1 else '(output,)'}",
+            f"    ctx.mark_non_differentiable({', '.join(hidden)})" if hidden else "",
+            f"    ctx.save_for_backward({', '.join(saved)})",
+            f"    ctx.values = {_tuple(values)}",
+            "    ctx.set_materialize_grads(False)  # no zeros for outputs without a gradient",
+            "    return output",
+            f"def backward(ctx, {', '.join(ups)}):",
+            "    flags = ctx.needs_input_grad",
+            *(f"    {n} = flags[{i}]" for n, i in zip(needs, self._differentiable, strict=True)),
+            f"    if not ({' or '.join(needs)}) or "
+            f"({' and '.join(f'{ups[k]} is None' for k in self._differentiable_outputs)}):",
+            f"        return {_tuple(['None'] * len(args))}",
+            f"    {_tuple(saved)} = ctx.saved_tensors",
+            f"    {_tuple(values)} = ctx.values" if values else "",
+            f"    needs = {_tuple(needs)}",
+            "    if grad_enabled():  # the backward must be differentiable: use the reference",
+            f"        g = reference_gradients({_tuple(args)}, {_tuple(ups)}, needs)",
+            "    else:",
+            f"        g = native({_tuple(ups)}, {_tuple(args)}, {_tuple(given)}, needs)",
+            f"    return {_tuple([f'({x})' if x != 'None' else x for x in grads])}",
+        ]
+        namespace: dict[str, Any] = {
+            "forward_fn": self._forward,
+            "native": self._backward,
+            "reference_gradients": self._reference_gradients,
+            "grad_enabled": torch.is_grad_enabled,
+        }
+        source = "\n".join(line for line in lines if line) + "\n"
+        exec(compile(source, f"<medmeta.ops.{self.name}.autograd>", "exec"), namespace)
+        return type(
+            f"_{self.name}_function",
+            (torch.autograd.Function,),
+            {
+                "forward": staticmethod(namespace["forward"]),
+                "backward": staticmethod(namespace["backward"]),
+            },
+        )
+
+    def _output_count(self) -> int:
+        """How many tensors the forward returns, from its schema (not for list results)."""
+        schema = torch.library.infer_schema(self._forward, mutates_args=())
+        result = schema.split(") -> ", 1)[1].strip()
+        return 1 if not result.startswith("(") else result.count(",") + 1
 
     def _apply(self, args: tuple) -> Any:
         if not self._has_lists:
