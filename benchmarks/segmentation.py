@@ -117,29 +117,33 @@ def run_abd_mri(args: argparse.Namespace) -> list[dict[str, Any]]:
     names = list(ds.class_names)
     partial = Path(args.out) / "segmentation-cpu.partial.json"
     rows = _resumed_rows(partial, args)
-    done = {r["fold"] for r in rows}
+    done = {(r["fold"], r["seed"]) for r in rows}
     for fold, test in enumerate(folds[: args.max_folds or None]):
-        if fold in done:
-            logger.info("fold %d: rows taken from %s", fold, partial)
-            continue
         test = test.tolist()
         train_rows = np.nonzero(~np.isin(ds.groups, test))[0]
         for seed in range(args.seeds):
-            rows += _fold(args, ds, volumes, names, train_rows, test, fold, seed)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        H.write_json(partial, {"settings": _settings(args), "rows": rows})
+            if (fold, seed) in done:
+                logger.info("fold %d seed %d: rows taken from %s", fold, seed, partial)
+                continue
+            new = _fold(args, ds, volumes, names, train_rows, test, fold, seed)
+            rows += [{**r, "commit": args.commit} for r in new]
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            H.write_json(partial, {"settings": _settings(args), "rows": rows})
     return rows
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
-    """What the rows depend on (``--max-folds`` and the output folder excluded)."""
-    skip = ("out", "allow_dirty", "max_folds", "resume", "skip_nuclei", "nuclei_episodes")
+    """What the rows depend on (``--max-folds``, ``--seeds`` and the output folder excluded:
+    rows are per fold and seed, so more seeds or folds extend a resumed run)."""
+    skip = ("out", "allow_dirty", "max_folds", "seeds", "resume", "skip_nuclei",
+            "nuclei_episodes", "commit")  # fmt: skip
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
 def _resumed_rows(partial: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """With ``--resume``, the finished folds' rows of an earlier run with the same settings
-    (written after every fold), so a long run can be continued."""
+    """With ``--resume``, the finished (fold, seed) rows of an earlier run with the same
+    settings (written after each), so a long run can be continued or given more seeds; each
+    row keeps the commit that made it (stated in the Markdown)."""
     if not args.resume or not partial.exists():
         return []
     saved = json.loads(partial.read_text())
@@ -228,7 +232,7 @@ def markdown(report: dict[str, Any]) -> str:
     for s in report["summary"]:
         row = cells.setdefault((s["method"], s["mode"], s["setting"]), {})
         row[s["organ"]] = f"{100 * s['dice']:.1f} ± {100 * s['ci95']:.1f}"
-    lines = [*H.provenance_lines(report["environment"]), ""]
+    lines = [*H.provenance_lines(report["environment"]), *_resumed_lines(report), ""]
     header = ["method", "training", "setting", "LK", "RK", "spleen", "liver", "mean"]
     body = []
     for (method, mode, setting), row in sorted(cells.items(), key=str):
@@ -247,6 +251,21 @@ def markdown(report: dict[str, Any]) -> str:
               f"{100 * r['iou']:.1f}", r["episodes"]] for r in nuclei],
         )]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _resumed_lines(report: dict[str, Any]) -> list[str]:
+    """A line naming the commits of rows taken from an earlier run (``--resume``)."""
+    made: dict[str, set[tuple[int, int]]] = {}
+    for r in report["rows"]:
+        if r["dataset"] == "abd_mri":
+            made.setdefault(r.get("commit") or "unknown", set()).add((r["fold"], r["seed"]))
+    if set(made) <= {report["environment"].get("git_commit")}:
+        return []
+    parts = [
+        f"`{c[:7]}`: seeds {sorted({s for _, s in fs})} of folds {sorted({f for f, _ in fs})}"
+        for c, fs in sorted(made.items())
+    ]
+    return [f"- Abd-MRI rows by commit (resumed runs): {'; '.join(parts)}"]
 
 
 def _parse(argv: list[str], prog: str) -> argparse.Namespace:
@@ -272,7 +291,8 @@ def _parse(argv: list[str], prog: str) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="reuse the folds finished by an earlier run (segmentation-cpu.partial.json)",
+        help="reuse the (fold, seed) rows of an earlier run with the same settings "
+        "(segmentation-cpu.partial.json); more --seeds or folds extend it",
     )
     args = p.parse_args(argv)
     args.runs = [_run_of(r, p) for r in args.runs.split(",") if r]
@@ -309,12 +329,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     command = [*H.module_command(prog, "benchmarks.segmentation"), *argv]
     torch.set_num_threads(args.threads)
     env = H.environment(torch.device("cpu"), args.threads, command, {}, args.allow_dirty)
+    args.commit = env.get("git_commit")
     started = time.perf_counter()
     rows = run_abd_mri(args)
     if not args.skip_nuclei and NUCLEI.exists():
         rows += run_nuclei(args)
     env["wall_s"] = round(time.perf_counter() - started, 1)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "allow_dirty")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "allow_dirty", "commit")}
     report = {"environment": env, "settings": settings, "rows": rows,
               "summary": summarize(rows)}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
