@@ -772,8 +772,30 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
             return [clean(x) for x in v]
         return v
 
+    write_text(path, json.dumps(clean(dict(payload)), indent=1) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a
+    rename): an interrupted run never leaves a half-written result."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(dict(payload)), indent=1) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_results(
+    out: Path, stem: str, report: Mapping[str, Any], markdown: Callable[[Any], str]
+) -> None:
+    """The accuracy suites' last step: ``out/<stem>.json`` and ``out/<stem>.md``, and the
+    Markdown on stdout."""
+    text = markdown(report)
+    write_json(out / f"{stem}.json", report)
+    write_text(out / f"{stem}.md", text)
+    print(text)
 
 
 # --------------------------------------------------------------------------- plot

@@ -1157,7 +1157,7 @@ def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
     except ImportError as e:
         payload.setdefault("notes", []).append(f"no plot: {H.short_error(e)}")
     H.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(markdown_report(payload))
+    H.write_text(stem.with_suffix(".md"), markdown_report(payload))
     return [stem.with_suffix(".json"), *paths, stem.with_suffix(".md")]
 
 

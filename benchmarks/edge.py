@@ -1137,7 +1137,7 @@ def write_outputs(payload: dict[str, Any], stem: Path) -> list[Path]:
         paths.append(stem.with_suffix(".png"))
     except ImportError as e:
         payload.setdefault("notes", []).append(f"no plot: {e}")
-    stem.with_suffix(".md").write_text(markdown_report(payload))
+    H.write_text(stem.with_suffix(".md"), markdown_report(payload))
     paths.append(stem.with_suffix(".md"))
     return paths
 

@@ -334,11 +334,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 "families": families, "threads": args.threads}  # fmt: skip
     report = {"schema": "medmeta-bench-families/1", "environment": env, "settings": settings,
               "results": rows}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
     stem = "families-cpu" + ("" if set(families) == set(FAMILIES) else "-" + "-".join(families))
-    H.write_json(out / f"{stem}.json", report)
-    (out / f"{stem}.md").write_text(markdown(report))
-    print(markdown(report))
+    H.write_results(out, stem, report, markdown)
     return 0
 
 

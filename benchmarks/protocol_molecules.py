@@ -369,10 +369,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     env["wall_s"] = round(time.perf_counter() - started, 1)
     report["environment"] = env
     report["git_commit"], report["git_dirty"] = env["git_commit"], env["git_dirty"]
-    out.mkdir(parents=True, exist_ok=True)
-    H.write_json(out / "molecules-cpu.json", report)
-    (out / "molecules-cpu.md").write_text(markdown(report))
-    print(markdown(report))
+    H.write_results(out, "molecules-cpu", report, markdown)
     return 0
 
 

@@ -314,10 +314,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "allow_dirty")}
     report = {"schema": "medmeta-bench-regression/1", "environment": env,
               "settings": settings, **report}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    H.write_json(out / "regression-cpu.json", report)
-    (out / "regression-cpu.md").write_text(markdown(report))
-    print(markdown(report))
+    H.write_results(out, "regression-cpu", report, markdown)
     return 0
 
 

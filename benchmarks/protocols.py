@@ -358,10 +358,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     path = out / "protocols-cpu.json"
     previous = json.loads(path.read_text()) if path.exists() and not args.fresh else None
     report = combine(previous, this_run, rows)
-    out.mkdir(parents=True, exist_ok=True)
-    H.write_json(path, report)
-    (out / "protocols-cpu.md").write_text(markdown(report))
-    print(markdown(report))
+    H.write_results(out, "protocols-cpu", report, markdown)
     return 0
 
 

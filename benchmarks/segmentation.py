@@ -338,10 +338,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "allow_dirty", "commit")}
     report = {"environment": env, "settings": settings, "rows": rows,
               "summary": summarize(rows)}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    H.write_json(out / "segmentation-cpu.json", report)
-    (out / "segmentation-cpu.md").write_text(markdown(report))
-    print(markdown(report))
+    H.write_results(out, "segmentation-cpu", report, markdown)
     return 0
 
 

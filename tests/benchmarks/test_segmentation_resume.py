@@ -1,5 +1,5 @@
-"""The segmentation benchmark's resume: rows per (fold, seed), settings checked, and the
-commits of resumed rows stated in the Markdown."""
+"""The segmentation benchmark's resume (rows per (fold, seed), settings checked, the
+commits of resumed rows stated in the Markdown) and the suites' atomic result files."""
 
 from __future__ import annotations
 
@@ -41,3 +41,21 @@ def test_resume_refuses_other_settings(tmp_path):
     partial.write_text(json.dumps({"settings": seg._settings(_args(tmp_path)), "rows": []}))
     with pytest.raises(SystemExit, match="other settings"):
         seg._resumed_rows(partial, _args(tmp_path, "--steps", "5"))
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch, capsys):
+    from benchmarks import _harness as H
+
+    H.write_results(tmp_path, "x-cpu", {"a": float("nan")}, lambda r: f"# {sorted(r)}\n")
+    assert json.loads((tmp_path / "x-cpu.json").read_text()) == {"a": None}
+    assert (tmp_path / "x-cpu.md").read_text() == "# ['a']\n"
+    assert "# ['a']" in capsys.readouterr().out
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(H.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        H.write_text(tmp_path / "x-cpu.md", "half")
+    assert (tmp_path / "x-cpu.md").read_text() == "# ['a']\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-cpu.json", "x-cpu.md"]
