@@ -153,7 +153,7 @@ def test_signal_export_predict_without_torch_and_a_too_short_signal(
     assert proc.returncode != 0 and "shorter than the model's window of 1000" in proc.stderr
 
 
-def test_parquet_tables_and_h5ad_expression_train_from_the_cli(tmp_path: Path):
+def test_parquet_tables_and_h5ad_expression_train_from_the_cli(tmp_path: Path, capsys):
     pd = pytest.importorskip("pandas")
     anndata = pytest.importorskip("anndata")
     from medmeta.data import load
@@ -175,8 +175,40 @@ def test_parquet_tables_and_h5ad_expression_train_from_the_cli(tmp_path: Path):
                        "--queries", "3", "--steps", "2"], tmp_path / "h5")  # fmt: skip
     card = read_card(h5_model)
     assert card["preprocessing"]["kind"] == "vector" and card["backbone"]["name"] == "mlp"
+    assert card["preprocessing"]["features"] == list(genes.index)
     assert len(card["training"]["classes"]) == 4
+    _predict_h5ad_by_gene_name(h5_model, anndata, pd, pbmc.x[keep], genes, obs, tmp_path)
+    assert f"lack 1 of the model's {len(genes)} features (e.g. {genes.index[0]})" in (
+        capsys.readouterr().err
+    )
     no_label = tmp_path / "nolabel.h5ad"
     donors = pd.DataFrame({"donor": ["a"] * 20}, index=[f"cell{i}" for i in range(20)])
     anndata.AnnData(X=pbmc.x[:20], obs=donors, var=genes).write_h5ad(no_label)
     assert main(["train", "--data", str(no_label), "--out", str(tmp_path / "x")]) != 0
+
+
+def _predict_h5ad_by_gene_name(model, anndata, pd, x, genes, obs, tmp_path: Path) -> None:
+    """Unlabelled cells whose genes come in another order get the same predictions (the
+    runtime puts them in the model's order by name); a missing gene is named."""
+    adapted, onnx = tmp_path / "h5-adapted", tmp_path / "h5.onnx"
+    assert main(["adapt", "--model", str(model), "--support", str(tmp_path / "cells.h5ad"),
+                 "--shots", "3", "--out", str(adapted)]) == 0  # fmt: skip
+    assert main(["export", "--model", str(adapted), "--out", str(onnx)]) == 0
+    order = np.random.default_rng(0).permutation(len(genes))
+    cells = pd.DataFrame(index=obs.index[:30])
+    same = anndata.AnnData(X=x[:30], obs=cells, var=genes)
+    shuffled = anndata.AnnData(X=x[:30, order], obs=cells, var=genes.iloc[order])
+    preds = []
+    for name, data in (("same.h5ad", same), ("shuffled.h5ad", shuffled)):
+        data.write_h5ad(tmp_path / name)
+        out = tmp_path / f"{name}.csv"
+        assert main(["predict", "--model", str(onnx), "--inputs", str(tmp_path / name),
+                     "--out", str(out)]) == 0  # fmt: skip
+        with out.open() as f:
+            preds.append([(r["prediction"], r["probability"]) for r in csv.DictReader(f)])
+    assert preds[0] == preds[1] and len(preds[0]) == 30
+    assert len({p for p, _ in preds[0]}) > 1  # not one class for every cell
+    lacking = anndata.AnnData(X=x[:5, 1:], obs=cells.iloc[:5], var=genes.iloc[1:])
+    lacking.write_h5ad(tmp_path / "lacking.h5ad")
+    code = main(["predict", "--model", str(onnx), "--inputs", str(tmp_path / "lacking.h5ad")])
+    assert code != 0

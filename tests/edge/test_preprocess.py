@@ -170,3 +170,22 @@ def test_channel_mismatch_and_wrong_sizes_name_the_shapes():
         Preprocessing.for_images((1, 28, 28))(np.zeros((2, 28, 28, 3), np.uint8))
     with pytest.raises(ValueError, match=r"expected vectors of shape \[n, 4\]"):
         Preprocessing.for_vectors(4)(np.zeros((2, 5)))
+
+
+def test_vector_feature_names_round_trip_and_order_named_inputs():
+    pre = Preprocessing.for_vectors(3, features=["CD3E", "MS4A1", "NKG7"])
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    assert "features" not in Preprocessing.for_vectors(3).to_dict()  # older runtimes read it
+    index = pre.feature_order(["NKG7", "GAPDH", "CD3E", "MS4A1"])
+    x = np.array([[3.0, 9.0, 1.0, 2.0]])
+    np.testing.assert_array_equal(x[:, index], [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"lack 1 of the model's 3 features \(e.g. MS4A1\)"):
+        pre.feature_order(["NKG7", "CD3E"])
+    with pytest.raises(ValueError, match="names 2 features, 'input_shape' says"):
+        Preprocessing.for_vectors(3, features=["a", "b"])
+    with pytest.raises(ValueError, match=r"repeats \['a'\]"):
+        Preprocessing.for_vectors(3, features=["a", "a", "b"])
+    with pytest.raises(ValueError, match="apply to vectors"):
+        Preprocessing("series", (1, 3), features=("a", "b", "c"))
+    with pytest.raises(ValueError, match="stores no feature names"):
+        Preprocessing.for_vectors(3).feature_order(["a"])

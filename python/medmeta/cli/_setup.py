@@ -87,7 +87,9 @@ def make_preprocessing(
     features = int(ds.x.shape[1])
     if backbone == "conv1d":
         return Preprocessing.for_series((1, features))
-    return Preprocessing.for_vectors(features)
+    names = (ds.meta or {}).get("gene_names")  # .h5ad: inputs are matched to these by name
+    names = None if names is None or len(names) != features else [str(n) for n in names]
+    return Preprocessing.for_vectors(features, features=names)
 
 
 def _series_preprocessing(ds: ArrayDataset, length: int | None, window: Any) -> Any:

@@ -67,6 +67,8 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
         return edge_predict.read_table_inputs(source)
     if len(items) == 1 and source.suffix.lower() in (".parquet", ".pq"):
         return _read_parquet_inputs(source)
+    if len(items) == 1 and source.suffix.lower() == ".h5ad":
+        return _read_h5ad_inputs(source)
     if len(items) > 1 or source.suffix.lower() in IMAGE_EXTENSIONS or source.is_dir():
         return edge_predict.read_image_inputs(items)
     ds = _data.load_dataset(str(source))
@@ -75,7 +77,26 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
         if "file" in ds.extra
         else [str(i) for i in range(len(ds))]
     )
-    return Inputs(np.asarray(ds.x), ids, ds.labels, list(ds.class_names))
+    return Inputs(np.asarray(ds.x), ids, ds.labels, list(ds.class_names),
+                  feature_names=_gene_names(ds))  # fmt: skip
+
+
+def _gene_names(ds: object) -> list[str] | None:
+    names = (getattr(ds, "meta", None) or {}).get("gene_names")
+    return None if names is None else [str(n) for n in names]
+
+
+def _read_h5ad_inputs(path: Path) -> Inputs:
+    """The cells of an AnnData file, named by gene (matched to the model's genes by name);
+    labelled when ``obs`` has a class column (:data:`medmeta.cli._data.H5AD_LABEL_KEYS`)."""
+    x, genes, cells, key = _data.read_h5ad_cells(path)
+    if key is None:
+        return Inputs(x, cells, note=f"{path}: {len(cells)} cells x {len(genes)} genes",
+                      feature_names=genes)  # fmt: skip
+    ds = _data.load_dataset(str(path))
+    return Inputs(np.asarray(ds.x), cells, ds.labels, list(ds.class_names),
+                  f"{path}: {len(cells)} cells x {len(genes)} genes, classes from obs[{key!r}]",
+                  feature_names=genes)  # fmt: skip
 
 
 def _read_support(spec: str, classes: str | None) -> Inputs:
@@ -87,6 +108,7 @@ def _read_support(spec: str, classes: str | None) -> Inputs:
         [str(i) for i in range(len(support))],
         _data.relabel(support.labels, kept),
         [support.class_names[c] for c in kept],
+        feature_names=_gene_names(support),
     )
 
 

@@ -107,6 +107,9 @@ class Preprocessing:
         crop: series only: ``"none"`` (records must be ``L`` long) or ``"center"`` (longer
             records are cut to their central ``L`` samples).
         table: tables only: the fitted :class:`~medmeta.edge.table.TableSpec`.
+        features: vectors only: the name of each of the F features (e.g. the genes of an
+            expression model), so inputs that carry names are put in the model's order
+            (:meth:`feature_order`).
     """
 
     kind: Kind
@@ -119,6 +122,7 @@ class Preprocessing:
     per_record: bool = False
     crop: Crop = "none"
     table: TableSpec | None = None
+    features: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
@@ -167,6 +171,46 @@ class Preprocessing:
             )
         self._check_series_options()
         self._check_table()
+        self._check_features()
+
+    def _check_features(self) -> None:
+        if self.features is None:
+            return
+        if self.kind != "vector":
+            raise ValueError(f"Preprocessing: 'features' apply to vectors, not {self.kind!r}")
+        names = tuple(self.features) if not isinstance(self.features, str) else None
+        if names is None or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"Preprocessing: 'features' must be a sequence of names, got {self.features!r}"
+            )
+        if len(names) != self.input_shape[0]:
+            raise ValueError(
+                f"Preprocessing: 'features' names {len(names)} features, 'input_shape' says "
+                f"{self.input_shape}"
+            )
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"Preprocessing: 'features' repeats {twice[:5]}")
+        object.__setattr__(self, "features", names)
+
+    def feature_order(self, names: Sequence[str]) -> np.ndarray:
+        """Column ``index`` such that ``x[:, index]`` has the model's features in the model's
+        order, for inputs whose columns are named ``names``.
+
+        Raises:
+            ValueError: the model has no feature names, or the inputs lack some of them
+                (the message counts them and names the first few).
+        """
+        if self.features is None:
+            raise ValueError("this model stores no feature names; give inputs in its order")
+        position = {str(n): i for i, n in enumerate(names)}
+        missing = [f for f in self.features if f not in position]
+        if missing:
+            raise ValueError(
+                f"the inputs lack {len(missing)} of the model's {len(self.features)} features "
+                f"(e.g. {', '.join(missing[:5])})"
+            )
+        return np.array([position[f] for f in self.features], dtype=np.int64)
 
     def _check_table(self) -> None:
         if isinstance(self.table, Mapping):
@@ -216,10 +260,12 @@ class Preprocessing:
         std: float | Sequence[float] | None = None,
         *,
         scale: float | None = None,
+        features: Sequence[str] | None = None,
     ) -> Preprocessing:
-        """Feature vectors ``[n, F]`` (tables, expression profiles)."""
+        """Feature vectors ``[n, F]`` (tables, expression profiles); ``features`` names them."""
         shape = (n_features,) if isinstance(n_features, int) else tuple(n_features)
-        return cls("vector", shape, mean, std, scale)
+        names = None if features is None else tuple(str(f) for f in features)
+        return cls("vector", shape, mean, std, scale, features=names)
 
     @classmethod
     def for_series(
@@ -240,12 +286,13 @@ class Preprocessing:
         out = asdict(self)
         # the options added after the first format appear only when used, so that a runtime
         # of that format still reads every model that does not need them
-        for key, default in (("per_record", False), ("crop", "none"), ("table", None)):
+        for key, default in (("per_record", False), ("crop", "none"), ("table", None),
+                             ("features", None)):  # fmt: skip
             if out[key] == default:
                 del out[key]
         if self.table is not None:
             out["table"] = self.table.to_dict()
-        for key in ("input_shape", "mean", "std", "window"):
+        for key in ("input_shape", "mean", "std", "window", "features"):
             if out.get(key) is not None:
                 out[key] = list(out[key])
         return out
@@ -256,7 +303,7 @@ class Preprocessing:
         if not isinstance(data, Mapping):
             raise TypeError(f"Preprocessing.from_dict: expected a dict, got {type(data).__name__}")
         known = {"kind", "input_shape", "mean", "std", "scale", "window", "channels",
-                 "per_record", "crop", "table"}  # fmt: skip
+                 "per_record", "crop", "table", "features"}  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(

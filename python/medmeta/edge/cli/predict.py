@@ -7,6 +7,7 @@ full package, which also reads ``.npz`` files and embedded datasets (it passes i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -45,13 +46,30 @@ writes .csv, .json or .npz (probabilities).
 class Inputs:
     """What ``--inputs`` or ``--support`` read: ``raw`` inputs (one array ``[n, ...]``, a
     list of arrays of any shape, or table rows), an id per input, and labels into
-    ``class_names`` or None."""
+    ``class_names`` or None; vectors may name their columns (``feature_names``, e.g. the
+    genes of an ``.h5ad``), which then are put in the model's order."""
 
     raw: list[np.ndarray] | np.ndarray | TableRows
     ids: list[str]
     labels: np.ndarray | None = None
     class_names: list[str] | None = None
     note: str | None = None  # what was read and how, said in the output
+    feature_names: list[str] | None = None
+
+
+def in_model_order(model: Any, inputs: Inputs, flag: str) -> Inputs:
+    """``inputs`` with named vector columns put in the order of the model's features
+    (:meth:`~medmeta.edge.Preprocessing.feature_order`); unchanged when either side has no
+    names. A feature the inputs lack is an error naming ``flag``."""
+    wanted = getattr(model.preprocessing, "features", None)
+    if inputs.feature_names is None or wanted is None:
+        return inputs
+    try:
+        index = model.preprocessing.feature_order(inputs.feature_names)
+    except ValueError as err:
+        raise DataError(str(err), flag) from None
+    raw = np.asarray(inputs.raw)[:, index]
+    return dataclasses.replace(inputs, raw=raw, feature_names=list(wanted))
 
 
 @dataclass(frozen=True)
@@ -375,8 +393,10 @@ def main(
             args.model,
         )
     if args.support:
-        _enrol(model, readers.support(args.support, args.classes))
-    inputs = readers.inputs(args.inputs)
+        _enrol(
+            model, in_model_order(model, readers.support(args.support, args.classes), "--support")
+        )
+    inputs = in_model_order(model, readers.inputs(args.inputs), "--inputs")
     raw, ids, labels, names = inputs.raw, inputs.ids, inputs.labels, inputs.class_names
     try:
         pred = _predict(model, raw)
