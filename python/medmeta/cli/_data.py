@@ -90,29 +90,13 @@ def load_dataset(spec: str, *, on_error: str = "raise") -> ArrayDataset:
     return ds
 
 
-def read_h5ad_cells(path: Path) -> tuple[np.ndarray, list[str], list[str], str | None]:
-    """``(x [cells, genes] float32, gene names, cell ids, the obs class column or None)`` of
-    an AnnData file, labelled or not (prediction inputs need no class)."""
-    if not path.is_file():
-        raise DataError("file not found", str(path))
-    from medmeta.data.errors import missing_extra
+def h5ad_class_column(path: Path) -> tuple[str | None, list[str]]:
+    """The first ``obs`` column of :data:`H5AD_LABEL_KEYS` in an AnnData file (None when it
+    has none) and all its ``obs`` columns (a backed read: no matrix is loaded)."""
+    from medmeta.data.formats.expression import h5ad_obs_columns
 
-    try:
-        import anndata
-    except ImportError as err:
-        raise missing_extra("anndata", err) from err
-    try:
-        adata = anndata.read_h5ad(path)
-    except Exception as err:  # h5py/anndata raise many types for a file that is not AnnData
-        raise DataError(
-            f"not a readable .h5ad file ({type(err).__name__}: {err})", str(path)
-        ) from None
-    matrix = adata.X
-    if matrix is None:
-        raise DataError("the file has no expression matrix (X is empty)", str(path))
-    x = np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, np.float32)
-    key = next((k for k in H5AD_LABEL_KEYS if k in adata.obs.columns), None)
-    return x, [str(g) for g in adata.var_names], [str(c) for c in adata.obs_names], key
+    columns = h5ad_obs_columns(path)
+    return next((k for k in H5AD_LABEL_KEYS if k in columns), None), columns
 
 
 def _load_h5ad(path: Path) -> ArrayDataset:
@@ -120,20 +104,7 @@ def _load_h5ad(path: Path) -> ArrayDataset:
     :data:`H5AD_LABEL_KEYS` present."""
     from medmeta.data.formats.expression import load_h5ad
 
-    if not path.is_file():
-        raise DataError("file not found", str(path))
-    from medmeta.data.errors import missing_extra
-
-    try:
-        import anndata
-    except ImportError as err:
-        raise missing_extra("anndata", err) from err
-    backed = anndata.read_h5ad(path, backed="r")
-    try:
-        columns = list(backed.obs.columns)
-    finally:
-        backed.file.close()
-    key = next((k for k in H5AD_LABEL_KEYS if k in columns), None)
+    key, columns = h5ad_class_column(path)
     if key is None:
         raise DataError(
             f"no class column in obs: expected one of {', '.join(H5AD_LABEL_KEYS)}, obs "

@@ -89,14 +89,18 @@ def _gene_names(ds: object) -> list[str] | None:
 def _read_h5ad_inputs(path: Path) -> Inputs:
     """The cells of an AnnData file, named by gene (matched to the model's genes by name);
     labelled when ``obs`` has a class column (:data:`medmeta.cli._data.H5AD_LABEL_KEYS`)."""
-    x, genes, cells, key = _data.read_h5ad_cells(path)
+    from medmeta.data.formats.expression import load_h5ad, read_h5ad_cells
+
+    key, _ = _data.h5ad_class_column(path)
     if key is None:
+        x, genes, cells = read_h5ad_cells(path)
         return Inputs(x, cells, note=f"{path}: {len(cells)} cells x {len(genes)} genes",
                       feature_names=genes)  # fmt: skip
-    ds = _data.load_dataset(str(path))
+    ds = load_h5ad(path, key)
+    cells = [str(c) for c in ds.meta["cell_ids"]]
     return Inputs(np.asarray(ds.x), cells, ds.labels, list(ds.class_names),
-                  f"{path}: {len(cells)} cells x {len(genes)} genes, classes from obs[{key!r}]",
-                  feature_names=genes)  # fmt: skip
+                  f"{path}: {len(cells)} cells x {ds.x.shape[1]} genes, classes from obs[{key!r}]",
+                  feature_names=_gene_names(ds))  # fmt: skip
 
 
 def _read_support(spec: str, classes: str | None) -> Inputs:

@@ -17,7 +17,7 @@ import numpy as np
 from ..dataset import ArrayDataset
 from ..errors import DEFAULT_MAX_BYTES, DataError, check_size, missing_extra
 
-__all__ = ["load_h5ad"]
+__all__ = ["h5ad_obs_columns", "load_h5ad", "read_h5ad_cells"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +79,7 @@ def load_h5ad(
         raise DataError("file not found", p)
     if layer is not None and use_raw:
         raise DataError("give layer= or use_raw=True, not both", "layer")
-    backed = _read(p, backed=True)
-    try:
-        n_obs, n_vars = int(backed.n_obs), int(backed.n_vars)
-        obs = backed.obs.copy()
-        layers = list(backed.layers.keys()) if layer is not None else []
-    finally:
-        if getattr(backed, "file", None) is not None:
-            backed.file.close()
+    n_obs, n_vars, obs, layers = _header(p)
     check_size(n_obs * n_vars * 4, max_bytes, p, f"a dense {n_obs} x {n_vars} float32 matrix")
     for key, what in [(label_key, "label_key"), (group_key, "group_key")]:
         if key is not None and key not in obs.columns:
@@ -136,20 +129,63 @@ def load_h5ad(
             raise DataError(f"{len(missing)} requested genes are absent, e.g. {missing[:5]}", p)
         cols = [pos[g] for g in genes]
         matrix, var_names = matrix[:, cols], list(genes)
-    x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
-    x = np.asarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        cell = int(np.flatnonzero(bad.any(axis=1))[0])
-        raise DataError(
-            f"expression matrix has {int(bad.sum())} NaN/infinite values (first in cell {cell})", p
-        )
+    x = _dense(matrix, p)
     groups = None if group_key is None else obs[group_key].astype(str).to_numpy()
     meta = {
         "name": name or os.path.splitext(os.path.basename(p))[0],
         "format": "h5ad",
         "label_key": label_key,
         "gene_names": np.asarray(var_names),
+        "cell_ids": np.asarray([str(c) for c in obs.index]),
         "source_matrix": "raw.X" if use_raw else (f"layers[{layer!r}]" if layer else "X"),
     }
     return ArrayDataset(x, y, names, groups, meta=meta)
+
+
+def _dense(matrix: Any, path: str) -> np.ndarray:
+    """A (sparse or dense) expression matrix as finite float32 ``[cells, genes]``."""
+    x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        cell = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(
+            f"expression matrix has {int(bad.sum())} NaN/infinite values (first in cell {cell})",
+            path,
+        )
+    return x
+
+
+def _header(path: str) -> tuple[int, int, Any, list[str]]:
+    """``(n_obs, n_vars, obs table, layer names)`` of an existing file, read in backed mode
+    (the matrix is not loaded)."""
+    if not os.path.isfile(path):
+        raise DataError("file not found", path)
+    backed = _read(path, backed=True)
+    try:
+        return (int(backed.n_obs), int(backed.n_vars), backed.obs.copy(),
+                list(backed.layers.keys()))  # fmt: skip
+    finally:
+        if getattr(backed, "file", None) is not None:
+            backed.file.close()
+
+
+def h5ad_obs_columns(path: str | os.PathLike[str]) -> list[str]:
+    """The ``obs`` column names of an AnnData file (backed read: no matrix is loaded)."""
+    return [str(c) for c in _header(os.fspath(path))[2].columns]
+
+
+def read_h5ad_cells(
+    path: str | os.PathLike[str], *, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """The cells of an AnnData file without labels (prediction inputs):
+    ``(x [cells, genes] float32 from X, gene names, cell ids)``; a matrix whose dense form
+    would exceed ``max_bytes`` is refused before it is loaded."""
+    p = os.fspath(path)
+    n_obs, n_vars, _, _ = _header(p)
+    check_size(n_obs * n_vars * 4, max_bytes, p, f"a dense {n_obs} x {n_vars} float32 matrix")
+    adata = _read(p, backed=False)
+    if adata.X is None:
+        raise DataError("the file has no expression matrix (X is empty)", p)
+    genes, cells = [str(g) for g in adata.var_names], [str(c) for c in adata.obs_names]
+    return _dense(adata.X, p), genes, cells
