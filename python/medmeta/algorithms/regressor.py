@@ -32,9 +32,13 @@ __all__ = [
     "AdaptedRegressor",
     "PredictiveInterval",
     "bootstrap_interval",
+    "bootstrap_resample",
     "check_regression_episode",
     "check_regression_task",
     "check_targets",
+    "normal_interval",
+    "normal_quantile",
+    "out_of_bag_noise_variance",
     "r2_per_task",
 ]
 
@@ -144,7 +148,7 @@ class PredictiveInterval:
     level: float
 
 
-def _resample(
+def bootstrap_resample(
     support_x: torch.Tensor, support_y: torch.Tensor, members: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bootstrap supports ``[B*M, K, ...]``, ``[B*M, K]`` and the in-bag mask ``[B, M, K]``."""
@@ -195,21 +199,40 @@ def bootstrap_interval(
     g = torch.Generator().manual_seed(0) if generator is None else generator
     B, K = support_y.shape
     Q = query_x.shape[1]
-    xs, ys, in_bag = _resample(support_x, support_y, members, g)
+    xs, ys, in_bag = bootstrap_resample(support_x, support_y, members, g)
     # each member predicts the queries and the (whole) original support set at once
     targets = torch.cat([query_x, support_x], 1).repeat_interleave(members, 0)
     out = predict(xs, ys, targets).reshape(B, members, Q + K).double()
-    on_query, on_support = out[..., :Q], out[..., Q:]
-    residual2 = (support_y.double().unsqueeze(1) - on_support).pow(2)  # [B, M, K]
+    noise_var = out_of_bag_noise_variance(out[..., Q:], support_y, in_bag)
+    return normal_interval(out[..., :Q], noise_var, level, support_y.dtype)
+
+
+def out_of_bag_noise_variance(
+    on_support: torch.Tensor, support_y: torch.Tensor, in_bag: torch.Tensor
+) -> torch.Tensor:
+    """Noise variance per episode ``[B]`` (float64) from the members' predictions of the
+    support set ``on_support [B, M, K]``: the mean squared residual of the examples each
+    member's resample left out (``~in_bag [B, M, K]``), or of all residuals when no example
+    was left out."""
+    residual2 = (support_y.double().unsqueeze(1) - on_support.double()).pow(2)
     oob = (~in_bag).double()
     n_oob = oob.sum((1, 2))
-    noise_var = torch.where(n_oob > 0, (residual2 * oob).sum((1, 2)) / n_oob.clamp_min(1),
-                            residual2.mean((1, 2)))  # fmt: skip
+    return torch.where(n_oob > 0, (residual2 * oob).sum((1, 2)) / n_oob.clamp_min(1),
+                       residual2.mean((1, 2)))  # fmt: skip
+
+
+def normal_interval(
+    on_query: torch.Tensor, noise_var: torch.Tensor, level: float, dtype: torch.dtype
+) -> PredictiveInterval:
+    """The ensemble's mean and ``mean ± z sd`` interval from the members' predictions
+    ``on_query [B, M, Q]`` and the noise variance ``[B]``: ``sd² = `` the members' (unbiased)
+    variance plus the noise variance; ``z`` the normal quantile of ``0.5 + level / 2``.
+    Computed in float64, returned in ``dtype``."""
+    on_query = on_query.double()
     mean = on_query.mean(1)
     member_var = on_query.var(1, unbiased=True)
-    sd = (member_var + noise_var.unsqueeze(1)).sqrt()
-    z = float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64)))
-    dtype = support_y.dtype
+    sd = (member_var + noise_var.double().unsqueeze(1)).sqrt()
+    z = normal_quantile(level)
     return PredictiveInterval(
         mean=mean.to(dtype),
         lower=(mean - z * sd).to(dtype),
@@ -218,3 +241,8 @@ def bootstrap_interval(
         noise_std=noise_var.sqrt().to(dtype),
         level=float(level),
     )
+
+
+def normal_quantile(level: float) -> float:
+    """``z`` with ``P(|N(0, 1)| <= z) = level`` (1.645 for 0.9)."""
+    return float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64)))

@@ -38,8 +38,7 @@ import numpy as np
 import torch
 
 from .episodes import EpisodeBatch, SeededSampler
-from .errors import DataError
-from .segmentation_episodes import _check_int
+from .errors import DataError, check_count
 
 __all__ = [
     "TOX21_PREFIX",
@@ -464,9 +463,9 @@ class AssayEpisodeSampler(SeededSampler):
                 f"screening episodes are 2-way (inactive, active); got {ways!r}", "ways"
             )
         self.ways = 2
-        self.shots = _check_int("shots", shots, 1)
-        self.queries = _check_int("queries", queries, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.shots = check_count("shots", shots, 1)
+        self.queries = check_count("queries", queries, 1)
+        self.batch_size = check_count("batch_size", batch_size, 1)
         if query not in ("balanced", "rest"):
             raise DataError(f"must be 'balanced' or 'rest', got {query!r}", "query")
         if query == "rest" and self.batch_size != 1:
@@ -477,7 +476,7 @@ class AssayEpisodeSampler(SeededSampler):
         if max_query is not None:
             if query != "rest":
                 raise DataError("max_query applies to query='rest' only", "max_query")
-            _check_int("max_query", max_query, 2 * self.queries)
+            check_count("max_query", max_query, 2 * self.queries)
         self.query, self.max_query = query, max_query
         self.tasks = tasks
         self.class_names = tasks.class_names
@@ -502,7 +501,7 @@ class AssayEpisodeSampler(SeededSampler):
         if isinstance(generator, torch.Generator):
             self.generator = generator
         else:
-            seed = 0 if generator is None else _check_int("generator", generator, 0)
+            seed = 0 if generator is None else check_count("generator", generator, 0)
             self.generator = torch.Generator().manual_seed(seed)
 
     @staticmethod

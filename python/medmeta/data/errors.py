@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from medmeta.edge.errors import DataError
 
@@ -21,6 +23,7 @@ __all__ = [
     "DataError",
     "OnError",
     "SkippedFile",
+    "check_count",
     "check_on_error",
     "check_size",
     "missing_extra",
@@ -43,6 +46,14 @@ class SkippedFile:
 
     def __str__(self) -> str:
         return f"{self.path} ({self.reason})"
+
+
+def check_count(name: str, value: Any, low: int, source: str | None = None) -> int:
+    """``value`` as an ``int`` when it is an integer (Python or numpy, not a bool) ``>= low``;
+    else a :class:`DataError` naming ``name`` (and ``source``, default ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise DataError(f"{name} must be an int >= {low}, got {value!r}", source or name)
+    return int(value)
 
 
 def check_on_error(on_error: str) -> None:

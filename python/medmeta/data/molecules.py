@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, check_count
 
 __all__ = ["Fingerprints", "morgan_fingerprints", "smiles_digest"]
 
@@ -133,9 +133,7 @@ def morgan_fingerprints(
         DataError: ``smiles`` is not a sequence of strings, or bad ``radius`` / ``bits``.
         ImportError: RDKit is not installed (``pip install "medmeta[chem]"``).
     """
-    for name, value, low in (("radius", radius, 0), ("bits", bits, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise DataError(f"{name} must be an int >= {low}, got {value!r}", name)
+    radius, bits = check_count("radius", radius, 0), check_count("bits", bits, 1)
     if np.dtype(dtype) not in (np.dtype(np.uint8), np.dtype(np.float32)):
         raise DataError(f"dtype must be numpy.uint8 or numpy.float32, got {dtype!r}", "dtype")
     items = _check_smiles(smiles)

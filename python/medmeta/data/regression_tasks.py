@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .episodes import EpisodeBatch, SeededSampler
-from .errors import DataError
+from .errors import DataError, check_count
 
 __all__ = [
     "MIN_SCALE",
@@ -218,12 +218,6 @@ class RegressionTasks:
         )
 
 
-def _check_count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise DataError(f"{name} must be an int >= {low}, got {value!r}", name)
-    return value
-
-
 class RegressionEpisodeSampler(SeededSampler):
     """Meta-batches of K-shot Q-query regression episodes of a :class:`RegressionTasks`.
 
@@ -257,9 +251,9 @@ class RegressionEpisodeSampler(SeededSampler):
                 f"regression episodes have one target: ways must be 1, got {ways!r}", "ways"
             )
         self.ways = 1
-        self.shots = _check_count("shots", shots, 1)
-        self.queries = _check_count("queries", queries, 1)
-        self.batch_size = _check_count("batch_size", batch_size, 1)
+        self.shots = check_count("shots", shots, 1)
+        self.queries = check_count("queries", queries, 1)
+        self.batch_size = check_count("batch_size", batch_size, 1)
         need = shots + queries
         small = [f"{t.name!r} ({len(t)})" for t in tasks if len(t) < need]
         if small:

@@ -25,7 +25,7 @@ import torch
 
 from .dataset import _to_numpy, dataset_origin
 from .episodes import SeededSampler, _class_id
-from .errors import DataError
+from .errors import DataError, check_count
 
 __all__ = ["SegmentationEpisodeBatch", "SegmentationEpisodeSampler"]
 
@@ -75,12 +75,6 @@ class SegmentationEpisodeBatch:
             query_masks=move(self.query_masks),
             classes=move(self.classes),
         )
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise DataError(f"{name} must be an int >= {low}, got {value!r}", name)
-    return int(value)
 
 
 def _image_tensor(images: Any, mask_shape: tuple[int, ...]) -> tuple[torch.Tensor, float, bool]:
@@ -182,11 +176,11 @@ class SegmentationEpisodeSampler(SeededSampler):
         classes: Sequence[int | str] | None = None,
         use_groups: bool = True,
     ) -> None:
-        self.ways = _check_int("ways", ways, 1)
-        self.shots = _check_int("shots", shots, 1)
-        self.queries = _check_int("queries", queries, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.min_foreground = _check_int("min_foreground", min_foreground, 1)
+        self.ways = check_count("ways", ways, 1)
+        self.shots = check_count("shots", shots, 1)
+        self.queries = check_count("queries", queries, 1)
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.min_foreground = check_count("min_foreground", min_foreground, 1)
         self.class_names = list(dataset.class_names)
         self._origin = dataset_origin(dataset)
         masks = _to_numpy(dataset.masks)

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from .dataset import dataset_origin
 from .episodes import SeededSampler
-from .errors import DataError
-from .segmentation_episodes import SegmentationEpisodeBatch, _check_int, _image_tensor
+from .errors import DataError, check_count
+from .segmentation_episodes import SegmentationEpisodeBatch, _image_tensor
 
 __all__ = ["SuperpixelEpisodeSampler"]
 
@@ -196,14 +196,14 @@ class SuperpixelEpisodeSampler(SeededSampler):
         cache_bytes: int = 256 * 1024**2,
     ) -> None:
         self._felzenszwalb, self._otsu, self._ndimage = _superpixel_backend()
-        self.ways = _check_int("ways", ways, 1)
-        self.shots = _check_int("shots", shots, 1)
-        self.queries = _check_int("queries", queries, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.min_foreground = _check_int("min_foreground", min_foreground, 1)
+        self.ways = check_count("ways", ways, 1)
+        self.shots = check_count("shots", shots, 1)
+        self.queries = check_count("queries", queries, 1)
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.min_foreground = check_count("min_foreground", min_foreground, 1)
         self.max_fraction = _check_float("max_fraction", max_fraction, 0.0, 1.0, open_low=True)
-        self.max_retries = _check_int("max_retries", max_retries, 0)
-        self.cache_bytes = _check_int("cache_bytes", cache_bytes, 0)
+        self.max_retries = check_count("max_retries", max_retries, 0)
+        self.cache_bytes = check_count("cache_bytes", cache_bytes, 0)
         self.augment = bool(augment)
         self.largest_body = bool(largest_body)
         self._origin = dataset_origin(dataset)
@@ -255,7 +255,7 @@ class SuperpixelEpisodeSampler(SeededSampler):
         area = self.height * self.width
         if min_size is None:
             min_size = max(1, round(_REF_MIN_SIZE * area / _REF_AREA))
-        self.min_size = _check_int("min_size", min_size, 1)
+        self.min_size = check_count("min_size", min_size, 1)
         self.body_threshold: float | str | None = body_threshold
         if body_threshold is not None and body_threshold != "otsu":
             self.body_threshold = _check_float("body_threshold", body_threshold, 0.0, 1.0)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from medmeta.algorithms.base import MetaLearner
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.data.errors import check_count
 from medmeta.eval import metrics as M
 from medmeta.eval.calibration import Reliability, brier_score, nll, reliability, softmax
 
@@ -34,12 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -148,8 +143,8 @@ def collect_predictions(
     The learner is moved to ``device``. Raises :class:`~medmeta.data.DataError` when the
     dataset cannot supply such episodes (e.g. ``ways`` above its number of classes).
     """
-    _check_int("episodes", episodes, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_count("episodes", episodes, 1)
+    check_count("batch_size", batch_size, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=1, generator=seed)

@@ -32,13 +32,16 @@ __all__ = [
 ]
 
 
+def _episode_arrays(names: str, a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` as float64 ``[E, Q]`` arrays of one shape (``names`` says which)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"{names} must both be [E, Q], got {list(a.shape)} and {list(b.shape)}")
+    return a, b
+
+
 def _pair(pred: Any, target: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(target, dtype=np.float64)
-    if p.shape != t.shape or p.ndim != 2:
-        raise ValueError(
-            f"pred and target must both be [E, Q], got {list(p.shape)} and {list(t.shape)}"
-        )
+    p, t = _episode_arrays("pred and target", pred, target)
     if not np.isfinite(t).all():
         e, q = np.argwhere(~np.isfinite(t))[0]
         raise ValueError(f"target holds a non-finite value at episode {e}, query {q}")
@@ -77,11 +80,7 @@ def coverage(lower: Any, upper: Any, target: Any) -> np.ndarray:
 def interval_width(lower: Any, upper: Any) -> np.ndarray:
     """Mean interval width per episode ``[E]``; ``inf`` for an episode where a bound is not
     finite (a diverged adaptation: counted by :func:`summarize_regression`, not raised)."""
-    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
-    if lo.shape != hi.shape or lo.ndim != 2:
-        raise ValueError(
-            f"lower and upper must both be [E, Q], got {list(lo.shape)} and {list(hi.shape)}"
-        )
+    lo, hi = _episode_arrays("lower and upper", lower, upper)
     width = (hi - lo).mean(1)
     return np.where(np.isfinite(width), width, np.inf)
 

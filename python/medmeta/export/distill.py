@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from medmeta.algorithms.base import MetaLearner, create
 from medmeta.algorithms.protonet import evaluating
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.data.errors import check_count
 
 __all__ = [
     "DistillResult",
@@ -111,12 +112,6 @@ def distillation_loss(
     kd = F.kl_div(log_student, teacher_probs.reshape(-1, n), reduction="batchmean")
     kd = kd * temperature**2
     return alpha * ce + (1 - alpha) * kd, ce, kd
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"distill: '{name}' must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _check_float(name: str, value: Any, low: float, high: float, open_low: bool) -> float:
@@ -231,12 +226,12 @@ def distill(
         DataError: ``train_set`` cannot supply the episodes.
         FloatingPointError: the loss became NaN/inf.
     """
-    ways = _check_int("ways", ways, 2)
-    _check_int("shots", shots, 1)
-    _check_int("queries", queries, 1)
-    steps = _check_int("steps", steps, 1)
-    _check_int("meta_batch", meta_batch, 1)
-    log_every = _check_int("log_every", log_every, 1)
+    ways = check_count("ways", ways, 2, "distill")
+    check_count("shots", shots, 1, "distill")
+    check_count("queries", queries, 1, "distill")
+    steps = check_count("steps", steps, 1, "distill")
+    check_count("meta_batch", meta_batch, 1, "distill")
+    log_every = check_count("log_every", log_every, 1, "distill")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"distill: 'seed' must be an int, got {seed!r}")
     temperature = _check_float("temperature", temperature, 0.0, math.inf, open_low=True)

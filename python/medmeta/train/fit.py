@@ -21,6 +21,7 @@ from medmeta.algorithms.base import MetaLearner, StepResult
 from medmeta.algorithms.protonet import evaluating
 from medmeta.algorithms.segmenter import dice_scores
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
+from medmeta.data.errors import check_count
 from medmeta.data.segmentation_episodes import SegmentationEpisodeSampler
 from medmeta.eval import regression
 from medmeta.eval.evaluate import predict_episodes
@@ -78,12 +79,6 @@ class FitResult:
     csv_path: Path | None = None
     json_path: Path | None = None
     config: dict[str, Any] = field(default_factory=dict)
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
 
 
 def _amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
@@ -431,13 +426,13 @@ def meta_fit(
             N-way output layer has), or a checkpoint in ``out_dir`` from different settings.
         FloatingPointError: the training loss became NaN/inf.
     """
-    _check_int("steps", steps, 1)
-    _check_int("meta_batch", meta_batch, 1)
-    _check_int("val_every", val_every, 1)
-    _check_int("val_episodes", val_episodes, 1)
-    _check_int("log_every", log_every, 1)
+    check_count("steps", steps, 1)
+    check_count("meta_batch", meta_batch, 1)
+    check_count("val_every", val_every, 1)
+    check_count("val_episodes", val_episodes, 1)
+    check_count("log_every", log_every, 1)
     checkpoint_every = val_every if checkpoint_every is None else checkpoint_every
-    _check_int("checkpoint_every", checkpoint_every, 1)
+    check_count("checkpoint_every", checkpoint_every, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     if not isinstance(learner, MetaLearner):
