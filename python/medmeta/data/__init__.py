@@ -13,7 +13,9 @@ Formats (optional libraries are imported only when used; ``pip install medmeta[d
   :class:`ClinicalTable`, :class:`TableEncoder`
 * gene expression (AnnData ``.h5ad``): :func:`load_h5ad`
 * time series (arrays, CSV, windows around beats): :func:`timeseries_from_arrays`,
-  :func:`load_timeseries_csv`, :func:`windows_around`, :func:`sliding_windows`
+  :func:`load_timeseries_csv`, :func:`windows_around`, :func:`sliding_windows`; ECG beats
+  around annotations from WFDB records or CSV files: :func:`load_wfdb_beats`,
+  :func:`load_beat_csv`
 
 Containers and checks: :class:`ArrayDataset`, :class:`SegmentationDataset`,
 :func:`check_class_sizes`, :class:`DataError`. Embedded datasets: :func:`load`,
@@ -68,6 +70,8 @@ _LAZY = {
     "load_timeseries_csv": "formats.timeseries",
     "windows_around": "formats.timeseries",
     "sliding_windows": "formats.timeseries",
+    "load_wfdb_beats": "formats.wfdb_records",
+    "load_beat_csv": "formats.beat_csv",
     "EpisodeBatch": "episodes",
     "EpisodeSampler": "episodes",
     "as_features": "episodes",

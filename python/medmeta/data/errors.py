@@ -80,11 +80,11 @@ def report_skipped(logger: logging.Logger, skipped: Sequence[SkippedFile], total
         logger.warning("skipped %d of %d files: %s%s", len(skipped), total, listing, more)
 
 
-def missing_extra(package: str, error: ImportError) -> ImportError:
-    """An ImportError telling the user which extra provides ``package``."""
+def missing_extra(package: str, error: ImportError, extra: str = "data") -> ImportError:
+    """An ImportError telling the user which extra (default ``data``) provides ``package``."""
     err = ImportError(
         f"{package} is needed for this loader but is not installed; "
-        "install the data extra: pip install medmeta[data]"
+        f"install the {extra} extra: pip install medmeta[{extra}]"
     )
     err.__cause__ = error
     return err
