@@ -5,7 +5,8 @@ how inputs are preprocessed, the fitted temperature; ``task_type: "segmentation"
 segmenters of ``medmeta train --task segmentation``, absent for classifiers) beside the checkpoints of
 :func:`medmeta.train.meta_fit` (``best.pt`` / ``last.pt``, loaded with ``weights_only=True``).
 An adapted folder (``medmeta adapt``) also holds ``support.pt``: the task's preprocessed
-support set (for a segmenter ``y`` holds the label maps ``[S, H, W]``), from which the adapted classifier is rebuilt exactly (adaptation is
+support set (for a segmenter ``y`` holds the label maps ``[S, H, W]``; for a regressor,
+``task_type: "regression"``, the float32 targets ``[K]`` and no class names), from which the adapted classifier is rebuilt exactly (adaptation is
 deterministic), plus a copy of the checkpoint, so the folder stands alone.
 """
 
@@ -123,15 +124,18 @@ def save_adapted(
     support_y: torch.Tensor,
     class_names: list[str],
     extra: dict[str, Any],
+    *,
+    y_dtype: torch.dtype = torch.long,
 ) -> Path:
     """An adapted folder: the source checkpoint, the support set and a card of kind
-    ``adapted`` naming the task's classes."""
+    ``adapted`` naming the task's classes. ``y_dtype``: the stored targets' dtype (class
+    labels int64; a regressor's targets float32)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if source.checkpoint.resolve() != (folder / source.checkpoint.name).resolve():
         atomic_write_bytes(folder / source.checkpoint.name, source.checkpoint.read_bytes())
     atomic_save(
-        {"x": support_x.detach().cpu().float().contiguous(), "y": support_y.cpu().long(),
+        {"x": support_x.detach().cpu().float().contiguous(), "y": support_y.cpu().to(y_dtype),
          "class_names": list(class_names)},
         folder / SUPPORT,
     )  # fmt: skip

@@ -16,9 +16,14 @@ from medmeta.edge.cli.errors import UsageError
 BACKBONES = ("conv4", "resnet12", "mlp", "conv1d", "segencoder")
 #: The dense encoder of the segmentation learners (``--task segmentation``).
 SEGMENTATION_BACKBONES = ("segencoder",)
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "regression")
 #: The method ``--algorithm`` defaults to for each task.
-DEFAULT_ALGORITHM = {"classification": "protonet", "segmentation": "alpnet"}
+DEFAULT_ALGORITHM = {"classification": "protonet", "segmentation": "alpnet", "regression": "maml"}
+#: How a usage error points a user at the task of a method of another task.
+_TASK_HINT = {
+    "segmentation": " (leave --task out, or give --task segmentation)",
+    "regression": " (give --task regression)",
+}
 
 
 def data_kind(x: Any, meta: Any = None) -> str:
@@ -184,8 +189,9 @@ def _segencoder_widths(widths: list[int]) -> dict[str, Any]:
 
 def resolve_task(task: str | None, algorithm: str | None) -> tuple[str, str]:
     """``(task, algorithm)`` from ``--task`` and ``--algorithm``: the task defaults to the
-    algorithm's (segmentation for alpnet / panet, else classification), the algorithm to
-    the task's default; a method of the other task is a usage error naming both."""
+    algorithm's (segmentation for alpnet / panet, else classification; regression only
+    when asked for), the algorithm to the task's default (maml for regression); a method
+    the task lacks is a usage error naming the task's methods."""
     from medmeta import algorithms
 
     by_task = {t: algorithms.available(t) for t in TASKS}
@@ -197,9 +203,8 @@ def resolve_task(task: str | None, algorithm: str | None) -> tuple[str, str]:
         what = f"is a {other} method" if other else "is not a method"
         raise UsageError(
             f"--algorithm {algorithm} {what}; --task {task} takes {', '.join(by_task[task])}"
-            + (" (leave --task out, or give --task segmentation)" if other == "segmentation"
-               else "")
-        )  # fmt: skip
+            + _TASK_HINT.get(other or "", "")
+        )
     return task, algorithm
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medmeta.cli import _data, _setup
+from medmeta.cli import _data, _regression, _setup
 from medmeta.edge.cli.config import int_at_least, make_parser, parse_args
 from medmeta.edge.cli.errors import UsageError
 
@@ -16,6 +16,8 @@ EPILOG = """examples:
   medmeta eval --model runs/protonet --data pbc_blood --classes 5-7 --shots 1 --json > eval.json
   medmeta eval --model runs/protonet --data scans/ --plots runs/protonet/eval
   medmeta eval --model runs/nuclei --data dsb_nuclei --episodes 200 --report runs/nuclei/report
+  medmeta eval --model runs/t4u --data thyroid --classes SVHD --drop-missing-targets \\
+               --shots 10 --episodes 200         # a regression model: MSE, R², interval, ridge
 
 Reports the mean accuracy with its 95% confidence interval over the episodes, balanced
 accuracy, macro-F1, one-vs-rest AUROC, per-class sensitivity and specificity, and
@@ -26,6 +28,13 @@ A segmentation model (`medmeta train --task segmentation`) reports the mean fore
 and IoU with their 95% CIs over seeded N-way K-shot episodes (default 1-way 1-shot, 2
 queries, 100 episodes), per class; --report DIR writes an HTML page with query images and
 their predicted and true outlines, per-class Dice with CIs and a failure gallery.
+
+A regression model (`medmeta train --task regression`) is evaluated on seeded episodes of
+the --classes groups (--shots K support rows, default the model's; --queries Q; 600
+episodes): MSE and R² with 95% CIs of the mean of a bootstrap ensemble (--members, --level:
+default the model's) adapted to each support set, its interval's coverage and width, and
+ridge regression (penalty by leave-one-out) and the support mean on the same episodes with
+the paired MSE difference. The target and group column come from the model.
 """
 
 
@@ -37,9 +46,11 @@ def build_parser(prog: str) -> object:
     p.add_argument("--ways", type=int_at_least(1), help="N (default: all test classes, at "
                    "most the model's; segmentation: 1)")  # fmt: skip
     p.add_argument("--shots", type=int_at_least(1),
-                   help="K support examples per class (default 5; segmentation 1)")  # fmt: skip
+                   help="K support examples per class (default 5; segmentation 1; regression: "
+                   "support rows, default the model's)")  # fmt: skip
     p.add_argument("--queries", type=int_at_least(1),
-                   help="Q queries per class (default 15; segmentation: per episode, 2)")  # fmt: skip
+                   help="Q queries per class (default 15; segmentation: per episode, 2; "
+                   "regression: query rows, default the model's)")  # fmt: skip
     p.add_argument("--episodes", type=int_at_least(1),
                    help="test episodes (default 600; segmentation 100)")  # fmt: skip
     p.add_argument("--min-foreground", type=int_at_least(1), default=32, help="segmentation: "
@@ -48,6 +59,15 @@ def build_parser(prog: str) -> object:
                    "(comma-separated or a text file), for folders of images and masks")  # fmt: skip
     p.add_argument("--report", metavar="DIR", help="segmentation: write report.html (query "
                    "images with outlines, per-class Dice, failure gallery) to DIR")  # fmt: skip
+    p.add_argument("--group-by", metavar="COLUMN", help="regression on a table: the task "
+                   "column (default: the model's)")  # fmt: skip
+    p.add_argument("--target", help="regression: the model's target column (checked)")
+    p.add_argument("--drop-missing-targets", action="store_true",
+                   help="regression: leave out rows whose target is missing")  # fmt: skip
+    p.add_argument("--members", type=int_at_least(2),
+                   help="regression: bootstrap ensemble size (default: the model's)")  # fmt: skip
+    p.add_argument("--level", type=_regression.level_arg,
+                   help="regression: nominal coverage of the interval (default: the model's)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes (default 0)")
     p.add_argument(
         "--temperature",
@@ -87,9 +107,12 @@ def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
 
     _setup.set_threads(args.threads)
     device = _setup.resolve_device(args.device)
-    if args.ways == 1 and folder_task(args.model) != "segmentation":
+    if args.ways == 1 and folder_task(args.model) not in ("segmentation", "regression"):
         raise UsageError("--ways: must be an integer >= 2 for a classifier, got 1")
     model = load_model(args.model, device)
+    if model.card.get("task_type") == "regression":
+        return _main_regression(args, model, device)
+    _regression.reject_flags(args, "regression models (`medmeta train --task regression`)")
     if model.card.get("task_type") == "segmentation":
         return _main_segmentation(args, model, device, argv)
     for flag, value in (("--report", args.report), ("--class-names", args.class_names)):
@@ -114,6 +137,35 @@ def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
             print(
                 f"  {name:<28} sensitivity {_pct(sens)}  specificity {_pct(spec)}  (n={row['support']})"
             )
+    return 0
+
+
+def _main_regression(args: Any, model: Any, device: str) -> int:
+    """MSE, R², interval coverage and the ridge baseline of a regression model."""
+    from medmeta.cli import _reg_eval
+
+    for flag, value in (("--ways", args.ways), ("--plots", args.plots), ("--report", args.report),
+                        ("--class-names", args.class_names)):  # fmt: skip
+        if value:
+            raise UsageError(f"{flag} does not apply to a regression model")
+    if args.temperature != "model":
+        raise UsageError("--temperature does not apply to a regression model")
+    card = model.card
+    shots = args.shots or card["episodes"]["shots"]
+    queries = args.queries or card["episodes"]["queries"]
+    data = _regression.model_data(card, args.data, target=args.target, group_by=args.group_by,
+                                  drop_missing=args.drop_missing_targets)  # fmt: skip
+    tasks = _reg_eval.task_set(model, data, args.classes, shots + queries)
+    result = _reg_eval.evaluate_regressor(
+        model, tasks, shots=shots, queries=queries, episodes=args.episodes or 600,
+        seed=args.seed, members=args.members or card["interval"]["members"],
+        level=args.level or card["interval"]["level"], device=device,
+        progress=not (args.quiet or args.json),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps({"model": str(model.folder), **result.to_dict()}, indent=2))
+    else:
+        print(result.summary())
     return 0
 
 

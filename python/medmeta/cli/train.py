@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from medmeta.cli import _data, _setup
+from medmeta.cli import _data, _regression, _setup
 from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
 from medmeta.edge.cli.errors import UsageError
 
@@ -24,6 +24,11 @@ EPILOG = """examples:
                 right_kidney --out runs/organs    # NIfTI volumes + label maps
   medmeta train --task segmentation --data unlabelled_scans/ --out runs/ssl
                                          # no masks: self-supervised on superpixels
+  medmeta train --task regression --data thyroid --target T4U --group-by referral_source \\
+                --classes other,SVI,SVHC --val-classes STMW --drop-missing-targets \\
+                --shots 10 --queries 10 --steps 300 --out runs/t4u    # a lab value per clinic
+  medmeta train --task regression --data pbmc68k_celltypes --target CD74 --classes 0,3,4,9 \\
+                --val-classes 5,6 --out runs/cd74    # a gene's expression per cell type
 
 The folder gets model.json (the model card), best.pt/last.pt (checkpoints, written
 atomically; re-running the same command resumes), log.csv, log.json and learning_curves.png.
@@ -36,6 +41,19 @@ ROOT/masks/* (PNG masks 0..N or 0/255), or NIfTI volumes with label maps. Valida
 --val-data, else the --val-classes of the data (held-out organs), else 20% of the images
 (by patient / source) held out. --self-supervised trains on superpixels (SSL-ALPNet), the
 default for data without masks.
+
+Regression (--task regression; maml, fomaml, metasgd or reptile, default maml): each task
+predicts a number from K support rows (--shots, default 10; --queries, default 10; one
+target, no --ways). A table: --target COLUMN (numeric) and --group-by COLUMN, whose values
+(clinics, sites) are the tasks; --classes / --val-classes pick them (default: every group
+but the validation ones; groups with fewer than shots + queries rows are skipped with a
+warning). The target, the group column and the class column are not inputs; the other
+columns are encoded on the training groups' rows (0/1 flags one-hot). Vectors (.npz,
+.h5ad, pbmc68k_celltypes): --target FEATURE (a gene) is predicted from the other features,
+standardised on the training rows; the classes are the tasks. Missing targets are refused
+unless --drop-missing-targets. Without --val-classes nothing is validated and the last step
+is kept. The network is an MLP without batch norm (--width, default 64,64); --members and
+--level set the bootstrap interval that `medmeta eval` and `medmeta adapt` report.
 """
 
 
@@ -51,8 +69,16 @@ def build_parser(prog: str) -> object:
     p.add_argument(
         "--task",
         choices=_setup.TASKS,
-        help="classification (default) or segmentation (default for alpnet, panet)",
+        help="classification (default), segmentation (default for alpnet, panet) or regression",
     )
+    p.add_argument("--target", help=_regression.TARGET_HELP)
+    p.add_argument("--group-by", metavar="COLUMN", help=_regression.GROUP_HELP)
+    p.add_argument("--drop-missing-targets", action="store_true",
+                   help="regression: leave out rows whose target is missing (default: refuse them)")  # fmt: skip
+    p.add_argument("--members", type=int_at_least(2),
+                   help="regression: bootstrap ensemble size of the interval (default 10)")  # fmt: skip
+    p.add_argument("--level", type=_regression.level_arg,
+                   help="regression: the interval's nominal coverage (default 0.9)")  # fmt: skip
     p.add_argument(
         "--algorithm", help="a method (default protonet; alpnet for --task segmentation)"
     )
@@ -61,17 +87,17 @@ def build_parser(prog: str) -> object:
     p.add_argument(
         "--ways",
         type=int_at_least(1),
-        help="N, classes per episode (default 5; segmentation: organs, default 1)",
+        help="N, classes per episode (default 5; segmentation: organs, default 1; regression: 1)",
     )
     p.add_argument(
         "--shots",
         type=int_at_least(1),
-        help="K, support examples per class (default 5; segmentation 1)",
+        help="K, support examples per class (default 5; segmentation 1; regression: rows, 10)",
     )
     p.add_argument(
         "--queries",
         type=int_at_least(1),
-        help="Q, queries per class (default 15; segmentation: per episode, 2)",
+        help="Q, queries per class (default 15; segmentation: per episode, 2; regression 10)",
     )
     p.add_argument("--steps", type=int_at_least(1), default=400, help="meta-updates (default 400)")
     p.add_argument(
@@ -124,8 +150,12 @@ def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
     _setup.set_threads(args.threads)
     task, algorithm = _setup.resolve_task(args.task, args.algorithm)
     start = time.perf_counter()
+    if task != "regression":
+        _regression.reject_flags(args, "--task regression")
     if task == "segmentation":
         outcome = _train_segmentation(args, algorithm, argv)
+    elif task == "regression":
+        outcome = _train_regression(args, algorithm, argv)
     else:
         outcome = _train_classifier(args, algorithm, argv)
     summary = outcome.summary(time.perf_counter() - start)
@@ -172,6 +202,32 @@ def _train_segmentation(args: Any, algorithm: str, argv: Sequence[str]) -> Any:
         seed=args.seed, device=_setup.resolve_device(args.device), out=args.out,
         resume=not args.fresh, progress=not args.quiet, window=_window(args.window),
         command=" ".join(["medmeta train", *argv]), self_supervised=args.self_supervised,
+    )  # fmt: skip
+
+
+def _train_regression(args: Any, algorithm: str, argv: Sequence[str]) -> Any:
+    from medmeta.cli._reg_workflow import train_regressor
+
+    for flag, value in (("--self-supervised", args.self_supervised), ("--val-data", args.val_data),
+                        ("--class-names", args.class_names), ("--image-size", args.image_size),
+                        ("--window", args.window), ("--channels", args.channels),
+                        ("--signal-length", args.signal_length)):  # fmt: skip
+        if value:
+            raise UsageError(f"{flag} does not apply to --task regression")
+    if args.ways not in (None, 1):
+        raise UsageError(f"--ways {args.ways}: a regression episode has one target (leave "
+                         "--ways out)")  # fmt: skip
+    if args.backbone not in (None, "mlp"):
+        raise UsageError(f"--backbone {args.backbone}: regression takes the mlp backbone")
+    return train_regressor(
+        data=args.data, target=args.target, group_by=args.group_by, classes=args.classes,
+        val_classes=args.val_classes, drop_missing=args.drop_missing_targets,
+        algorithm=algorithm, params=_setup.parse_params(args.param), shots=args.shots or 10,
+        queries=args.queries or 10, steps=args.steps, meta_batch=args.meta_batch, lr=args.lr,
+        width=args.width, val_every=args.val_every, val_episodes=args.val_episodes,
+        members=args.members or 10, level=args.level or 0.9, seed=args.seed,
+        device=_setup.resolve_device(args.device), out=args.out, resume=not args.fresh,
+        progress=not args.quiet, command=" ".join(["medmeta train", *argv]),
     )  # fmt: skip
 
 
