@@ -64,7 +64,7 @@ def test_inconsistent_or_newer_metadata(exported, tmp_path):
         "format.onnx": (lambda m: m.update(format="other"), "metadata format"),
         "shape.onnx": (lambda m: m.update(input_shape=[3, 32, 32]), "does not match"),
         "outputs.onnx": (lambda m: m.update(outputs=["logits"]), "differ from metadata"),
-        "role.onnx": (lambda m: m.update(role="regressor"), "role must be one of"),
+        "role.onnx": (lambda m: m.update(role="translator"), "role must be one of"),
         "missing.onnx": (lambda m: m.pop("class_names"), "lacks required keys"),
     }
     for name, (edit, match) in cases.items():

@@ -19,11 +19,17 @@ EPILOG = """examples:
   medmeta export --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 \\
                  --form both --out model.onnx     # + model.embed.onnx / model.head.onnx
   medmeta export --model runs/cells --out cells.onnx   # segmenter: cells.encoder/head.onnx
+  medmeta export --model runs/t4u_stmw --out t4u.onnx  # adapted regressor: one file
 
 Forms: `classifier` (inputs -> calibrated class probabilities, the support set baked in),
 `enrolment` (the embedding network plus a prototype head, so a device can enrol new classes
 without PyTorch), or `both`. --int8 adds a statically quantized copy (QDQ, per-channel),
 calibrated on the support images, with a parity report against the float model.
+
+A regression model (`medmeta train --task regression`) exports once adapted (`medmeta
+adapt`): one file whose graph computes, per input, the ensemble's prediction and its
+interval (outputs prediction, lower, upper, member_std); run it with
+`medmeta predict --model reg.onnx --inputs rows.csv --out preds.csv`.
 
 A segmentation model exports as <stem>.encoder.onnx + <stem>.head.onnx (the support set's
 prototypes inside, classes enrolable on the device); run them with
@@ -70,6 +76,8 @@ def main(argv: Sequence[str], prog: str = "medmeta export") -> int:
     model = load_model(args.model)
     if model.card.get("task_type") == "segmentation":
         return _export_segmentation(args, model)
+    if model.card.get("task_type") == "regression":
+        return _export_regression(args, model)
     if args.class_names:
         raise UsageError("--class-names applies to segmentation models")
     held_out = None
@@ -131,6 +139,68 @@ def _export_segmentation(args: Any, model: Any) -> int:
     print(f"run it without PyTorch: medmeta predict --model {info['files']['encoder']} "
           "--inputs IMAGES --out MASKS")  # fmt: skip
     return 0
+
+
+def _export_regression(args: Any, model: Any) -> int:
+    """An adapted regression folder -> one ONNX regressor (:func:`medmeta.export.
+    regressor_to_onnx`) with the ensemble :func:`medmeta.cli._reg_workflow.load_ensemble`
+    rebuilds."""
+    adapt = (f"`medmeta adapt --model {args.model} --support ROWS --out ADAPTED` (it picks the "
+             "support rows and builds the interval's ensemble), then export ADAPTED")  # fmt: skip
+    if args.support or not model.is_adapted:
+        what = "--support: a regression model adapts" if args.support else (
+            f"{args.model} is a trained regression model, not adapted to a task")  # fmt: skip
+        raise UsageError(f"{what}; run {adapt}")
+    given = [flag for flag, value in (
+        ("--classes", args.classes), ("--shots", args.shots), ("--int8", args.int8),
+        ("--class-names", args.class_names), ("--form", args.form != "classifier"),
+        ("--exporter", args.exporter != "auto"),
+    ) if value]  # fmt: skip
+    if given:
+        raise UsageError(f"{', '.join(given)}: not for a regression model (it exports as one "
+                         "float32 file, with the support set of `medmeta adapt`)")  # fmt: skip
+    from medmeta.cli._reg_workflow import load_ensemble
+    from medmeta.export import regressor_to_onnx
+
+    ensemble = load_ensemble(model)
+    support_x, support_y, _ = model.support()
+    task = model.card.get("task") or {}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = regressor_to_onnx(
+        ensemble, out, preprocessing=model.preprocessing, target=model.card["target"],
+        support_x=support_x, support_y=support_y, algorithm=model.card.get("algorithm"),
+        held_out=task.get("held_out"), training=_training_summary(model.card), opset=args.opset,
+    )  # fmt: skip
+    meta = result.metadata
+    info = {"files": {"regressor": str(out)}, "exporter": result.exporter,
+            "target": meta["target"]["name"], "interval": meta["interval"],
+            "max_abs_diff": result.max_abs_diff, "relative_diff": result.relative_diff,
+            "held_out": meta["held_out"]}  # fmt: skip
+    if args.json:
+        print(json.dumps(info, indent=2, default=float))
+        return 0
+    iv = meta["interval"]
+    print(f"regressor  {out} ({out.stat().st_size / 2**20:.2f} MB)")
+    print(f"target: {info['target']}; {iv['members']} members, {100 * iv['level']:g}% interval; "
+          f"exporter: {result.exporter}; |ONNX - PyTorch| <= {result.max_abs_diff:.2g}")  # fmt: skip
+    held = meta["held_out"] or {}
+    if held.get("mse") is not None:
+        print("adapted model on the task's other rows: " + ", ".join(
+            f"{k} {held[k]:.4g}" for k in ("mse", "r2", "coverage") if held.get(k) is not None))  # fmt: skip
+    print(f"run it without PyTorch: medmeta predict --model {out} --inputs ROWS.csv "
+          "--out predictions.csv")  # fmt: skip
+    return 0
+
+
+def _training_summary(card: dict[str, Any]) -> dict[str, Any] | None:
+    """The scalar facts of the card's training block (algorithm and episodes added)."""
+    training = card.get("training")
+    if not isinstance(training, dict):
+        return None
+    episodes = card.get("episodes") or {}
+    return {"algorithm": card.get("algorithm"), "shots": episodes.get("shots"),
+            "queries": episodes.get("queries"), **training}  # fmt: skip
 
 
 def _held_out_parity(result: Any, held_out: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:

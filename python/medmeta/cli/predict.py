@@ -77,7 +77,8 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
         if "file" in ds.extra
         else [str(i) for i in range(len(ds))]
     )
-    return Inputs(np.asarray(ds.x), ids, ds.labels, list(ds.class_names),
+    raw = ds.x if isinstance(ds.x, TableRows) else np.asarray(ds.x)  # a table stays rows
+    return Inputs(raw, ids, ds.labels, list(ds.class_names),
                   feature_names=_gene_names(ds))  # fmt: skip
 
 
@@ -103,6 +104,13 @@ def _read_h5ad_inputs(path: Path) -> Inputs:
                   feature_names=_gene_names(ds))  # fmt: skip
 
 
+def _read_table_rows(path: Path) -> TableRows:
+    """A table file's rows as they are (a regressor's inputs: every column kept)."""
+    from medmeta.data.formats.table_rows import read_rows
+
+    return read_rows(path)
+
+
 def _read_support(spec: str, classes: str | None) -> Inputs:
     """Labelled examples of the chosen classes from anything ``--data`` takes."""
     support = _data.select_classes(_data.load_dataset(spec), classes, "--classes")
@@ -125,6 +133,8 @@ READERS = Readers(
     epilog_more=", DICOM files, DICOM series folders and NIfTI volumes (every slice an input; "
     "the model's own window and resizing apply), an .npz (MedMNIST or flat layout) or an "
     "embedded dataset name",
+    table_rows=_read_table_rows,
+    table_suffixes=(".csv", ".tsv", ".parquet", ".pq"),
 )
 
 

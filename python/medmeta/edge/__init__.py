@@ -5,6 +5,8 @@ Importing this package never imports torch (a test runs it where ``import torch`
 * :class:`EdgeModel` -- load a medmeta ONNX file, preprocess raw inputs, predict calibrated
   probabilities with out-of-distribution flags, enrol classes on the device, explain
   predictions by their nearest support examples, save/restore the enrolment.
+* :class:`EdgeRegressor` -- load an exported few-shot regressor and predict a number with
+  its predictive interval (:class:`RegressionPrediction`) from table rows or vectors.
 * :class:`EdgeSegmenter` -- load a few-shot segmenter (encoder + prototype head), enrol
   classes from support images with label maps on the device, predict label maps.
 * :class:`Preprocessing` -- the raw-input -> model-input spec shared with training.
@@ -29,7 +31,8 @@ from typing import Any
 from medmeta.edge.enrol import Enrolment
 from medmeta.edge.kernels import NativeCoreError
 from medmeta.edge.preprocess import Preprocessing
-from medmeta.edge.results import Explanation, Neighbour, Prediction
+from medmeta.edge.regressor import EdgeRegressor
+from medmeta.edge.results import Explanation, Neighbour, Prediction, RegressionPrediction
 from medmeta.edge.runtime import EdgeModel
 from medmeta.edge.schema import EdgeError, EdgeModelError
 from medmeta.edge.segmenter import EdgeSegmenter, PoolingRule, SegmentationEnrolment
@@ -38,6 +41,7 @@ __all__ = [
     "EdgeError",
     "EdgeModel",
     "EdgeModelError",
+    "EdgeRegressor",
     "EdgeSegmenter",
     "Enrolment",
     "Explanation",
@@ -46,6 +50,7 @@ __all__ = [
     "PoolingRule",
     "Prediction",
     "Preprocessing",
+    "RegressionPrediction",
     "SegmentationEnrolment",
     "read_metadata",
 ]

@@ -1,4 +1,5 @@
-"""What the edge runtime returns: predictions with OOD flags, and explanations."""
+"""What the edge runtime returns: predictions with OOD flags, explanations, and regression
+predictions with their intervals."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Explanation", "Neighbour", "Prediction"]
+__all__ = ["Explanation", "Neighbour", "Prediction", "RegressionPrediction"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,28 @@ class Explanation:
     neighbours: list[Neighbour]
     prototype_distances: dict[str, float]
     ood: bool | None
+
+
+@dataclass(frozen=True)
+class RegressionPrediction:
+    """Predictions of a regressor (:class:`~medmeta.edge.EdgeRegressor`) for ``n`` inputs,
+    in the units of the target.
+
+    Attributes:
+        prediction: ``[n]`` float32, the ensemble's mean.
+        lower, upper: ``[n]`` float32 bounds of the central ``level`` predictive interval
+            (``prediction ± z sd``; ``sd²`` = the members' variance + the noise variance).
+        member_std: ``[n]`` float32 spread of the ensemble members (model uncertainty).
+        level: the interval's nominal coverage (e.g. 0.9).
+        target: the name of the predicted quantity (the training table's column).
+    """
+
+    prediction: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    member_std: np.ndarray
+    level: float
+    target: str
+
+    def __len__(self) -> int:
+        return len(self.prediction)

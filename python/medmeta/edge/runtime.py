@@ -41,7 +41,13 @@ from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, Enrolment, build_enrolment
 from medmeta.edge.kernels import check_label_range, pairwise_distances
 from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.results import Explanation, Neighbour, Prediction
-from medmeta.edge.schema import SEGMENTATION_ROLES, EdgeModelError, decode_array, parse_metadata
+from medmeta.edge.schema import (
+    REGRESSION_ROLES,
+    SEGMENTATION_ROLES,
+    EdgeModelError,
+    decode_array,
+    parse_metadata,
+)
 
 __all__ = ["EdgeModel"]
 
@@ -148,6 +154,11 @@ class EdgeModel:
         if role == "head":
             raise EdgeModelError(
                 f"{source} is an enrolment head; load the embedder file that names it instead"
+            )
+        if role in REGRESSION_ROLES:
+            raise EdgeModelError(
+                f"{source} is a regressor (it predicts a number with an interval, not "
+                "classes); load it with medmeta.edge.EdgeRegressor"
             )
         _check_io(self._session, self._meta, source)
         try:

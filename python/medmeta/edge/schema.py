@@ -6,7 +6,8 @@ is a JSON document::
     format            "medmeta-onnx"
     schema_version    1 (readers refuse newer versions)
     role              "classifier" | "embedder" | "head" (classification), "encoder" |
-                      "segmentation_head" (few-shot segmentation, see below)
+                      "segmentation_head" (few-shot segmentation), "regressor" (few-shot
+                      regression; see below)
     medmeta_version, torch_version, exporter ("dynamo" | "torchscript"), opset, precision
     algorithm         the learner's name, or null
     class_names       [N] names, in output order
@@ -39,6 +40,16 @@ carry ``task: "segmentation"`` and:
                       prototypes, prototype_onehot); outputs ["logits", "labels"];
                       encoder_weights_sha256; segmentation {"scale", "background"}
 
+Regression files (:func:`medmeta.export.regressor_to_onnx`, :class:`medmeta.edge.EdgeRegressor`)
+carry ``role: "regressor"``, ``task: "regression"`` and no ``class_names`` or ``temperature``:
+
+    outputs           ["prediction", "lower", "upper", "member_std"], each ``[n]`` float32
+    target            {"name": the predicted column, ...} (the model card's target)
+    interval          {"members" M, "level" L, "z", "noise_std"}: ``prediction ± z sd`` with
+                      ``sd² = `` the members' unbiased variance ``+ noise_std²``
+    n_features        F, the model input's width
+    training, held_out  scalar summaries of the training run / the adapted task, or null
+
 Arrays inside (prototypes, support embeddings) are ``{"dtype", "shape", "base64"}`` with
 little-endian raw bytes, so float32 values round-trip exactly.
 """
@@ -47,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +68,8 @@ __all__ = [
     "CLASSIFICATION_ROLES",
     "FORMAT",
     "METADATA_KEY",
+    "REGRESSION_OUTPUTS",
+    "REGRESSION_ROLES",
     "ROLES",
     "SCHEMA_VERSION",
     "SEGMENTATION_ROLES",
@@ -69,21 +83,20 @@ __all__ = [
 METADATA_KEY = "medmeta"
 FORMAT = "medmeta-onnx"
 SCHEMA_VERSION = 1
-#: Roles of classification files (:class:`~medmeta.edge.EdgeModel`) and segmentation files
-#: (:class:`~medmeta.edge.EdgeSegmenter`).
+#: Roles of classification files (:class:`~medmeta.edge.EdgeModel`), segmentation files
+#: (:class:`~medmeta.edge.EdgeSegmenter`) and regression files
+#: (:class:`~medmeta.edge.EdgeRegressor`).
 CLASSIFICATION_ROLES = ("classifier", "embedder", "head")
 SEGMENTATION_ROLES = ("encoder", "segmentation_head")
-ROLES = CLASSIFICATION_ROLES + SEGMENTATION_ROLES
-_REQUIRED = (
-    "role",
-    "medmeta_version",
-    "class_names",
-    "input_name",
-    "outputs",
-    "input_shape",
-    "temperature",
-    "weights_sha256",
-)
+REGRESSION_ROLES = ("regressor",)
+ROLES = CLASSIFICATION_ROLES + SEGMENTATION_ROLES + REGRESSION_ROLES
+#: The outputs of a regressor, in graph order.
+REGRESSION_OUTPUTS = ("prediction", "lower", "upper", "member_std")
+_REQUIRED = ("role", "medmeta_version", "input_name", "outputs", "input_shape", "weights_sha256")
+#: Keys required beyond :data:`_REQUIRED` by the roles that classify (or segment) ...
+_REQUIRED_CLASSES = ("class_names", "temperature")
+#: ... and by a regressor.
+_REQUIRED_REGRESSION = ("task", "target", "interval")
 _DTYPES = ("float32", "float64", "int64")
 
 
@@ -151,14 +164,52 @@ def parse_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
             f"{source}: metadata schema_version {version} is newer than this runtime's "
             f"{SCHEMA_VERSION}; upgrade medmeta"
         )
-    missing = [k for k in _REQUIRED if k not in meta]
+    if meta.get("role") not in ROLES:
+        raise EdgeModelError(
+            f"{source}: metadata role must be one of {ROLES}, got {meta.get('role')!r}"
+        )
+    regressor = meta["role"] in REGRESSION_ROLES
+    required = _REQUIRED + (_REQUIRED_REGRESSION if regressor else _REQUIRED_CLASSES)
+    missing = [k for k in required if k not in meta]
     if missing:
         raise EdgeModelError(f"{source}: metadata lacks required keys {missing}")
-    if meta["role"] not in ROLES:
-        raise EdgeModelError(
-            f"{source}: metadata role must be one of {ROLES}, got {meta['role']!r}"
-        )
+    if regressor:
+        _check_regressor(meta, source)
+        return meta
     names = meta["class_names"]
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise EdgeModelError(f"{source}: metadata class_names must be a list of strings")
     return meta
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_regressor(meta: dict[str, Any], source: str) -> None:
+    """The regression keys: task, outputs, target name and a well-formed interval."""
+    if meta["task"] != "regression":
+        raise EdgeModelError(f"{source}: a regressor's task must be 'regression', got "
+                             f"{meta['task']!r}")  # fmt: skip
+    if list(meta["outputs"]) != list(REGRESSION_OUTPUTS):
+        raise EdgeModelError(f"{source}: a regressor's outputs must be "
+                             f"{list(REGRESSION_OUTPUTS)}, got {meta['outputs']!r}")  # fmt: skip
+    target = meta["target"]
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+        raise EdgeModelError(
+            f"{source}: metadata target must be {{'name': <column>, ...}}, got {target!r}"
+        )
+    iv = meta["interval"]
+    ok = (
+        isinstance(iv, dict)
+        and isinstance(iv.get("members"), int) and not isinstance(iv.get("members"), bool)
+        and iv["members"] >= 2
+        and _number(iv.get("level")) and 0 < iv["level"] < 1
+        and _number(iv.get("z")) and iv["z"] > 0
+        and _number(iv.get("noise_std")) and iv["noise_std"] >= 0
+    )  # fmt: skip
+    if not ok:
+        raise EdgeModelError(
+            f"{source}: metadata interval must be {{'members' >= 2, 'level' in (0, 1), 'z' > 0, "
+            f"'noise_std' >= 0}}, got {iv!r}"
+        )

@@ -8,10 +8,14 @@
 * :class:`EmbedderGraph` -- ``x -> embeddings [n, D]`` (the enrolment form's network).
 * :class:`PrototypeHeadGraph` -- ``(embeddings [n, D], prototypes [N, D]) ->
   (probabilities, distances)``, with N dynamic so a device can enrol any number of classes.
+* :class:`RegressionIntervalGraph` -- ``x -> (prediction, lower, upper, member_std)``: a
+  bootstrap ensemble of adapted regressors and its predictive interval.
 
 Every form computes its probabilities with the learner's own ops in the same order
 (:class:`medmeta.algorithms.protonet.PrototypeHead`, then ``/ T`` and softmax), so ONNX
-and eager PyTorch agree to float32 rounding.
+and eager PyTorch agree to float32 rounding; the regression graph computes its interval as
+:func:`medmeta.algorithms.regressor.normal_interval` does (float64 statistics of the float32
+member predictions).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 
 from medmeta import ops
 from medmeta.algorithms.base import Adapted
+from medmeta.algorithms.ensemble_regressor import EnsembleRegressor
 from medmeta.algorithms.protonet import PrototypeHead, distance
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "FeatureClassifierGraph",
     "ProbabilityGraph",
     "PrototypeHeadGraph",
+    "RegressionIntervalGraph",
     "split_adapted",
 ]
 
@@ -103,6 +109,38 @@ class PrototypeHeadGraph(nn.Module):
         d = distance(z, prototypes, self.metric)
         logits = -d / self.head_temperature  # PrototypeHead.forward, operation for operation
         return torch.softmax(logits / self.temperature, dim=-1), d
+
+
+class RegressionIntervalGraph(nn.Module):
+    """``x [n, ...] -> (prediction, lower, upper, member_std)``, ``[n]`` float32 each: the
+    :meth:`~medmeta.algorithms.ensemble_regressor.EnsembleRegressor.interval` of an ensemble
+    in one graph (bootstrap ensemble: Efron & Tibshirani 1993, ch. 6; Lakshminarayanan et al.
+    2017).
+
+    The members' predictions ``[n, M]`` come from the members themselves; their mean, the
+    unbiased variance and ``sd = sqrt(variance + noise_std²)`` are computed in float64 as
+    :func:`~medmeta.algorithms.regressor.normal_interval` computes them, then
+    ``prediction ± z sd`` is cast to the input's dtype.
+    """
+
+    def __init__(self, ensemble: EnsembleRegressor) -> None:
+        super().__init__()
+        self.ensemble = ensemble
+        self.register_buffer("noise_var", ensemble.noise_std.detach().double().pow(2).reshape(()))
+        self.z = float(ensemble.z)
+        self.members = len(ensemble.members)
+
+    def forward(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.ensemble(x).double()  # [n, M]
+        mean = p.mean(-1)
+        centred = p - mean.unsqueeze(-1)
+        var = (centred * centred).sum(-1) / (self.members - 1)
+        sd = (var + self.noise_var).sqrt()
+        dtype = x.dtype
+        return (mean.to(dtype), (mean - self.z * sd).to(dtype), (mean + self.z * sd).to(dtype),
+                var.sqrt().to(dtype))  # fmt: skip
 
 
 @dataclass

@@ -2,7 +2,8 @@
 (numpy + onnxruntime; this command never imports torch). The same command is
 ``medmeta-edge predict`` on a device (image files and folders) and ``medmeta predict`` with the
 full package, which also reads ``.npz`` files and embedded datasets (it passes its own
-:class:`Readers`)."""
+:class:`Readers`). A regressor (metadata role ``"regressor"``) is run by
+:mod:`medmeta.edge.cli.predict_regression` instead: a prediction and its interval per input."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ EPILOG = """examples:
   %(prog)s --model model.onnx --inputs scan1.png scan2.png
   %(prog)s --model model.onnx --inputs labelled/ --json      # class sub-folders: also accuracy
   %(prog)s --model model.embed.onnx --support new_classes/ --inputs queries/ --out preds.csv
+  %(prog)s --model regressor.onnx --inputs rows.csv --out preds.csv   # a number + interval
 
 --inputs takes image files or a folder of images (with one sub-folder per class: labelled,
 and the accuracy is printed){more}. With the enrolment form (model.embed.onnx) --support
@@ -39,6 +41,10 @@ enrols the classes on the device first (a folder with one sub-folder of images p
 class{more_support}); with a classifier it is not needed. Inputs far from every class
 prototype are flagged out-of-distribution instead of being forced into a class. --out
 writes .csv, .json or .npz (probabilities).
+
+A regressor (exported from a `--task regression` model) writes per input the prediction and
+its interval (columns input, prediction, lower, upper); when the rows hold the target column
+it is the truth (column `true`) and MSE, R² and the interval's coverage are printed.
 """
 
 
@@ -82,6 +88,10 @@ class Readers:
     inputs_help: str = "image files or a folder of images"
     support_help: str = "a folder with one sub-folder of images per class"
     epilog_more: str = ""
+    #: table files a regressor reads as plain rows (every column kept: its target column,
+    #: when there, is the truth), by suffix; None reads ``.csv``/``.tsv`` with the csv module
+    table_rows: Callable[[Path], TableRows] | None = None
+    table_suffixes: tuple[str, ...] = (".csv", ".tsv")
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -132,9 +142,13 @@ def read_table_inputs(path: str | Path, *, labelled: bool = False) -> Inputs:
         rows, labels, names = split_target(read_csv_rows(path), required=labelled)
     except ValueError as err:
         raise DataError(str(err), path) from None
+    return Inputs(rows, table_ids(rows), labels, names, note=f"{path}: {len(rows)} table rows")
+
+
+def table_ids(rows: TableRows) -> list[str]:
+    """The ids of table rows: an ``id`` / ``record_id`` column's values, else row numbers."""
     key = next((c for c in ("id", "record_id") if c in rows.columns), None)
-    ids = [str(v) for v in rows.column(key)] if key else [str(i) for i in range(len(rows))]
-    return Inputs(rows, ids, labels, names, note=f"{path}: {len(rows)} table rows")
+    return [str(v) for v in rows.column(key)] if key else [str(i) for i in range(len(rows))]
 
 
 def read_image_inputs(items: Sequence[str]) -> Inputs:
@@ -195,8 +209,10 @@ IMAGE_READERS = Readers(read_image_inputs, read_support_folder)
 
 def build_parser(prog: str, readers: Readers = IMAGE_READERS) -> Any:
     epilog = EPILOG.format(more=readers.epilog_more, more_support=readers.epilog_more)
-    p = make_parser(prog, "Classify inputs with an exported model, without PyTorch.", epilog)
-    p.add_argument("--model", required=True, help="a medmeta .onnx file (classifier or embedder)")
+    p = make_parser(prog, "Classify inputs (or predict a number with its interval) with an "
+                    "exported model, without PyTorch.", epilog)  # fmt: skip
+    p.add_argument("--model", required=True,
+                   help="a medmeta .onnx file (classifier, embedder or regressor)")  # fmt: skip
     p.add_argument("--inputs", required=True, nargs="+", help=readers.inputs_help)
     p.add_argument(
         "--support", help="labelled examples to enrol (embedder form): " + readers.support_help
@@ -376,6 +392,19 @@ def _print_text(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     print(tail)
 
 
+def _is_regressor(path: Path) -> bool:
+    """Whether the file's metadata says role ``"regressor"`` (read without loading the model;
+    False when it cannot be read: :class:`EdgeModel` then reports what is wrong)."""
+    from medmeta.edge.schema import REGRESSION_ROLES, EdgeModelError, parse_metadata
+    from medmeta.edge.weights import metadata_props
+
+    try:
+        meta = parse_metadata(metadata_props(path.read_bytes(), str(path)), str(path))
+    except (EdgeModelError, OSError):
+        return False
+    return meta["role"] in REGRESSION_ROLES
+
+
 def main(
     argv: Sequence[str], prog: str = "medmeta-edge predict", readers: Readers = IMAGE_READERS
 ) -> int:
@@ -384,6 +413,10 @@ def main(
 
     if not Path(args.model).is_file():
         raise ModelError(f"{args.model}: no such model file (an .onnx written by `medmeta export`)")
+    if _is_regressor(Path(args.model)):
+        from medmeta.edge.cli import predict_regression
+
+        return predict_regression.run(args, readers)
     model = EdgeModel(args.model, threads=args.threads)
     if model.metadata.get("calibrated") is False:
         logger.warning(
