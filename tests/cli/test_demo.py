@@ -57,7 +57,7 @@ def test_demo_writes_models_onnx_files_and_a_report_with_plots(demo):
         assert (out / name).is_file(), name
     parser = _Images()
     parser.feed((out / "report.html").read_text())
-    assert len(parser.sources) >= 6
+    assert len(parser.sources) >= 7
     prefix = "data:image/png;base64,"
     for src in parser.sources:  # the page embeds its figures: it travels alone
         assert src.startswith(prefix), src[:60]
@@ -67,7 +67,8 @@ def test_demo_writes_models_onnx_files_and_a_report_with_plots(demo):
         assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
     shown = {Path(s).stem for s in report["plots"].values()}
     assert {"learning_curves", "confusion_matrix", "per_class", "reliability", "embedding_map",
-            "latency"} <= shown, shown  # fmt: skip
+            "latency", "support_images"} <= shown, shown  # fmt: skip
+    assert report["examples"]["kind"] == "image" and report["examples"]["shape"] == [15, 28, 28, 3]
 
 
 def test_demo_numbers_are_real(demo):

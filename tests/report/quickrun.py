@@ -15,9 +15,13 @@ from medmeta.data import EpisodeSampler, load, split_classes
 from medmeta.eval import evaluate
 from medmeta.nn import Conv4
 from medmeta.report import ReportData
+from medmeta.report.figures import PLOT_NAMES
 from medmeta.train import meta_fit
 
 WAYS, SHOTS, QUERIES = 3, 5, 10
+#: The figures of :func:`make_report_data`'s report: all but those of other data families.
+FULL_PLOTS = tuple(n for n in PLOT_NAMES
+                   if n not in ("signal_traces", "feature_values", "regression_intervals"))  # fmt: skip
 
 
 @functools.cache
@@ -47,6 +51,8 @@ def quick_run() -> dict:
         "prototypes": adapted.prototypes.numpy(),
         "class_names": names,
         "adapt_accuracy": float((pred == y).float().mean()),
+        "support_x": task.support_x[0].numpy(),  # [N*K, 3, 28, 28] in [0, 1]
+        "support_y": task.support_y[0].numpy(),
     }
 
 
@@ -70,6 +76,9 @@ def make_report_data(run: dict, **overrides) -> ReportData:
         prototypes=run["prototypes"],
         class_names=run["class_names"],
         embedding_predictions=run["predictions"],
+        examples=run["support_x"],
+        example_labels=run["support_y"],
+        example_kind="image",
         adaptation={
             "classes": run["class_names"],
             "shots": SHOTS,

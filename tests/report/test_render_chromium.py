@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from medmeta.report import write_report
-from medmeta.report.figures import PLOT_NAMES
-from report.quickrun import make_report_data
+from report.quickrun import FULL_PLOTS, make_report_data
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -65,7 +64,7 @@ def report(run, tmp_path_factory):
 
 def test_html_embeds_every_figure_and_links_nothing(report):
     page = report.read_text(encoding="utf-8")
-    assert page.count('src="data:image/png;base64,') == len(PLOT_NAMES)
+    assert page.count('src="data:image/png;base64,') == len(FULL_PLOTS)
     assert 'src="plots/' not in page and 'src="http' not in page and "url(" not in page
 
 
@@ -100,5 +99,5 @@ def test_every_figure_loads(report):
         probe.unlink()
     start = dom.index('data-images="') + len('data-images="')
     widths = [int(w) for w in dom[start : dom.index('"', start)].split(",")]
-    assert len(widths) == len(PLOT_NAMES)
+    assert len(widths) == len(FULL_PLOTS)
     assert min(widths) >= 300  # every PNG decoded (a missing one gives 0)

@@ -15,8 +15,7 @@ import pytest
 
 from medmeta.report import ReportData, report_dict, write_report
 from medmeta.report.document import wilson_interval
-from medmeta.report.figures import PLOT_NAMES
-from report.quickrun import make_report_data
+from report.quickrun import FULL_PLOTS, make_report_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "source", "wbr"}
@@ -96,20 +95,20 @@ def test_writes_every_file_and_links_only_valid_pngs(full):
     root = paths.html.parent
     assert paths.html == root / "report.html" and paths.markdown == root / "report.md"
     assert paths.json == root / "report.json"
-    assert set(paths.plots) == set(PLOT_NAMES)
+    assert set(paths.plots) == set(FULL_PLOTS)
     for p in paths.plots.values():
         assert p.parent == root / "plots"
         check_png(p)
     page = parse(paths.html)
     md_srcs = MD_IMAGE.findall(paths.markdown.read_text(encoding="utf-8"))
-    assert sorted(md_srcs) == sorted(f"plots/{n}.png" for n in PLOT_NAMES)  # relative
+    assert sorted(md_srcs) == sorted(f"plots/{n}.png" for n in FULL_PLOTS)  # relative
     for src in md_srcs:
         check_png(root / src)
     # the HTML embeds the same PNGs, byte for byte, so it travels alone
     prefix = "data:image/png;base64,"
     embedded = sorted(base64.b64decode(img["src"][len(prefix):]) for img in page.images
                       if img["src"].startswith(prefix))  # fmt: skip
-    assert len(embedded) == len(page.images) == len(PLOT_NAMES)
+    assert len(embedded) == len(page.images) == len(FULL_PLOTS)
     assert embedded == sorted((root / src).read_bytes() for src in md_srcs)
     assert all(img.get("alt") for img in page.images)
     # table of contents points at sections that exist
@@ -173,7 +172,7 @@ def test_text_is_escaped(run, tmp_path):
     paths = write_report(tmp_path, data)
     raw = paths.html.read_text(encoding="utf-8")
     page = parse(paths.html)
-    assert page.scripts == 0 and len(page.images) == len(PLOT_NAMES)
+    assert page.scripts == 0 and len(page.images) == len(FULL_PLOTS)
     assert "<script>" not in raw and "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
     assert "<b>bold" not in raw and "T &amp; &lt;b&gt;bold&lt;/b&gt;" in raw
     text = page_text(page)
@@ -206,6 +205,7 @@ def test_partial_report_only_draws_what_it_has(run, tmp_path):
     data = make_report_data(
         run, history=None, latency=None, export=None, prototypes=None,
         embedding_labels=None, embedding_predictions=None, class_names=None, notes=(),
+        examples=None, example_labels=None, example_kind=None,
     )  # fmt: skip
     paths = write_report(tmp_path, data)
     assert set(paths.plots) == {"confusion_matrix", "per_class", "reliability", "embedding_map"}
@@ -238,7 +238,7 @@ def test_json_round_trips_with_nan_as_null(run, tmp_path):
     assert np.asarray(m["points"]).shape == (len(run["labels"]), 2)
     assert m["labels"] == run["labels"].tolist() and m["class_names"] == run["class_names"]
     assert j["latency"] == data.latency and j["versions"] == data.versions
-    assert j["plots"] == {n: f"plots/{n}.png" for n in PLOT_NAMES}
+    assert j["plots"] == {n: f"plots/{n}.png" for n in FULL_PLOTS}
     # writing the loaded JSON again gives the same text
     assert json.dumps(j, indent=1) + "\n" == text
     assert report_dict(data, {}, None)["evaluations"] == j["evaluations"]
@@ -288,7 +288,7 @@ def test_rewriting_a_folder_drops_figures_of_the_earlier_report(full, tmp_path):
     data, _ = full
     out = tmp_path / "same"
     write_report(out, data)
-    assert len(list((out / "plots").glob("*.png"))) == len(PLOT_NAMES)
+    assert len(list((out / "plots").glob("*.png"))) == len(FULL_PLOTS)
     paths = write_report(out, dataclasses.replace(data, latency=None, history=None))
     on_disk = sorted(p.name for p in (out / "plots").iterdir())
     assert on_disk == sorted(p.name for p in paths.plots.values())

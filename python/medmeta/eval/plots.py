@@ -1,5 +1,6 @@
 """PNG plots of training and evaluation: learning curves, confusion matrix, reliability
-diagram and per-class sensitivity/specificity.
+diagram, per-class sensitivity/specificity, and regression predictions with their
+predictive intervals.
 
 matplotlib is imported only when a plot is drawn, and only its object-oriented API with the
 Agg canvas is used (no pyplot, no change of the global backend). Each function writes one
@@ -32,7 +33,9 @@ __all__ = [
     "plot_latency",
     "plot_learning_curves",
     "plot_per_class",
+    "plot_regression_intervals",
     "plot_reliability_diagram",
+    "regression_point_stats",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -345,4 +348,99 @@ def plot_latency(
     if rows:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title or "Inference latency")
+    return _save(fig, path)
+
+
+def _regression_arrays(**arrays: object) -> dict[str, np.ndarray]:
+    """The named arrays as float64 ``[n]`` of one length, finite, ``lower <= upper``."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        a = np.asarray(value, dtype=np.float64)
+        if a.ndim != 1 or a.size == 0:
+            raise ValueError(f"{name} must be a non-empty array of shape [n], got {list(a.shape)}")
+        bad = np.flatnonzero(~np.isfinite(a))
+        if bad.size:
+            raise ValueError(f"{name} holds {bad.size} NaN or infinite values (first at {bad[0]})")
+        out[name] = a
+    lengths = {name: len(a) for name, a in out.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"true, pred, lower and upper must have one length, got {lengths}")
+    if "lower" in out and "upper" in out and (out["upper"] < out["lower"]).any():
+        first = int(np.flatnonzero(out["upper"] < out["lower"])[0])
+        raise ValueError(f"upper is below lower at point {first}")
+    return out
+
+
+def regression_point_stats(true: Any, pred: Any, lower: Any, upper: Any) -> dict[str, float | int]:
+    """What :func:`plot_regression_intervals` prints about its points: ``n``, ``mse``, ``r2``
+    (pooled over the points: ``1 - SSE / SST`` around their mean; NaN when every true value
+    is the same), ``coverage`` (fraction of true values inside ``[lower, upper]``),
+    ``outside`` (their count) and ``width`` (mean interval width).
+
+    Raises:
+        ValueError: arrays of different lengths, not 1-D, empty, non-finite, or
+            ``upper < lower``.
+    """
+    a = _regression_arrays(true=true, pred=pred, lower=lower, upper=upper)
+    t, p = a["true"], a["pred"]
+    inside = (t >= a["lower"]) & (t <= a["upper"])
+    sst = float(((t - t.mean()) ** 2).sum())
+    sse = float(((t - p) ** 2).sum())
+    return {"n": len(t), "mse": sse / len(t), "r2": 1 - sse / sst if sst > 0 else math.nan,
+            "coverage": float(inside.mean()), "outside": int((~inside).sum()),
+            "width": float((a["upper"] - a["lower"]).mean())}  # fmt: skip
+
+
+def plot_regression_intervals(
+    true: Any, pred: Any, lower: Any, upper: Any, path: PathLike, title: str | None = None,
+    level: float = 0.9, *, target: str | None = None,
+) -> Path:  # fmt: skip
+    """Predicted against true values with each prediction's interval as a vertical bar, the
+    line y = x, and the points whose true value lies outside their interval in red; the
+    title gives the coverage (against the nominal ``level``), R² and n.
+
+    Args:
+        true, pred, lower, upper: ``[n]`` true values, predictions and interval bounds
+            (e.g. the queries of an adapted few-shot regression task).
+        path: the PNG to write.
+        title: the first line of the title (default ``"Predictions with 90% intervals"``).
+        level: the intervals' nominal coverage in (0, 1).
+        target: the predicted quantity's name (axis labels).
+
+    Raises:
+        ValueError: see :func:`regression_point_stats`; ``level`` outside (0, 1).
+    """
+    if not isinstance(level, (int, float)) or isinstance(level, bool) or not 0 < level < 1:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    stats = regression_point_stats(true, pred, lower, upper)
+    t, p = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    lo, hi = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+    out = ~((t >= lo) & (t <= hi))
+    fig = _figure(6.8, 6.0)
+    ax = fig.subplots()
+    for sel, color, marker, label in (
+        (~out, "tab:blue", "o", f"prediction, truth inside its interval ({int((~out).sum())})"),
+        (out, "tab:red", "D", f"prediction, truth outside its interval ({int(out.sum())})"),
+    ):  # fmt: skip
+        if sel.any():
+            ax.vlines(t[sel], lo[sel], hi[sel], color=color, alpha=0.35, lw=1.6)
+            ax.scatter(t[sel], p[sel], s=26, color=color, marker=marker, zorder=3, label=label)
+    span = np.concatenate([t, lo, hi])
+    edge = 0.04 * (span.max() - span.min() or 1.0)
+    ends = [span.min() - edge, span.max() + edge]
+    ax.plot(ends, ends, "--", color="gray", lw=1, label="y = x (perfect prediction)")
+    ax.set_xlim(ends)
+    ax.set_ylim(ends)
+    ax.set_aspect("equal")
+    name = f" {target}" if target else ""
+    ax.set_xlabel(f"true{name}")
+    ax.set_ylabel(f"predicted{name} ({100 * level:g}% interval)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    r2 = "n/a" if math.isnan(stats["r2"]) else f"{stats['r2']:.3f}"
+    ax.set_title(
+        (title or f"Predictions with {100 * level:g}% intervals")
+        + f"\ncoverage {100 * stats['coverage']:.1f}% (nominal {100 * level:g}%), "
+        f"R² {r2}, n = {stats['n']}"
+    )
     return _save(fig, path)

@@ -13,11 +13,22 @@ from typing import Any
 import numpy as np
 
 from medmeta.eval.evaluate import EvalResult
+from medmeta.report.regression import REGRESSION_KEYS, check_regression
 
-__all__ = ["FORMAT", "ReportData", "ReportPaths", "check_report_data", "to_jsonable"]
+__all__ = [
+    "EXAMPLE_KINDS",
+    "FORMAT",
+    "REGRESSION_KEYS",
+    "ReportData",
+    "ReportPaths",
+    "check_report_data",
+    "to_jsonable",
+]
 
 #: ``format`` field of ``report.json``.
 FORMAT = "medmeta.report/1"
+#: ``ReportData.example_kind`` values and the dimensions of their ``examples``.
+EXAMPLE_KINDS = {"image": (3, 4), "signal": (3,), "vector": (2,)}
 
 
 @dataclass
@@ -49,6 +60,27 @@ class ReportData:
             misclassified points get a ring on the map).
         created: when the report was made (ISO 8601); ``write_report`` fills in the current
             time when ``None``.
+        examples: the adapted task's support examples for the family's figure, by
+            ``example_kind``: ``"image"`` ``[n, H, W]`` / ``[n, H, W, C]`` / ``[n, C, H, W]``
+            (a grid of images per class), ``"signal"`` ``[n, C, L]`` (example traces per
+            class, e.g. as the model reads them), ``"vector"`` ``[n, F]`` (the values of the
+            most class-separating features).
+        example_labels: ``[n]`` int labels of the examples in ``[0, N)`` (``class_names``).
+        example_kind: ``"image"``, ``"signal"`` or ``"vector"`` (required with examples).
+        example_features: vectors only: the F feature names (e.g. encoded table columns,
+            genes).
+        regression: a few-shot regression's predictions with intervals (see
+            :data:`REGRESSION_KEYS`): ``{"true": [n], "pred": [n], "lower": [n],
+            "upper": [n], "level": 0.9}`` and optionally ``"target"`` (its name),
+            ``"points"`` (what the n points are, in words) and ``"evaluations"``: ``[(name,
+            summary), ...]`` with summaries of
+            :func:`medmeta.eval.regression.summarize_regression` (``mse``, ``mse_ci95``,
+            ``r2``, ``r2_ci95``, ``coverage``, ``width``, ``episodes``). The check adds
+            ``"stats"``: :func:`medmeta.eval.plots.regression_point_stats` of the points.
+        unit: what one example is called, as a regular plural (``"images"``,
+            ``"recordings"``, ``"rows"``, ``"cells"``), used in the text.
+        class_noun: what the classes are, in the text (``"classes"``, ``"cell types"``,
+            ``"animals"``).
     """
 
     title: str
@@ -67,6 +99,13 @@ class ReportData:
     versions: dict[str, str] | None = None
     embedding_predictions: np.ndarray | None = None
     created: str | None = None
+    examples: np.ndarray | None = None
+    example_labels: np.ndarray | None = None
+    example_kind: str | None = None
+    example_features: list[str] | None = None
+    regression: dict | None = None
+    unit: str = "images"
+    class_noun: str = "classes"
 
 
 @dataclass(frozen=True)
@@ -95,14 +134,14 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
-def _per_embedding(name: str, value: Any, n: int) -> np.ndarray | None:
-    """``value`` as ``[n]`` labels, one per embedding (None stays None)."""
+def _per_embedding(name: str, value: Any, n: int, what: str = "embedding") -> np.ndarray | None:
+    """``value`` as ``[n]`` labels, one per embedding (or example; None stays None)."""
     if value is None:
         return None
     labels = _check_array(name, value, 1)
     if labels.shape[0] != n:
         raise ValueError(
-            f"ReportData.{name} must have one label per embedding ([{n}]), got {labels.shape}"
+            f"ReportData.{name} must have one label per {what} ([{n}]), got {labels.shape}"
         )
     return labels
 
@@ -129,15 +168,8 @@ def _check_finite(name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-def check_report_data(data: ReportData) -> ReportData:
-    """Check the parts of ``data`` that are present and return a copy with arrays as numpy.
-
-    Raises:
-        TypeError: ``data`` is not a :class:`ReportData`.
-        ValueError: a part has the wrong type or shape (the message names it).
-    """
-    if not isinstance(data, ReportData):
-        raise TypeError(f"data must be a ReportData, got {type(data).__name__}")
+def _check_parts(data: ReportData) -> list[str]:
+    """Check the text and table parts of ``data``; returns its notes as a list."""
     if not isinstance(data.title, str) or not data.title.strip():
         raise _fail("title", "a non-empty str", data.title)
     for i, pair in enumerate(data.summary or ()):
@@ -169,7 +201,28 @@ def check_report_data(data: ReportData) -> ReportData:
             raise _fail(f"notes[{i}]", "a str", note)
     if data.command is not None and not isinstance(data.command, str):
         raise _fail("command", "a str", data.command)
+    for name in ("unit", "class_noun"):
+        v = getattr(data, name)
+        if not isinstance(v, str) or not v.strip():
+            raise _fail(name, "a non-empty str", v)
+    return notes
 
+
+def _check_labels(name: str, y: np.ndarray | None, n_classes: int | None) -> None:
+    """Integer labels in ``[0, n_classes)`` (any non-negative ints when None)."""
+    if y is None or y.size == 0:
+        return
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"ReportData.{name} must hold integers, got dtype {y.dtype}")
+    if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
+        raise ValueError(
+            f"ReportData.{name} must lie in [0, {n_classes}), "
+            f"got values in [{int(y.min())}, {int(y.max())}]"
+        )
+
+
+def _check_embeddings(data: ReportData) -> dict[str, Any]:
+    """The embedding map's parts (embeddings, labels, prototypes, predictions, class names)."""
     emb = labels = protos = preds = None
     if data.embeddings is not None:
         emb = _check_finite("embeddings", _check_array("embeddings", data.embeddings, 2))
@@ -189,16 +242,59 @@ def check_report_data(data: ReportData) -> ReportData:
         raise ValueError(
             f"ReportData.class_names must name the {len(protos)} prototypes, got {len(names)} names"
         )
-    for name, y in (("embedding_labels", labels), ("embedding_predictions", preds)):
-        if y is None or y.size == 0:
-            continue
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"ReportData.{name} must hold integers, got dtype {y.dtype}")
-        if y.min() < 0 or (n_classes is not None and y.max() >= n_classes):
-            raise ValueError(
-                f"ReportData.{name} must lie in [0, {n_classes}), "
-                f"got values in [{int(y.min())}, {int(y.max())}]"
-            )
+    _check_labels("embedding_labels", labels, n_classes)
+    _check_labels("embedding_predictions", preds, n_classes)
+    return {"embeddings": emb, "embedding_labels": labels, "prototypes": protos,
+            "embedding_predictions": preds, "class_names": names}  # fmt: skip
+
+
+def _check_examples(data: ReportData, names: list[str] | None) -> dict[str, Any]:
+    """The support examples of the family's figure (see :class:`ReportData`)."""
+    parts = ("examples", "example_labels", "example_kind", "example_features")
+    if data.examples is None:
+        given = [p for p in parts[1:] if getattr(data, p) is not None]
+        if given:
+            raise ValueError(f"ReportData.{given[0]} is given without ReportData.examples")
+        return dict.fromkeys(parts)
+    kind = data.example_kind
+    if kind not in EXAMPLE_KINDS:
+        raise _fail("example_kind", f"one of {', '.join(EXAMPLE_KINDS)}", kind)
+    x = data.examples.detach().cpu().numpy() if hasattr(data.examples, "detach") else data.examples
+    x = np.asarray(x)
+    if x.ndim not in EXAMPLE_KINDS[kind] or len(x) == 0:
+        raise ValueError(f"ReportData.examples of kind {kind!r} must have "
+                         f"{' or '.join(map(str, EXAMPLE_KINDS[kind]))} dimensions with at "
+                         f"least one example, got shape {x.shape}")  # fmt: skip
+    _check_finite("examples", x.reshape(len(x), -1))
+    if data.example_labels is None:
+        raise ValueError("ReportData.example_labels are needed with ReportData.examples")
+    labels = _per_embedding("example_labels", data.example_labels, len(x), "example")
+    _check_labels("example_labels", labels, len(names) if names else None)
+    features = data.example_features
+    if features is not None:
+        if kind != "vector":
+            raise ValueError(f"ReportData.example_features apply to vectors, not {kind!r}")
+        features = [str(f) for f in features]
+        if len(features) != x.shape[1]:
+            raise ValueError(f"ReportData.example_features must name the {x.shape[1]} "
+                             f"features of the examples, got {len(features)} names")  # fmt: skip
+    return {"examples": x, "example_labels": labels, "example_kind": kind,
+            "example_features": features}  # fmt: skip
+
+
+def check_report_data(data: ReportData) -> ReportData:
+    """Check the parts of ``data`` that are present and return a copy with arrays as numpy.
+
+    Raises:
+        TypeError: ``data`` is not a :class:`ReportData`.
+        ValueError: a part has the wrong type or shape (the message names it).
+    """
+    if not isinstance(data, ReportData):
+        raise TypeError(f"data must be a ReportData, got {type(data).__name__}")
+    notes = _check_parts(data)
+    embedded = _check_embeddings(data)
+    examples = _check_examples(data, embedded["class_names"])
+    regression = None if data.regression is None else check_regression(data.regression)
     versions = None
     if data.versions is not None:
         versions = {str(k): str(v) for k, v in data.versions.items()}
@@ -207,18 +303,18 @@ def check_report_data(data: ReportData) -> ReportData:
         summary=[(str(k), str(v)) for k, v in (data.summary or ())],
         history=None if data.history is None else [dict(r) for r in data.history],
         evaluations=[(str(k), r) for k, r in (data.evaluations or ())],
-        embeddings=emb,
-        embedding_labels=labels,
-        prototypes=protos,
-        class_names=names,
         adaptation=None if data.adaptation is None else dict(data.adaptation),
         export=None if data.export is None else dict(data.export),
         latency=None if data.latency is None else [dict(r) for r in data.latency],
         notes=notes,
         command=data.command,
         versions=versions,
-        embedding_predictions=preds,
         created=data.created,
+        regression=regression,
+        unit=data.unit,
+        class_noun=data.class_noun,
+        **embedded,
+        **examples,
     )
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from medmeta.eval import plots
+from medmeta.report import family_figures
 from medmeta.report.data import ReportData
 from medmeta.report.embedding import EmbeddingMap, pca_map
 
-__all__ = ["PLOT_NAMES", "draw_figures"]
+__all__ = ["EXAMPLE_PLOTS", "PLOT_NAMES", "draw_examples", "draw_figures", "draw_regression"]
 
 #: Every figure a report can have, in the order they appear (file ``plots/<name>.png``).
 PLOT_NAMES = (
@@ -17,9 +18,47 @@ PLOT_NAMES = (
     "confusion_matrix",
     "per_class",
     "reliability",
+    "support_images",
+    "signal_traces",
+    "feature_values",
     "embedding_map",
+    "regression_intervals",
     "latency",
 )
+
+#: The figure of each ``ReportData.example_kind``.
+EXAMPLE_PLOTS = {"image": "support_images", "signal": "signal_traces", "vector": "feature_values"}
+
+
+def draw_examples(data: ReportData, folder: Path) -> dict[str, Path]:
+    """The family's figure of the support examples (``{}`` when there are none)."""
+    if data.examples is None or data.example_kind is None:
+        return {}
+    name = EXAMPLE_PLOTS[data.example_kind]
+    path, x, y = folder / f"{name}.png", data.examples, data.example_labels
+    if data.example_kind == "image":
+        family_figures.plot_support_images(x, y, path, class_names=data.class_names)
+    elif data.example_kind == "signal":
+        family_figures.plot_signal_traces(x, y, path, class_names=data.class_names)
+    else:
+        family_figures.plot_feature_values(
+            x, y, path, class_names=data.class_names, feature_names=data.example_features,
+            xlabel="value as the model reads it",
+        )  # fmt: skip
+    return {name: path}
+
+
+def draw_regression(data: ReportData, folder: Path) -> dict[str, Path]:
+    """Predicted vs true with intervals (``{}`` without ``data.regression``)."""
+    reg = data.regression
+    if reg is None:
+        return {}
+    path = plots.plot_regression_intervals(
+        reg["true"], reg["pred"], reg["lower"], reg["upper"], folder / "regression_intervals.png",
+        title=f"Predictions: {reg['points']}" if reg.get("points") else None,
+        level=reg["level"], target=reg.get("target"),
+    )  # fmt: skip
+    return {"regression_intervals": path}
 
 
 def draw_figures(
@@ -55,6 +94,8 @@ def draw_figures(
             folder / "reliability.png",
             title=f"Reliability, {name} (ECE {result.ece:.3f})",
         )
+    out |= draw_examples(data, folder)
+    out |= draw_regression(data, folder)
     emb_map = None
     if data.embeddings is not None and len(data.embeddings):
         emb_map = pca_map(

@@ -31,7 +31,9 @@ def report_dict(
 ) -> dict[str, Any]:
     """The content of ``report.json`` (strict JSON data: NaN becomes ``None``).
 
-    The raw embeddings are not stored (they can be large); their 2-D map is.
+    The raw embeddings and support examples are not stored (they can be large); the 2-D map
+    of the embeddings is, and the examples' kind, shape, labels and feature names; the
+    regression part is stored whole (its points, level, evaluations and their stats).
     """
     d: dict[str, Any] = {
         "format": FORMAT,
@@ -48,7 +50,12 @@ def report_dict(
         "command": data.command,
         "versions": data.versions,
         "plots": dict(plots),
+        "examples": None,
+        "regression": data.regression,
     }
+    if data.examples is not None:
+        d["examples"] = {"kind": data.example_kind, "shape": list(data.examples.shape),
+                         "labels": data.example_labels, "features": data.example_features}  # fmt: skip
     if emb_map is not None and data.embeddings is not None:
         d["embedding_map"] = {
             "method": emb_map.method,
