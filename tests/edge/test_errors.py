@@ -154,3 +154,26 @@ def test_explain_and_save_need_the_right_form(classifier, tmp_path):
         EdgeModel(classifier.path, threads=0)
     with pytest.raises(ValueError, match="ood_quantile"):
         EdgeModel(classifier.path, ood_quantile=1.5)
+
+
+def _tamper_weights(src, dst) -> None:
+    """``src`` with its largest weight tensor nudged, metadata left as exported."""
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
+    array = onnx.numpy_helper.to_array(init).copy()
+    array.flat[0] += 1e-3
+    init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
+    onnx.save(model, str(dst))
+
+
+@pytest.mark.parametrize("role", ["classifier", "embedder"])
+def test_weights_edited_after_export_are_refused(exported, tmp_path, role):
+    source = getattr(exported, role)
+    folder = tmp_path / role
+    folder.mkdir()
+    for f in (exported.classifier, exported.embedder, exported.head):
+        (folder / f.name).write_bytes(f.read_bytes())
+    EdgeModel(folder / source.name)  # the untouched copy loads
+    _tamper_weights(source, folder / source.name)
+    with pytest.raises(EdgeModelError, match="weights do not match the weights_sha256"):
+        EdgeModel(folder / source.name)

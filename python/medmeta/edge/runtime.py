@@ -48,6 +48,7 @@ from medmeta.edge.schema import (
     decode_array,
     parse_metadata,
 )
+from medmeta.edge.weights import check_weights
 
 __all__ = ["EdgeModel"]
 
@@ -144,7 +145,8 @@ class EdgeModel:
             raise ValueError(f"ood_quantile: expected a value in (0, 1], got {ood_quantile!r}")
         self.path = Path(path)
         source = str(self.path)
-        self._session = cpu_session(_read_bytes(self.path, "path"), source, threads)
+        data = _read_bytes(self.path, "path")
+        self._session = cpu_session(data, source, threads)
         self._meta = _metadata(self._session, source)
         role = self._meta["role"]
         if role in SEGMENTATION_ROLES:
@@ -161,6 +163,7 @@ class EdgeModel:
                 "classes); load it with medmeta.edge.EdgeRegressor"
             )
         _check_io(self._session, self._meta, source)
+        check_weights(data, self._meta, source)
         try:
             self.preprocessing = Preprocessing.from_dict(self._meta["preprocessing"])
         except (TypeError, ValueError) as err:
@@ -186,6 +189,7 @@ class EdgeModel:
             raise EdgeModelError(f"{path}: SHA-256 differs from the one its embedder recorded")
         session = cpu_session(data, str(path), threads)
         meta = _metadata(session, str(path))
+        check_weights(data, meta, str(path))
         owners = {self._meta["weights_sha256"], self._meta.get("float_weights_sha256")}
         if meta["role"] != "head" or meta.get("embedder_weights_sha256") not in owners:
             raise EdgeModelError(f"{path}: not the enrolment head of {self.path.name}")

@@ -53,6 +53,7 @@ import onnxruntime as ort
 from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.runtime import _read_bytes, cpu_session
 from medmeta.edge.schema import EdgeModelError, decode_array, parse_metadata
+from medmeta.edge.weights import check_weights
 
 __all__ = [
     "EdgeSegmenter",
@@ -427,7 +428,8 @@ class EdgeSegmenter:
             raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
         self.path = Path(path)
         source = str(self.path)
-        self._encoder = cpu_session(_read_bytes(self.path, "path"), source, threads)
+        data = _read_bytes(self.path, "path")
+        self._encoder = cpu_session(data, source, threads)
         meta = parse_metadata(self._encoder.get_modelmeta().custom_metadata_map, source)
         if meta["role"] != ENCODER_ROLE:
             hint = (
@@ -438,6 +440,7 @@ class EdgeSegmenter:
                                  f"{meta['role']!r}); {hint}")  # fmt: skip
         self._meta = meta
         _check_session(self._encoder, [meta["input_name"]], ["features"], source)
+        check_weights(data, meta, source)
         try:
             self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
             self.rule = PoolingRule.from_dict(meta["segmentation"]["pooling"])
@@ -467,6 +470,7 @@ class EdgeSegmenter:
             raise EdgeModelError(f"{path}: SHA-256 differs from the one its encoder recorded")
         session = cpu_session(data, str(path), threads)
         meta = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        check_weights(data, meta, str(path))
         if meta["role"] != HEAD_ROLE or meta.get("encoder_weights_sha256") != self._meta.get(
             "weights_sha256"
         ):
