@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "protocols": "benchmarks.protocols",
     "algorithms": "benchmarks.algorithms",
     "edge": "benchmarks.edge",
+    "distributed": "benchmarks.distributed",
 }
 #: The suites run when no suite is named.
 DEFAULT_SUITES = ("ops", "algorithms", "edge")

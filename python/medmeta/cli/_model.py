@@ -62,7 +62,12 @@ class TrainedModel:
 
 
 def write_card(folder: str | os.PathLike[str], card: dict[str, Any]) -> Path:
-    """Write ``model.json`` atomically."""
+    """Write ``model.json`` atomically (under torchrun only rank 0 writes)."""
+    from medmeta.cli._launch import is_main_process
+
+    path = Path(folder) / CARD
+    if not is_main_process():
+        return path
     body = {"format": CARD_FORMAT, **card}
     return atomic_write_bytes(Path(folder) / CARD, (json.dumps(body, indent=2) + "\n").encode())
 

@@ -26,6 +26,7 @@ import torch
 from medmeta import __version__
 from medmeta.cli import _regression as R
 from medmeta.cli import _setup
+from medmeta.cli._launch import is_main_process
 from medmeta.cli._model import TrainedModel, save_adapted, write_card
 from medmeta.cli._reg_eval import RegressionEvaluation, evaluate_regressor, task_set
 from medmeta.data import DataError
@@ -213,7 +214,8 @@ def train_regressor(
         "command": command,
     }  # fmt: skip
     write_card(folder, card)
-    _learning_curves(fit.history, folder / "learning_curves.png")
+    if is_main_process():
+        _learning_curves(fit.history, folder / "learning_curves.png")
     return RegressionTrainOutcome(folder, card, fit, train_tasks, val_tasks)
 
 

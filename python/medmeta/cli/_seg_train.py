@@ -21,6 +21,7 @@ import torch
 
 from medmeta import __version__
 from medmeta.cli import _segdata as sd
+from medmeta.cli._launch import is_main_process
 from medmeta.cli._model import write_card
 from medmeta.cli._setup import backbone_spec, image_geometry
 from medmeta.data import DataError
@@ -246,7 +247,8 @@ def train_segmenter(
             "meta_batch": meta_batch, "lr": lr, "seed": seed, "command": command}  # fmt: skip
     card = _card(raw, learner, spec, pre, fit, info)
     write_card(out, card)
-    _dice_curves(fit, Path(out))
+    if is_main_process():
+        _dice_curves(fit, Path(out))
     return SegTrainOutcome(Path(out), card, fit)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from medmeta import __version__
 from medmeta.cli import _data, _setup
+from medmeta.cli._launch import is_main_process
 from medmeta.cli._model import TrainedModel, save_adapted, write_card
 from medmeta.data import ArrayDataset, DataError
 from medmeta.edge.cli.errors import ModelError, UsageError
@@ -236,7 +237,8 @@ def train_model(
         "command": command,
     }  # fmt: skip
     write_card(folder, card)
-    _learning_curves(fit, folder)
+    if is_main_process():
+        _learning_curves(fit, folder)
     return TrainOutcome(folder, card, fit, train_set, val, pre)
 
 

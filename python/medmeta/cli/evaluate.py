@@ -78,6 +78,9 @@ def build_parser(prog: str) -> object:
     p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
     p.add_argument("--plots", metavar="DIR", help="write confusion-matrix, per-class and "
                    "reliability plots to DIR")  # fmt: skip
+    p.add_argument("--nproc", type=int_at_least(1), default=1,
+                   help="evaluate with N processes (torchrun), the episodes sharded: the same "
+                   "result as one process, see docs/distributed.md")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -101,7 +104,10 @@ def _temperature(flag: str, card_value: float | None) -> float | None:
 
 def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
-    from medmeta.cli import _workflow
+    from medmeta.cli import _launch, _workflow
+
+    if _launch.should_relaunch(args.nproc):
+        return _launch.relaunch_under_torchrun(["eval", *argv], args.nproc)
     from medmeta.cli._model import load_model
     from medmeta.cli._seg_predict import folder_task
 

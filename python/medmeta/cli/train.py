@@ -138,6 +138,9 @@ def build_parser(prog: str) -> object:
     p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--fresh", action="store_true", help="do not resume from --out/last.pt")
+    p.add_argument("--nproc", type=int_at_least(1), default=1,
+                   help="train with N processes (torchrun; gloo on CPU, one GPU each with NCCL): "
+                   "the same model as one process, see docs/distributed.md")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -146,6 +149,10 @@ def build_parser(prog: str) -> object:
 def main(argv: Sequence[str], prog: str = "medmeta train") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     output_folder(args.out)
+    from medmeta.cli import _launch
+
+    if _launch.should_relaunch(args.nproc):
+        return _launch.relaunch_under_torchrun(["train", *argv], args.nproc)
 
     _setup.set_threads(args.threads)
     task, algorithm = _setup.resolve_task(args.task, args.algorithm)

@@ -3,7 +3,9 @@ macro-F1, one-vs-rest AUROC, per-class sensitivity/specificity, a confusion matr
 dataset classes, and calibration (ECE with reliability-diagram data, NLL, Brier).
 
 Episodes are drawn one at a time from a generator seeded with ``seed``, so the same seed
-gives the same episodes whatever ``batch_size`` or ``device``.
+gives the same episodes whatever ``batch_size``, ``device`` or number of processes: under
+``torchrun`` the episodes are shared among the processes and their predictions gathered
+(:func:`predict_sharded`), so the mean and CI equal one process's.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "evaluate",
     "iter_episodes",
     "predict_episodes",
+    "predict_sharded",
     "summarize",
 ]
 
@@ -59,27 +62,42 @@ class EpisodePredictions:
 
 
 def iter_episodes(
-    sampler: EpisodeSampler, episodes: int, batch_size: int
+    sampler: EpisodeSampler, episodes: int, batch_size: int, select: range | None = None
 ) -> Iterator[EpisodeBatch]:
     """``episodes`` episodes of a ``batch_size=1`` sampler, stacked into batches of up to
-    ``batch_size`` (the last one smaller), so the episodes do not depend on ``batch_size``."""
+    ``batch_size`` (the last one smaller), so the episodes do not depend on ``batch_size``.
+
+    ``select`` (a contiguous range of episode indices): yield only those episodes; the
+    episodes before them are still drawn, so the selected ones are the same as without it
+    (one process's shard of a distributed evaluation)."""
     if sampler.batch_size != 1:
         raise ValueError("iter_episodes needs a sampler with batch_size=1")
-    done = 0
-    while done < episodes:
-        parts = [sampler.sample() for _ in range(min(batch_size, episodes - done))]
-        done += len(parts)
-        first = parts[0]
-        yield EpisodeBatch(
-            support_x=torch.cat([p.support_x for p in parts]),
-            support_y=torch.cat([p.support_y for p in parts]),
-            query_x=torch.cat([p.query_x for p in parts]),
-            query_y=torch.cat([p.query_y for p in parts]),
-            classes=torch.cat([p.classes for p in parts]),
-            ways=first.ways,
-            shots=first.shots,
-            queries=first.queries,
-        )
+    select = range(episodes) if select is None else select
+    if select and (select.start < 0 or select.stop > episodes or select.step != 1):
+        raise ValueError(f"select must be a contiguous range within [0, {episodes}), got {select}")
+    parts: list[EpisodeBatch] = []
+    for index in range(select.stop if select else 0):
+        episode = sampler.sample()
+        if index in select:
+            parts.append(episode)
+        if parts and (len(parts) == batch_size or index == select.stop - 1):
+            yield _stack(parts)
+            parts = []
+
+
+def _stack(parts: list[EpisodeBatch]) -> EpisodeBatch:
+    """One batch of single-episode batches."""
+    first = parts[0]
+    return EpisodeBatch(
+        support_x=torch.cat([p.support_x for p in parts]),
+        support_y=torch.cat([p.support_y for p in parts]),
+        query_x=torch.cat([p.query_x for p in parts]),
+        query_y=torch.cat([p.query_y for p in parts]),
+        classes=torch.cat([p.classes for p in parts]),
+        ways=first.ways,
+        shots=first.shots,
+        queries=first.queries,
+    )
 
 
 def predict_episodes(
@@ -89,8 +107,10 @@ def predict_episodes(
     batch_size: int,
     device: torch.device,
     progress: bool = False,
+    select: range | None = None,
 ) -> EpisodePredictions:
-    """Run ``learner.predict`` (in eval mode) on ``episodes`` episodes of ``sampler``.
+    """Run ``learner.predict`` (in eval mode) on ``episodes`` episodes of ``sampler``
+    (only those of ``select``, see :func:`iter_episodes`, when given).
 
     Autograd stays enabled: optimisation-based learners adapt by gradient steps inside
     ``predict``. The outputs are detached. ``progress`` shows a tqdm bar over episodes.
@@ -98,10 +118,11 @@ def predict_episodes(
     was_training = learner.training
     learner.eval()
     logits, labels, classes = [], [], []
-    bar = tqdm(total=episodes, desc="evaluate", unit="episode", disable=not progress,
+    total = episodes if select is None else len(select)
+    bar = tqdm(total=total, desc="evaluate", unit="episode", disable=not progress,
                dynamic_ncols=True)  # fmt: skip
     try:
-        for batch in iter_episodes(sampler, episodes, batch_size):
+        for batch in iter_episodes(sampler, episodes, batch_size, select):
             b = batch.to(device)
             out = learner.predict(b.support_x, b.support_y, b.query_x)
             expected = (b.batch_size, b.query_y.shape[1], b.ways)
@@ -117,11 +138,44 @@ def predict_episodes(
     finally:
         bar.close()
         learner.train(was_training)
+    if not logits:  # an empty shard: no episode for this process
+        n, m = sampler.ways, sampler.ways * sampler.queries
+        logits, labels, classes = [torch.empty(0, m, n)], [torch.empty(0, m, dtype=torch.int64)], [torch.empty(0, n, dtype=torch.int64)]  # fmt: skip
     return EpisodePredictions(
         logits=torch.cat(logits),
         labels=torch.cat(labels),
         classes=torch.cat(classes),
         class_names=tuple(sampler.class_names),
+    )
+
+
+def predict_sharded(
+    learner: MetaLearner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    batch_size: int,
+    ctx: Any,
+    progress: bool = False,
+) -> EpisodePredictions:
+    """:func:`predict_episodes` with the episodes shared by the processes of ``ctx`` (a
+    :class:`~medmeta.train.distributed.DistContext`): each predicts its contiguous shard,
+    then the predictions are all-gathered in episode order, so every process holds the
+    same ``[E, M, N]`` logits as one process computes (up to floating-point reassociation
+    inside the learner) and :func:`summarize` gives the same mean and CI. Every process
+    must call it."""
+    from medmeta.train.distributed import all_gather_rows
+
+    mine = predict_episodes(learner, sampler, episodes, batch_size, ctx.device,
+                            progress and ctx.is_main, range(*ctx.shard(episodes)))  # fmt: skip
+    e, m, n = mine.logits.shape
+    rows = torch.cat([mine.logits.double().reshape(e, m * n), mine.labels.double(),
+                      mine.classes.double()], 1)  # fmt: skip
+    rows = all_gather_rows(ctx, rows, ctx.counts(episodes), "the all-gather of the predictions").cpu()  # fmt: skip
+    return EpisodePredictions(
+        logits=rows[:, : m * n].float().reshape(-1, m, n),
+        labels=rows[:, m * n : m * n + m].long(),
+        classes=rows[:, m * n + m :].long(),
+        class_names=mine.class_names,
     )
 
 
@@ -137,20 +191,39 @@ def collect_predictions(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> EpisodePredictions:
     """Query logits of ``episodes`` seeded N-way K-shot Q-query episodes of ``dataset``.
 
     The learner is moved to ``device``. Raises :class:`~medmeta.data.DataError` when the
     dataset cannot supply such episodes (e.g. ``ways`` above its number of classes).
+
+    ``distributed``: share the episodes among the processes of a ``torch.distributed``
+    group (:func:`predict_sharded`; every process must call this with the same
+    arguments). ``None``: when a group of several processes exists or ``torchrun``
+    started this one (see :func:`medmeta.train.distributed.resolve`); ``False``: never.
     """
     check_count("episodes", episodes, 1)
     check_count("batch_size", batch_size, 1)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     sampler = EpisodeSampler(dataset, ways, shots, queries, batch_size=1, generator=seed)
-    dev = torch.device(device)
+    ctx = _dist_context(distributed, device)
+    dev = torch.device(device) if ctx is None else ctx.device
     learner.to(dev)
+    if ctx is not None:
+        return predict_sharded(learner, sampler, episodes, batch_size, ctx, progress)
     return predict_episodes(learner, sampler, episodes, batch_size, dev, progress)
+
+
+def _dist_context(distributed: bool | None, device: str | torch.device) -> Any:
+    """The process group to shard over (:func:`medmeta.train.distributed.resolve`), or
+    ``None``; without torch.distributed in use nothing is imported."""
+    if distributed is False:
+        return None
+    from medmeta.train.distributed import resolve
+
+    return resolve(distributed, device)
 
 
 @dataclass
@@ -354,6 +427,7 @@ def evaluate(
     temperature: float | None = None,
     bins: int = 15,
     progress: bool = False,
+    distributed: bool | None = None,
 ) -> EvalResult:
     """Evaluate a learner on ``episodes`` seeded N-way K-shot Q-query episodes of ``test_set``.
 
@@ -372,6 +446,11 @@ def evaluate(
             :func:`~medmeta.eval.calibration.fit_temperature`).
         bins: number of ECE bins.
         progress: show a tqdm progress bar over the episodes.
+        distributed: share the episodes among the processes of a ``torch.distributed``
+            group (each predicts its shard, the predictions are gathered, every process
+            returns the same result, equal to one process's); ``None`` = when a group of
+            several processes exists or ``torchrun`` started this one. Every process of
+            the group must then call :func:`evaluate` with the same arguments.
 
     Returns:
         :class:`EvalResult`. Accuracy is averaged over episodes with CI ``1.96 std / sqrt(E)``;
@@ -397,6 +476,7 @@ def evaluate(
         batch_size=batch_size,
         device=device,
         progress=progress,
+        distributed=distributed,
     )
     result = summarize(
         preds, shots=shots, queries=queries, seed=seed, temperature=temperature, bins=bins

@@ -1,5 +1,6 @@
 """Episodic meta-training with validation on held-out classes, best-checkpoint selection,
-atomic checkpoints, exact resume, CSV/JSON logs and mixed precision on CUDA."""
+atomic checkpoints, exact resume, CSV/JSON logs, mixed precision on CUDA and data-parallel
+training over several processes (:mod:`medmeta.train.distributed`)."""
 
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from medmeta.data.episodes import EpisodeBatch, EpisodeSampler
 from medmeta.data.errors import check_count
 from medmeta.data.segmentation_episodes import SegmentationEpisodeSampler
 from medmeta.eval import regression
-from medmeta.eval.evaluate import predict_episodes
+from medmeta.eval.evaluate import predict_episodes, predict_sharded
 from medmeta.eval.metrics import mean_ci95
 from medmeta.eval.regression import predict_regression_episodes
+from medmeta.train import distributed as D
 from medmeta.train.checkpoint import (
     FORMAT,
     atomic_save,
@@ -130,10 +132,15 @@ def _validate(
     episodes: int,
     batch_size: int,
     device: torch.device,
+    ctx: D.DistContext | None = None,
 ) -> tuple[float, float, float]:
-    """(accuracy, 95% CI half-width, NLL) on the same ``episodes`` validation episodes."""
+    """(accuracy, 95% CI half-width, NLL) on the same ``episodes`` validation episodes
+    (shared by the processes of ``ctx``, their predictions gathered)."""
     sampler.generator.manual_seed(seed)
-    preds = predict_episodes(learner, sampler, episodes, batch_size, device)
+    if ctx is not None:
+        preds = predict_sharded(learner, sampler, episodes, batch_size, ctx)
+    else:
+        preds = predict_episodes(learner, sampler, episodes, batch_size, device)
     per_episode = (preds.logits.argmax(-1) == preds.labels).double().mean(-1)
     acc, ci = mean_ci95(per_episode.numpy())
     loss = torch.nn.functional.cross_entropy(
@@ -180,20 +187,29 @@ def _check_task_data(learner: MetaLearner, train_set: Any, val_set: Any | None) 
 
 
 def _validate_segmentation(
-    learner: MetaLearner, sampler: Any, seed: int, episodes: int, device: torch.device
-) -> tuple[float, float, float]:
-    """(mean foreground Dice, 95% CI half-width, pixel NLL) on ``episodes`` episodes."""
+    learner: MetaLearner, sampler: Any, seed: int, episodes: int, device: torch.device,
+    ctx: D.DistContext | None = None,
+) -> tuple[float, float, float]:  # fmt: skip
+    """(mean foreground Dice, 95% CI half-width, pixel NLL) on ``episodes`` episodes
+    (each process of ``ctx`` scores its shard; the per-episode scores are gathered)."""
     sampler.generator.manual_seed(seed)
-    dice, nlls = [], []
+    mine = range(episodes) if ctx is None else range(*ctx.shard(episodes))
+    scores: list[tuple[float, float]] = []
     with torch.no_grad(), evaluating(learner):
-        for _ in range(episodes):
-            b = sampler.sample().to(device)
+        for index in range(mine.stop):
+            episode = sampler.sample()  # every episode is drawn: the same ones on any shard
+            if index not in mine:
+                continue
+            b = episode.to(device)
             logits = learner.predict(b.support_x, b.support_labels, b.query_x)
-            nlls.append(float(F.cross_entropy(logits[0].double(), b.query_masks[0])))
-            scores = dice_scores(logits.argmax(2), b.query_masks, b.ways + 1)
-            dice.append(float(torch.nan_to_num(scores, nan=1.0).mean()))
-    mean, ci = mean_ci95(np.array(dice))
-    return mean, ci, float(np.mean(nlls))
+            nll = float(F.cross_entropy(logits[0].double(), b.query_masks[0]))
+            dice = dice_scores(logits.argmax(2), b.query_masks, b.ways + 1)
+            scores.append((float(torch.nan_to_num(dice, nan=1.0).mean()), nll))
+    rows = torch.tensor(scores, dtype=torch.float64).reshape(-1, 2)
+    if ctx is not None:
+        rows = D.all_gather_rows(ctx, rows, ctx.counts(episodes), "the all-gather of the validation Dice").cpu()  # fmt: skip
+    mean, ci = mean_ci95(rows[:, 0].numpy())
+    return mean, ci, float(rows[:, 1].mean())
 
 
 def _self_supervised(learner: MetaLearner, train_set: Any, flag: bool | None) -> bool:
@@ -342,6 +358,7 @@ def meta_fit(
     checkpoint_every: int | None = None,
     backbone_spec: Mapping[str, Any] | None = None,
     self_supervised: bool | None = None,
+    distributed: bool | None = None,
 ) -> FitResult:
     """Meta-train ``learner`` on episodes of ``train_set`` for ``steps`` meta-updates.
 
@@ -397,6 +414,9 @@ def meta_fit(
             the images (SSL-ALPNet, :class:`~medmeta.data.SuperpixelEpisodeSampler`), using
             no label. ``None`` (default): self-supervised exactly when ``train_set`` holds
             no label maps (raw images or a dataset without ``masks``).
+        distributed: train as one of several ``torch.distributed`` processes (see below).
+            ``None`` (default): when a process group of several processes exists or
+            ``torchrun`` started this process with ``WORLD_SIZE > 1``; ``False``: alone.
 
     Regression learners (``learner.task == "regression"``: MAML, first-order MAML, Meta-SGD,
     Reptile built with ``task="regression"``) train on a
@@ -416,6 +436,17 @@ def meta_fit(
     best-step choice) is the mean foreground Dice of the query label maps, validated on
     episodes of the labelled ``val_set``.
 
+    Several processes (``torchrun --standalone --nproc-per-node P``, or
+    ``medmeta train --nproc P``; see :mod:`medmeta.train.distributed`): every process
+    draws the same global meta-batch of ``meta_batch`` episodes, trains on its shard and
+    the meta-gradients are all-reduced before each step, so the model equals the
+    single-process one within float tolerance (for networks without cross-episode batch
+    norm or dropout). Validation episodes are shared too and their predictions gathered.
+    Only rank 0 writes checkpoints and logs (the others wait at a barrier); a resumed run
+    may use another number of processes. Every process returns the same
+    :class:`FitResult`. ``meta_batch`` must be at least the number of processes; fp16 loss
+    scaling is not supported (bf16 is). Regression validation runs whole on every process.
+
     Returns:
         :class:`FitResult`.
 
@@ -425,7 +456,85 @@ def meta_fit(
         ValueError: bad arguments (e.g. ``ways`` or ``val_ways`` above what a learner with an
             N-way output layer has), or a checkpoint in ``out_dir`` from different settings.
         FloatingPointError: the training loss became NaN/inf.
+        DistributedError: another process died, raised or stopped answering (timeout).
     """
+    checkpoint_every = _check_arguments(
+        learner, steps=steps, meta_batch=meta_batch, val_every=val_every,
+        val_episodes=val_episodes, log_every=log_every, checkpoint_every=checkpoint_every,
+        seed=seed, lr=lr,
+    )  # fmt: skip
+    ctx = D.resolve(distributed, device)
+    dev = torch.device(device) if ctx is None else ctx.device
+    amp_dtype = _amp_dtype(amp, dev)
+    val_n = ways if val_ways is None else val_ways
+    for n in (ways, val_n):  # before any training: a fixed-width learner's limit
+        learner.check_ways(n)
+    _check_task_data(learner, train_set, val_set)
+    self_supervised = _self_supervised(learner, train_set, self_supervised)
+    train_sampler, val_sampler = _samplers(
+        learner, train_set, val_set, ways, val_n, shots, queries, meta_batch, seed,
+        self_supervised,
+    )  # fmt: skip
+    learner.to(dev)
+    opt = _make_optimizer(learner, optimizer, lr)
+    sched = scheduler(opt) if scheduler is not None else None
+    scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
+    if amp_dtype == torch.float16 and not _uses_default_step(learner):
+        logger.warning(
+            "%s has its own meta_train_step: fp16 autocast runs without loss scaling",
+            type(learner).__name__,
+        )
+    if ctx is not None:
+        _check_distributed(ctx, meta_batch, scaler)
+    config: dict[str, Any] = {
+        "learner": learner.spec(),
+        "learner_class": f"{type(learner).__module__}.{type(learner).__qualname__}",
+        "backbone": dict(backbone_spec) if backbone_spec is not None else None,
+        "ways": ways, "shots": shots, "queries": queries, "steps": steps,
+        "meta_batch": meta_batch, "seed": seed, "lr": float(lr),
+        "optimizer": type(opt).__name__, "task": learner.task,
+        "self_supervised": self_supervised,
+        "val_ways": val_n if val_set is not None else None,
+        "val_every": val_every,
+        "val_episodes": val_episodes if val_set is not None else None,
+        "device": str(dev),
+        "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
+        "log_every": log_every, "checkpoint_every": checkpoint_every,
+        "processes": 1 if ctx is None else ctx.world_size,
+    }  # fmt: skip
+    schedule = _Schedule(steps, val_every, val_episodes, seed + VAL_SEED_OFFSET, meta_batch,
+                         log_every, checkpoint_every)  # fmt: skip
+    run = _Run(learner, train_sampler, val_sampler, opt, sched, scaler, amp_dtype, dev, config,
+               schedule, ctx, _RunFiles(Path(out_dir), ctx) if out_dir is not None else None)  # fmt: skip
+    cuda_devices = (
+        [dev.index if dev.index is not None else torch.cuda.current_device()]
+        if dev.type == "cuda"
+        else []
+    )
+    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if dev.type == "cuda":
+            with torch.cuda.device(dev):
+                torch.cuda.manual_seed(seed)
+        run.begin(resume)
+        show = progress and (ctx is None or ctx.is_main)
+        bar = tqdm(total=steps, initial=run.state.step, disable=not show, desc="meta-train",
+                   dynamic_ncols=True)  # fmt: skip
+        try:
+            while run.state.step < steps:
+                run.step(bar)
+                bar.update(1)
+        finally:
+            bar.close()
+            run.close()
+    return run.finish()
+
+
+def _check_arguments(
+    learner: MetaLearner, *, steps: int, meta_batch: int, val_every: int, val_episodes: int,
+    log_every: int, checkpoint_every: int | None, seed: int, lr: float,
+) -> int:  # fmt: skip
+    """Refuse bad :func:`meta_fit` arguments; returns ``checkpoint_every`` with its default."""
     check_count("steps", steps, 1)
     check_count("meta_batch", meta_batch, 1)
     check_count("val_every", val_every, 1)
@@ -443,272 +552,330 @@ def meta_fit(
         or not (lr > 0 and math.isfinite(lr))
     ):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    return checkpoint_every
 
-    dev = torch.device(device)
-    amp_dtype = _amp_dtype(amp, dev)
-    val_n = ways if val_ways is None else val_ways
-    for n in (ways, val_n):  # before any training: a fixed-width learner's limit
-        learner.check_ways(n)
-    val_seed = seed + VAL_SEED_OFFSET
-    _check_task_data(learner, train_set, val_set)
-    self_supervised = _self_supervised(learner, train_set, self_supervised)
-    train_sampler, val_sampler = _samplers(
-        learner, train_set, val_set, ways, val_n, shots, queries, meta_batch, seed,
-        self_supervised,
-    )  # fmt: skip
-    learner.to(dev)
-    opt = _make_optimizer(learner, optimizer, lr)
-    sched = scheduler(opt) if scheduler is not None else None
-    scaler = torch.amp.GradScaler(dev.type) if amp_dtype == torch.float16 else None
-    if amp_dtype == torch.float16 and not _uses_default_step(learner):
-        logger.warning(
-            "%s has its own meta_train_step: fp16 autocast runs without loss scaling",
-            type(learner).__name__,
+
+def _check_distributed(
+    ctx: D.DistContext, meta_batch: int, scaler: torch.amp.GradScaler | None
+) -> None:
+    """What sharded training needs: a shard for every process, no fp16 loss scaling (its
+    per-process inf checks would let the processes skip different steps)."""
+    if meta_batch < ctx.world_size:
+        raise ValueError(
+            f"meta_batch={meta_batch} is below the number of processes ({ctx.world_size}): "
+            "every process trains on a shard of the meta-batch"
+        )
+    if scaler is not None:
+        raise ValueError(
+            "fp16 mixed precision (with loss scaling) is not supported with several "
+            "processes: pass amp=False, or use a GPU with bf16"
         )
 
-    config: dict[str, Any] = {
-        "learner": learner.spec(),
-        "learner_class": f"{type(learner).__module__}.{type(learner).__qualname__}",
-        "backbone": dict(backbone_spec) if backbone_spec is not None else None,
-        "ways": ways,
-        "shots": shots,
-        "queries": queries,
-        "steps": steps,
-        "meta_batch": meta_batch,
-        "seed": seed,
-        "lr": float(lr),
-        "optimizer": type(opt).__name__,
-        "task": learner.task,
-        "self_supervised": self_supervised,
-        "val_ways": val_n if val_set is not None else None,
-        "val_every": val_every,
-        "val_episodes": val_episodes if val_set is not None else None,
-        "device": str(dev),
-        "amp_dtype": None if amp_dtype is None else str(amp_dtype).removeprefix("torch."),
-        "log_every": log_every,
-        "checkpoint_every": checkpoint_every,
-    }
 
-    out = Path(out_dir) if out_dir is not None else None
-    last_path = out / "last.pt" if out else None
-    best_path = out / "best.pt" if out else None
-    log = TrainLog(out) if out else None
+@dataclass(frozen=True)
+class _Schedule:
+    """When :class:`_Run` validates, logs and checkpoints."""
 
-    step = 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"step": None, "accuracy": None, "ci95": None}
+    steps: int
+    val_every: int
+    val_episodes: int
+    val_seed: int
+    meta_batch: int
+    log_every: int
+    checkpoint_every: int
+
+
+def _no_best() -> dict[str, Any]:
+    return {"step": None, "accuracy": None, "ci95": None}
+
+
+def _fresh_accum() -> dict[str, Any]:
+    return {"loss": 0.0, "accuracy": 0.0, "n": 0, "extra": {}}
+
+
+@dataclass
+class _State:
+    """What a run carries from step to step besides the weights and optimiser (all of it
+    goes into ``last.pt``)."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=_no_best)
     best_state: dict[str, torch.Tensor] | None = None
-    accum: dict[str, Any] = {"loss": 0.0, "accuracy": 0.0, "n": 0, "extra": {}}
-    elapsed = 0.0
+    accum: dict[str, Any] = field(default_factory=_fresh_accum)
+    elapsed: float = 0.0
     resumed_from: int | None = None
-    cuda_devices = (
-        [dev.index if dev.index is not None else torch.cuda.current_device()]
-        if dev.type == "cuda"
-        else []
-    )
+    t_start: float = field(default_factory=time.perf_counter)
 
-    def checkpoint(kind: str) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "kind": kind,
-            "step": step,
-            "learner": {
-                "spec": learner.spec(),
-                "class": config["learner_class"],
-                "state_dict": learner.state_dict(),
-            },
-            "backbone": config["backbone"],
-            "config": config,
-            "torch_version": str(torch.__version__),
-        }
+    def elapsed_now(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t_start
 
-    def save_last() -> None:
-        assert out is not None and log is not None
-        ckpt = checkpoint("last")
-        ckpt.update(
-            optimizer=opt.state_dict(),
-            scheduler=sched.state_dict() if sched is not None else None,
-            scaler=scaler.state_dict() if scaler is not None else None,
-            sampler=train_sampler.state_dict(),
-            rng=get_rng_state(dev),
-            learner_generators=learner.generator_states(),
-            history=history,
-            best=best,
-            accum=accum,
-            elapsed=elapsed_now(),
-        )
-        atomic_save(ckpt, last_path)
-        log.write_json(
-            {"format": "medmeta.trainlog/1", "config": config, "step": step,
-             "finished": step >= steps, "best": best, "history": history}
-        )  # fmt: skip
 
-    t_start = time.perf_counter()
+class _RunFiles:
+    """``last.pt``, ``best.pt``, ``log.csv`` and ``log.json`` of a run folder. With several
+    processes only rank 0 writes; the others wait at a barrier until it has."""
 
-    def elapsed_now() -> float:
-        return elapsed + time.perf_counter() - t_start
+    def __init__(self, out: Path, ctx: D.DistContext | None) -> None:
+        self.out, self.ctx = out, ctx
+        self.last, self.best = out / "last.pt", out / "best.pt"
+        self.log = TrainLog(out)
+        self.writes = ctx is None or ctx.is_main
 
-    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
-        torch.default_generator.manual_seed(seed)
-        if dev.type == "cuda":
-            with torch.cuda.device(dev):
-                torch.cuda.manual_seed(seed)
-        if out is not None and resume and last_path.exists():
-            ckpt = load_checkpoint(last_path)
-            if _trajectory_config(ckpt["config"]) != _trajectory_config(config):
-                raise ValueError(
-                    f"{last_path} was written with other settings "
-                    f"({_trajectory_config(ckpt['config'])}) than this run "
-                    f"({_trajectory_config(config)}); use another out_dir or resume=False"
-                )
-            if ckpt["step"] > steps:
-                raise ValueError(f"{last_path} is at step {ckpt['step']}, beyond steps={steps}")
-            learner.load_state_dict(ckpt["learner"]["state_dict"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if sched is not None and ckpt["scheduler"] is not None:
-                sched.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt["scaler"] is not None:
-                scaler.load_state_dict(ckpt["scaler"])
-            train_sampler.load_state_dict(ckpt["sampler"])
-            set_rng_state(ckpt["rng"], dev)
-            if "learner_generators" in ckpt:
-                learner.load_generator_states(ckpt["learner_generators"])
-            elif learner.generators():
-                logger.warning(
-                    "%s predates saved learner generators: %s start afresh, so the resumed "
-                    "run is not bit-identical to an uninterrupted one",
-                    last_path, ", ".join(learner.generators()),
-                )  # fmt: skip
-            step = resumed_from = int(ckpt["step"])
-            history = [dict(r) for r in ckpt["history"]]
-            best = dict(ckpt["best"])
-            accum = dict(ckpt["accum"])
-            elapsed = float(ckpt["elapsed"])
-            if best["step"] is not None:
-                best_state = _restore_best(best_path, best, last_path)
-                if best_state is None:
-                    best = {"step": None, "accuracy": None, "ci95": None}
-            log.reset(history)
-            logger.info("resuming from %s at step %d", last_path, step)
-        elif out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            for stale in (last_path, best_path):
+    def wrote(self, what: str) -> None:
+        """The others wait here until rank 0 has written ``what``."""
+        if self.ctx is not None:
+            D.barrier(self.ctx, f"waiting for rank 0 to write {what}")
+
+    def start_fresh(self) -> None:
+        if self.writes:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in (self.last, self.best):
                 if stale.exists():
                     logger.info("starting afresh: removing %s", stale)
                     stale.unlink()
-            log.reset([])
+            self.log.reset([])
+        self.wrote(f"a fresh {self.out}")
 
-        t_start = time.perf_counter()
-        bar = tqdm(total=steps, initial=step, disable=not progress, desc="meta-train",
-                   dynamic_ncols=True)  # fmt: skip
-        try:
-            while step < steps:
-                batch = train_sampler.sample().to(dev, non_blocking=True)
-                lr_now = float(opt.param_groups[0]["lr"])
-                result = _train_step(learner, batch, opt, amp_dtype, scaler, dev)
-                if not math.isfinite(result.loss):
-                    raise FloatingPointError(
-                        f"training loss is {result.loss} at step {step + 1}; lower lr or check the data"
-                    )
-                if sched is not None:
-                    sched.step()
-                step += 1
-                accum["loss"] += result.loss
-                accum["accuracy"] += result.accuracy
-                accum["n"] += 1
-                for k, v in result.extra.items():
-                    accum["extra"][k] = accum["extra"].get(k, 0.0) + float(v)
 
-                validate = val_sampler is not None and (step % val_every == 0 or step == steps)
-                row_due = validate or step % log_every == 0 or step == steps
-                val_acc = val_ci = val_loss = None
-                improved = False
-                if validate:
-                    if learner.task == "segmentation":
-                        val_acc, val_ci, val_loss = _validate_segmentation(
-                            learner, val_sampler, val_seed, val_episodes, dev
-                        )
-                    elif learner.task == "regression":
-                        val_acc, val_ci, val_loss = _validate_regression(
-                            learner, val_sampler, val_seed, val_episodes, meta_batch, dev
-                        )
-                    else:
-                        val_acc, val_ci, val_loss = _validate(
-                            learner, val_sampler, val_seed, val_episodes, meta_batch, dev
-                        )
-                    if learner.task == "regression":
-                        logger.info(
-                            "step %d: val MSE %.4g, R² %.3f ± %.3f (%d episodes)",
-                            step, val_loss, val_acc, val_ci, val_episodes,
-                        )  # fmt: skip
-                    else:
-                        logger.info(
-                            "step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
-                            step, 100 * val_acc, 100 * val_ci, val_episodes,
-                        )  # fmt: skip
-                    if _improves(learner, best, val_acc, val_loss):
-                        improved = True
-                        best = {"step": step, "accuracy": val_acc, "ci95": val_ci}
-                        if learner.task == "regression":
-                            best["loss"] = val_loss
-                        best_state = {
-                            k: v.detach().clone() for k, v in learner.state_dict().items()
-                        }
-                        if out is not None:
-                            ckpt = checkpoint("best")
-                            ckpt.update(val_accuracy=val_acc, val_ci95=val_ci, val_loss=val_loss)
-                            atomic_save(ckpt, best_path)
-                if row_due:
-                    n = max(accum["n"], 1)
-                    row = {
-                        "step": step,
-                        "loss": accum["loss"] / n,
-                        "accuracy": accum["accuracy"] / n,
-                        "val_accuracy": val_acc,
-                        "val_ci95": val_ci,
-                        "val_loss": val_loss,
-                        "lr": lr_now,
-                        "time": elapsed_now(),
-                        "extra": {k: v / n for k, v in accum["extra"].items()},
-                    }
-                    history.append(row)
-                    accum = {"loss": 0.0, "accuracy": 0.0, "n": 0, "extra": {}}
-                    if log is not None:
-                        log.append(row)
-                    post = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}"}
-                    if best["accuracy"] is not None:
-                        post["best_val"] = f"{best['accuracy']:.3f}"
-                    bar.set_postfix(post, refresh=False)
-                # also after a new best.pt, so that best.pt is never newer than last.pt
-                if out is not None and (improved or step % checkpoint_every == 0 or step == steps):
-                    save_last()
-                bar.update(1)
-        finally:
-            bar.close()
+class _Run:
+    """One :func:`meta_fit` run: its objects, its :class:`_State` and the steps."""
 
-    if val_sampler is not None and best_state is not None:
-        learner.load_state_dict(best_state)
-        if learner.task == "regression":
-            logger.info("loaded the best validation step %d (MSE %.4g, R² %.3f)",
-                        best["step"], best["loss"], best["accuracy"])  # fmt: skip
-        else:
-            logger.info(
-                "loaded the best validation step %d (accuracy %.2f%%)",
-                best["step"],
-                100 * best["accuracy"],
+    def __init__(
+        self, learner: MetaLearner, sampler: Any, val_sampler: Any | None,
+        opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler | None,
+        amp_dtype: torch.dtype | None, dev: torch.device, config: dict[str, Any],
+        schedule: _Schedule, ctx: D.DistContext | None, files: _RunFiles | None,
+    ) -> None:  # fmt: skip
+        self.learner, self.sampler, self.val_sampler = learner, sampler, val_sampler
+        self.opt, self.sched, self.scaler, self.amp_dtype = opt, sched, scaler, amp_dtype
+        self.dev, self.config, self.schedule = dev, config, schedule
+        self.ctx, self.files = ctx, files
+        self.state = _State()
+        self.reducer = D.GradientAllReduce(opt, ctx) if ctx is not None else None
+
+    def close(self) -> None:
+        """Unhook the gradient all-reduce from the (possibly caller's) optimizer."""
+        if self.reducer is not None:
+            self.reducer.remove()
+
+    # -- checkpoints ------------------------------------------------------------------
+    def checkpoint(self, kind: str) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "kind": kind,
+            "step": self.state.step,
+            "learner": {
+                "spec": self.learner.spec(),
+                "class": self.config["learner_class"],
+                "state_dict": self.learner.state_dict(),
+            },
+            "backbone": self.config["backbone"],
+            "config": self.config,
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_last(self) -> None:
+        assert self.files is not None
+        st = self.state
+        ckpt = self.checkpoint("last")
+        ckpt.update(
+            optimizer=self.opt.state_dict(),
+            scheduler=self.sched.state_dict() if self.sched is not None else None,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            sampler=self.sampler.state_dict(),
+            rng=get_rng_state(self.dev),
+            learner_generators=self.learner.generator_states(),
+            history=st.history,
+            best=st.best,
+            accum=st.accum,
+            elapsed=st.elapsed_now(),
+        )
+        atomic_save(ckpt, self.files.last)
+        self.files.log.write_json(
+            {"format": "medmeta.trainlog/1", "config": self.config, "step": st.step,
+             "finished": st.step >= self.schedule.steps, "best": st.best, "history": st.history}
+        )  # fmt: skip
+
+    def begin(self, resume: bool) -> None:
+        """Resume from ``last.pt`` (when asked and present) or start afresh."""
+        files = self.files
+        if files is not None and resume and files.last.exists():
+            self.restore(files.last)
+        elif files is not None:
+            files.start_fresh()
+        if self.ctx is not None:
+            D.agree(self.ctx, self.state.step, "the step to resume from")
+        self.state.t_start = time.perf_counter()
+
+    def restore(self, last_path: Path) -> None:
+        """Weights, optimiser, scheduler, scaler, sampler, RNG and :class:`_State` from
+        ``last.pt`` (every process reads it)."""
+        assert self.files is not None
+        ckpt = load_checkpoint(last_path)
+        ours, theirs = _trajectory_config(self.config), _trajectory_config(ckpt["config"])
+        if theirs != ours:
+            raise ValueError(
+                f"{last_path} was written with other settings ({theirs}) than this run "
+                f"({ours}); use another out_dir or resume=False"
             )
-    return FitResult(
-        learner=learner,
-        history=history,
-        best_step=best["step"],
-        best_accuracy=best["accuracy"],
-        best_ci95=best["ci95"],
-        last_step=step,
-        resumed_from=resumed_from,
-        out_dir=out,
-        last_path=last_path,
-        best_path=best_path if (out is not None and best["step"] is not None) else None,
-        csv_path=log.csv_path if log else None,
-        json_path=log.json_path if log else None,
-        config=config,
-    )
+        if ckpt["step"] > self.schedule.steps:
+            raise ValueError(f"{last_path} is at step {ckpt['step']}, beyond steps={self.schedule.steps}")  # fmt: skip
+        learner = self.learner
+        learner.load_state_dict(ckpt["learner"]["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        if self.sched is not None and ckpt["scheduler"] is not None:
+            self.sched.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt["scaler"] is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        set_rng_state(ckpt["rng"], self.dev)
+        if "learner_generators" in ckpt:
+            learner.load_generator_states(ckpt["learner_generators"])
+        elif learner.generators():
+            logger.warning(
+                "%s predates saved learner generators: %s start afresh, so the resumed "
+                "run is not bit-identical to an uninterrupted one",
+                last_path, ", ".join(learner.generators()),
+            )  # fmt: skip
+        st = self.state
+        st.step = st.resumed_from = int(ckpt["step"])
+        st.history = [dict(r) for r in ckpt["history"]]
+        st.best, st.accum = dict(ckpt["best"]), dict(ckpt["accum"])
+        st.elapsed = float(ckpt["elapsed"])
+        if st.best["step"] is not None:
+            st.best_state = _restore_best(self.files.best, st.best, last_path)
+            if st.best_state is None:
+                st.best = _no_best()
+        if self.files.writes:
+            self.files.log.reset(st.history)
+        logger.info("resuming from %s at step %d", last_path, st.step)
+
+    # -- one step ------------------------------------------------------------------
+    def train_step(self) -> StepResult:
+        """Sample the global meta-batch, train on this process's shard, all-reduce."""
+        batch = self.sampler.sample()
+        weight = 1.0
+        if self.ctx is not None:
+            total = batch.batch_size
+            batch = D.shard_batch(batch, self.ctx.rank, self.ctx.world_size)
+            weight = batch.batch_size / total
+            assert self.reducer is not None
+            self.reducer.weight = weight
+        batch = batch.to(self.dev, non_blocking=True)
+        result = _train_step(self.learner, batch, self.opt, self.amp_dtype, self.scaler, self.dev)
+        if self.ctx is not None:
+            result = D.reduce_after_step(self.ctx, result, weight, self.learner)
+        return result
+
+    def step(self, bar: Any) -> None:
+        """One meta-update, then validation, a log row and checkpoints when due."""
+        st, sc = self.state, self.schedule
+        lr_now = float(self.opt.param_groups[0]["lr"])
+        result = self.train_step()
+        if not math.isfinite(result.loss):
+            raise FloatingPointError(
+                f"training loss is {result.loss} at step {st.step + 1}; lower lr or check the data"
+            )
+        if self.sched is not None:
+            self.sched.step()
+        st.step += 1
+        st.accum["loss"] += result.loss
+        st.accum["accuracy"] += result.accuracy
+        st.accum["n"] += 1
+        for k, v in result.extra.items():
+            st.accum["extra"][k] = st.accum["extra"].get(k, 0.0) + float(v)
+        validate = self.val_sampler is not None and (st.step % sc.val_every == 0 or st.step == sc.steps)  # fmt: skip
+        val = self.validate() if validate else (None, None, None)
+        improved = validate and self.update_best(*val)
+        if validate or st.step % sc.log_every == 0 or st.step == sc.steps:
+            self.add_row(val, lr_now, bar)
+        # also after a new best.pt, so that best.pt is never newer than last.pt
+        if self.files is not None and (improved or st.step % sc.checkpoint_every == 0 or st.step == sc.steps):  # fmt: skip
+            if self.files.writes:
+                self.save_last()
+            self.files.wrote(f"the checkpoints of step {st.step}")
+
+    def validate(self) -> tuple[float, float, float]:
+        """(accuracy or Dice or R², its 95% CI half-width, loss) on the validation episodes."""
+        learner, sc, dev, ctx = self.learner, self.schedule, self.dev, self.ctx
+        if learner.task == "segmentation":
+            val = _validate_segmentation(learner, self.val_sampler, sc.val_seed, sc.val_episodes, dev, ctx)  # fmt: skip
+        elif learner.task == "regression":
+            val = _validate_regression(learner, self.val_sampler, sc.val_seed, sc.val_episodes, sc.meta_batch, dev)  # fmt: skip
+        else:
+            val = _validate(learner, self.val_sampler, sc.val_seed, sc.val_episodes, sc.meta_batch, dev, ctx)  # fmt: skip
+        acc, ci, loss = val
+        if learner.task == "regression":
+            logger.info("step %d: val MSE %.4g, R² %.3f ± %.3f (%d episodes)",
+                        self.state.step, loss, acc, ci, sc.val_episodes)  # fmt: skip
+        else:
+            logger.info("step %d: val accuracy %.2f ± %.2f%% (%d episodes)",
+                        self.state.step, 100 * acc, 100 * ci, sc.val_episodes)  # fmt: skip
+        return acc, ci, loss
+
+    def update_best(self, acc: float, ci: float, loss: float) -> bool:
+        """Record a better validation (and write ``best.pt``); whether it was better."""
+        st = self.state
+        if not _improves(self.learner, st.best, acc, loss):
+            return False
+        st.best = {"step": st.step, "accuracy": acc, "ci95": ci}
+        if self.learner.task == "regression":
+            st.best["loss"] = loss
+        st.best_state = {k: v.detach().clone() for k, v in self.learner.state_dict().items()}
+        if self.files is not None and self.files.writes:
+            ckpt = self.checkpoint("best")
+            ckpt.update(val_accuracy=acc, val_ci95=ci, val_loss=loss)
+            atomic_save(ckpt, self.files.best)
+        return True
+
+    def add_row(self, val: tuple[Any, Any, Any], lr_now: float, bar: Any) -> None:
+        """A history (and CSV) row with the means since the previous one."""
+        st = self.state
+        n = max(st.accum["n"], 1)
+        row = {
+            "step": st.step,
+            "loss": st.accum["loss"] / n,
+            "accuracy": st.accum["accuracy"] / n,
+            "val_accuracy": val[0],
+            "val_ci95": val[1],
+            "val_loss": val[2],
+            "lr": lr_now,
+            "time": st.elapsed_now(),
+            "extra": {k: v / n for k, v in st.accum["extra"].items()},
+        }
+        st.history.append(row)
+        st.accum = _fresh_accum()
+        if self.files is not None and self.files.writes:
+            self.files.log.append(row)
+        post = {"loss": f"{row['loss']:.3f}", "acc": f"{row['accuracy']:.3f}"}
+        if st.best["accuracy"] is not None:
+            post["best_val"] = f"{st.best['accuracy']:.3f}"
+        bar.set_postfix(post, refresh=False)
+
+    # -- the end -------------------------------------------------------------------
+    def finish(self) -> FitResult:
+        """Load the best validated weights and describe the run."""
+        st, learner, files = self.state, self.learner, self.files
+        if self.val_sampler is not None and st.best_state is not None:
+            learner.load_state_dict(st.best_state)
+            if learner.task == "regression":
+                logger.info("loaded the best validation step %d (MSE %.4g, R² %.3f)",
+                            st.best["step"], st.best["loss"], st.best["accuracy"])  # fmt: skip
+            else:
+                logger.info("loaded the best validation step %d (accuracy %.2f%%)",
+                            st.best["step"], 100 * st.best["accuracy"])  # fmt: skip
+        return FitResult(
+            learner=learner,
+            history=st.history,
+            best_step=st.best["step"],
+            best_accuracy=st.best["accuracy"],
+            best_ci95=st.best["ci95"],
+            last_step=st.step,
+            resumed_from=st.resumed_from,
+            out_dir=files.out if files else None,
+            last_path=files.last if files else None,
+            best_path=files.best if (files is not None and st.best["step"] is not None) else None,
+            csv_path=files.log.csv_path if files else None,
+            json_path=files.log.json_path if files else None,
+            config=self.config,
+        )
