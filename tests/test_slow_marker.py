@@ -19,8 +19,25 @@ EXPECTED = (
     "tests/report/test_render_chromium.py::",
     "tests/export/test_distill.py::test_student_is_smaller_and_well_above_chance",
     "tests/export/test_learners.py::test_learner_exports_with_parity",
+    "tests/cli/test_demo_families.py::test_signals_demo_trains_on_animals_and_checks_the_export",
+    "tests/cli/test_demo_families.py::test_tables_demo_fits_the_encoding_on_training_rows",
+    "tests/cli/test_demo_regression.py::test_regression_demo_writes_the_report_with_the_figure",
+    "tests/cli/test_demo_regression.py::test_regression_demo_learns_above_the_support_mean",
+    "tests/cli/test_demo_regression.py::test_the_edge_check_fails_loudly_when_the_numbers_differ",
+    "tests/export/test_regression_export.py::test_cli_train_adapt_export_predict_agree",
+    "tests/data/test_wfdb_records.py::test_cli_predicts_beats_of_a_record",
+    "tests/data/test_wfdb_records.py::test_cli_predicts_a_folder_of_records",
+    "tests/cli/test_regression_cli.py::test_trained_folder_follows_the_contract",
+    "tests/cli/test_regression_cli.py::test_eval_beats_the_support_mean_and_ridge_at_held_out",
+    "tests/cli/test_regression_cli.py::test_expression_vectors_train_eval_adapt",
 )
-NOT_SLOW = "tests/cli/test_bench.py::test_bench_unknown_suite"
+#: Quick tests in the same files: the marker selects, it does not take everything.
+NOT_SLOW = (
+    "tests/cli/test_bench.py::test_bench_unknown_suite",
+    "tests/cli/test_demo_regression.py::test_the_split_is_clinic_disjoint_and_the_test_clinic_is_new",
+    "tests/cli/test_demo_families.py::test_raw_inputs_are_written_as_a_device_reads_them",
+    "tests/data/test_wfdb_records.py::test_cli_trains_on_a_folder_of_records",
+)
 
 
 def test_slow_marker_selects_the_long_end_to_end_tests() -> None:
@@ -35,4 +52,5 @@ def test_slow_marker_selects_the_long_end_to_end_tests() -> None:
     assert len(selected) >= 20, done.stdout[-2000:]
     for prefix in EXPECTED:
         assert any(n.startswith(prefix) for n in selected), f"{prefix} is not marked slow"
-    assert NOT_SLOW not in selected  # the marker selects, it does not take everything
+    for name in NOT_SLOW:
+        assert name not in selected, f"{name} is marked slow"

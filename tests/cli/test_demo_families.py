@@ -25,9 +25,11 @@ def test_an_unknown_family_is_a_usage_error_listing_the_families(tmp_path, capsy
     out = tmp_path / "demo"
     assert main(["demo", "--family", "audio", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--family must be one of images, signals, tables, expression, got 'audio'" in err
+    assert (
+        "--family must be one of images, signals, tables, expression, regression, got 'audio'"
+    ) in err
     assert not out.exists()  # refused before anything is written
-    with pytest.raises(UsageError, match="images, signals, tables, expression"):
+    with pytest.raises(UsageError, match="images, signals, tables, expression, regression"):
         get_family("Images")
 
 

@@ -321,3 +321,22 @@ def test_cli_predicts_beats_of_a_record(ecg_folder: Path, tmp_path: Path):
     result = json.loads(proc.stdout)
     assert result["inputs"] == len(load_wfdb_beats(new))
     assert result["accuracy"] > 0.9, result["accuracy"]  # the two beat shapes differ plainly
+
+
+@pytest.mark.slow  # train, export and predict through the CLI
+def test_cli_predicts_a_folder_of_records(ecg_folder: Path, tmp_path: Path, capsys):
+    """``--inputs`` a folder of ``*.hea`` records: the WFDB beats, not the image reader."""
+    from medmeta.cli import main
+
+    _train(ecg_folder, tmp_path / "model")
+    onnx = tmp_path / "ecg.onnx"
+    assert main(["export", "--model", str(tmp_path / "model"), "--support", str(ecg_folder),
+                 "--classes", "N,V", "--shots", "5", "--out", str(onnx)]) == 0  # fmt: skip
+    new = ecg_folder.parent / "new"  # a folder holding one patient the model has never seen
+    capsys.readouterr()
+    assert main(["predict", "--model", str(onnx), "--inputs", str(new), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    beats = load_wfdb_beats(new)
+    assert result["inputs"] == len(beats) > 10
+    assert [p["input"] for p in result["predictions"]] == [f"p4:{s}" for s in beats.extra["sample"]]
+    assert result["accuracy"] > 0.9, result["accuracy"]  # the two beat shapes differ plainly

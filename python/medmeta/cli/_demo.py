@@ -9,6 +9,9 @@ for signals, tables and gene expression):
 4. export the adapted model to ONNX (classifier, enrolment pair, int8 where it applies);
 5. verify the export with the torch-free edge runtime in a process where torch cannot load;
 6. time eager PyTorch against onnxruntime; 7. write the report.
+
+``--family regression`` runs the same stages for few-shot regression
+(:mod:`medmeta.cli._demo_regression`).
 """
 
 from __future__ import annotations
@@ -19,15 +22,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medmeta.cli import _data, _workflow
 from medmeta.cli._demo_edge import PARITY_TOLERANCE, edge_check, raw_examples
-from medmeta.cli._demo_families import DemoFamily, DemoSettings, get_family, split_family
+from medmeta.cli._demo_families import (
+    DemoFamily,
+    DemoSettings,
+    RegressionFamily,
+    get_family,
+    split_family,
+)
 from medmeta.cli._demo_latency import measure_latency
+from medmeta.cli._demo_stages import Stages
 from medmeta.cli._model import load_model
+
+if TYPE_CHECKING:
+    from medmeta.cli._demo_regression import RegressionOutcome
 
 __all__ = ["PARITY_TOLERANCE", "DemoOutcome", "DemoSettings", "measure_latency", "run_demo"]
 
@@ -68,25 +81,6 @@ class DemoOutcome:
         return lines
 
 
-class _Stages:
-    """Times the stages and logs their progress on one line each."""
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say, self.seconds = say, {}
-        self._name: str | None = None
-        self._start = 0.0
-
-    def start(self, name: str, text: str) -> None:
-        self.stop()
-        self._name, self._start = name, time.perf_counter()
-        self.say(f"[{len(self.seconds) + 1}/7] {text}")
-
-    def stop(self) -> None:
-        if self._name is not None:
-            self.seconds[self._name] = round(time.perf_counter() - self._start, 2)
-            self._name = None
-
-
 @dataclass
 class DemoRun:
     """One demo run's choices, and what its stages produce (filled in stage by stage)."""
@@ -100,7 +94,7 @@ class DemoRun:
     int8: bool
     progress: bool
     command: str | None
-    stages: _Stages
+    stages: Stages
     trained: Any = None  # _workflow.TrainOutcome
     model: Any = None  # the trained model folder, loaded
     novel_raw: Any = None  # raw examples of the novel classes
@@ -207,7 +201,7 @@ def run_demo(
     family: str = "images",
     quick: bool = False,
     device: str = "cpu",
-    algorithm: str = "protonet",
+    algorithm: str | None = None,
     steps: int | None = None,
     episodes: int | None = None,
     seed: int = 0,
@@ -215,18 +209,27 @@ def run_demo(
     progress: bool = True,
     say: Callable[[str], None] = print,
     command: str | None = None,
-) -> DemoOutcome:
-    """The whole demo on ``family``'s data (see the module docstring); writes everything
-    under ``out``. An unknown ``family`` is a usage error listing the families."""
+) -> DemoOutcome | RegressionOutcome:
+    """The whole demo on ``family``'s data (see the module docstring; a regression family
+    runs :func:`medmeta.cli._demo_regression.run_regression_demo`); writes everything under
+    ``out``. ``algorithm`` defaults to protonet (regression: maml). An unknown ``family`` is
+    a usage error listing the families."""
     import matplotlib  # noqa: F401  (fail early, before training, without matplotlib)
 
     from medmeta.cli._demo_report import write_demo_report
 
     fam = get_family(family)
+    if isinstance(fam, RegressionFamily):
+        from medmeta.cli._demo_regression import run_regression_demo
+
+        return run_regression_demo(
+            out, family=fam, quick=quick, device=device, algorithm=algorithm, steps=steps,
+            episodes=episodes, seed=seed, progress=progress, say=say, command=command,
+        )  # fmt: skip
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    run = DemoRun(fam, fam.settings(quick, steps, episodes), folder, device, algorithm, seed,
-                  int8, progress, command, _Stages(say))  # fmt: skip
+    run = DemoRun(fam, fam.settings(quick, steps, episodes), folder, device,
+                  algorithm or "protonet", seed, int8, progress, command, Stages(say))  # fmt: skip
     wall = time.perf_counter()
     _train(run)
     test_set = _evaluate(run)

@@ -1,7 +1,8 @@
 """The demo's check of its ONNX export with the torch-free edge runtime: the raw support and
 query examples are written as a device would get them (an ``.npz`` of images or signals, a
 CSV file of table rows), ``medmeta predict`` runs on them in a process where torch cannot be
-imported, and its probabilities are compared with eager PyTorch's."""
+imported, and its probabilities (a regressor: predictions and interval bounds) are compared
+with eager PyTorch's."""
 
 from __future__ import annotations
 
@@ -17,7 +18,15 @@ from medmeta.cli._torchfree import run_without_torch
 from medmeta.edge.cli.errors import CheckFailed
 from medmeta.edge.table import TARGET_NAMES, TableRows
 
-__all__ = ["PARITY_TOLERANCE", "edge_check", "raw_examples", "write_inputs"]
+__all__ = [
+    "PARITY_TOLERANCE",
+    "edge_check",
+    "predict_without_torch",
+    "raw_examples",
+    "regression_edge_check",
+    "write_inputs",
+    "write_rows",
+]
 
 #: Float32 ONNX probabilities must match eager PyTorch this closely (the issue's bound).
 PARITY_TOLERANCE = 1e-5
@@ -47,15 +56,8 @@ def write_inputs(stem: Path, raw: Any, labels: np.ndarray, names: list[str]) -> 
         The file written (atomically).
     """
     if isinstance(raw, TableRows):
-        target = TARGET_NAMES[0]
-        if target in raw.columns:
-            raise ValueError(f"the rows already have a {target!r} column")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([*raw.columns, target])
-        for row, label in zip(raw.values.tolist(), labels.tolist(), strict=True):
-            writer.writerow([*row, names[label]])
-        return atomic_write_bytes(stem.with_suffix(".csv"), buffer.getvalue().encode("utf-8"))
+        return write_rows(stem.with_suffix(".csv"), raw,
+                          {TARGET_NAMES[0]: [names[k] for k in labels.tolist()]})  # fmt: skip
     x = np.asarray(raw)
     key = "images" if x.dtype == np.uint8 else "X"
     data = io.BytesIO()
@@ -63,8 +65,30 @@ def write_inputs(stem: Path, raw: Any, labels: np.ndarray, names: list[str]) -> 
     return atomic_write_bytes(stem.with_suffix(".npz"), data.getvalue())
 
 
-def _predict(model: Path, queries: Path, extra: list[str], out: Path, label: str) -> Any:
-    proc = run_without_torch(["predict", "--model", str(model), "--inputs", str(queries),
+def write_rows(path: Path, rows: TableRows, extra: dict[str, list[str]]) -> Path:
+    """Table rows as a CSV file (atomically), with the ``extra`` columns ``{name: [n]
+    cells}`` appended (class names, a regression target); a name the rows already have is
+    a ``ValueError``."""
+    clash = [name for name in extra if name in rows.columns]
+    if clash:
+        raise ValueError(f"the rows already have a {clash[0]!r} column")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*rows.columns, *extra])
+    for i, row in enumerate(rows.values.tolist()):
+        writer.writerow([*row, *(cells[i] for cells in extra.values())])
+    return atomic_write_bytes(path, buffer.getvalue().encode("utf-8"))
+
+
+def predict_without_torch(model: Path, inputs: Path, extra: list[str], out: Path,
+                          label: str) -> Any:  # fmt: skip
+    """``medmeta predict --model MODEL --inputs INPUTS [EXTRA] --out OUT.npz`` in a process
+    where torch cannot be imported; returns the loaded ``.npz``.
+
+    Raises:
+        CheckFailed: the command failed (its last error line is named).
+    """
+    proc = run_without_torch(["predict", "--model", str(model), "--inputs", str(inputs),
                               *extra, "--out", str(out)])  # fmt: skip
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
@@ -102,7 +126,8 @@ def edge_check(
     if export.embedder is not None:
         runs.append(("enrolment", export.embedder, ["--support", str(support)]))
     for label, model, extra in runs:
-        got = _predict(model, queries, extra, folder / f"{label}_predictions.npz", label)
+        got = predict_without_torch(model, queries, extra, folder / f"{label}_predictions.npz",
+                                    label)  # fmt: skip
         probs = got["probabilities"]
         checks[label] = {
             "max_abs_diff": float(np.abs(probs - expected).max()),
@@ -119,3 +144,45 @@ def edge_check(
         raise CheckFailed(f"the edge runtime's probabilities differ from PyTorch by {worst:.2e} "
                           f"(> {PARITY_TOLERANCE:g}); see {folder}")  # fmt: skip
     return checks
+
+
+def regression_edge_check(
+    folder: Path, onnx: Path, rows: TableRows, target: str, truth: np.ndarray,
+    expected: dict[str, np.ndarray],
+) -> dict[str, Any]:  # fmt: skip
+    """Run ``medmeta predict`` without torch on an exported regressor and raw table rows
+    with the target column, and compare with PyTorch.
+
+    Args:
+        folder: where ``rows.csv`` and ``predictions.npz`` go.
+        onnx: the regressor (:func:`medmeta.export.regressor_to_onnx`).
+        rows: the raw rows (text, as in the table; the target column not among them).
+        target: the target column's name, written after the rows' columns.
+        truth: ``[n]`` float targets of the rows (written as text, read back by the device).
+        expected: PyTorch's ``"prediction"``, ``"lower"``, ``"upper"`` ``[n]``.
+
+    Returns:
+        ``rows``, ``relative_diff`` (the largest |device - PyTorch| over the three outputs,
+        divided by their largest |value|), ``max_abs_diff`` and, from the device's
+        predictions and the truth it read, ``mse`` and ``coverage``.
+
+    Raises:
+        CheckFailed: ``medmeta predict`` failed, read another truth, or differs from PyTorch
+            by more than :data:`PARITY_TOLERANCE` relative.
+    """
+    path = write_rows(folder / "rows.csv", rows, {target: [repr(float(v)) for v in truth]})
+    got = predict_without_torch(onnx, path, [], folder / "predictions.npz", "regressor")
+    if "true" not in got or not np.array_equal(got["true"], truth):
+        raise CheckFailed(f"the edge runtime did not read the {target!r} column of {path} as "
+                          "the rows' true values")  # fmt: skip
+    keys = ("prediction", "lower", "upper")
+    diff = max(float(np.abs(got[k].astype(np.float64) - expected[k]).max()) for k in keys)
+    scale = max(float(np.abs(expected[k]).max()) for k in keys) or 1.0
+    if not diff <= PARITY_TOLERANCE * scale:  # NaN fails too
+        raise CheckFailed(f"the edge runtime's predictions differ from PyTorch by {diff:.2e} "
+                          f"(> {PARITY_TOLERANCE:g} x {scale:.3g}, the largest |value|); see "
+                          f"{folder}")  # fmt: skip
+    inside = (got["lower"] <= truth) & (truth <= got["upper"])
+    return {"rows": len(truth), "max_abs_diff": diff, "relative_diff": diff / scale,
+            "mse": float(((got["prediction"] - truth) ** 2).mean()),
+            "coverage": float(inside.mean()), "torch_free": True}  # fmt: skip

@@ -14,6 +14,13 @@ The splits follow the protocols of ``python -m benchmarks protocols`` and ``docs
   replacement therapy and antithyroid treatment (the benchmark's split); MLP;
 * ``expression`` -- ``pbmc68k_celltypes`` (Zheng et al. 2017): meta-train on 5 T/NK cell
   types, test 3-way on monocytes, B cells, CD34+ progenitors and dendritic cells; MLP.
+
+and one few-shot regression family (:class:`RegressionFamily`, the thyroid-lab protocol of
+``docs/few_shot_regression.md``, "From the command line"):
+
+* ``regression`` -- ``thyroid``: predict a patient's T3 at a clinic (``referral_source``)
+  from the other columns, given K labelled patients of that clinic; meta-train on the
+  clinics other, SVI and SVHC, validate on STMW, test on SVHD; MLP without batch norm.
 """
 
 from __future__ import annotations
@@ -26,7 +33,17 @@ import numpy as np
 from medmeta.data import DataError
 from medmeta.edge.cli.errors import UsageError
 
-__all__ = ["FAMILIES", "DemoFamily", "DemoSettings", "class_ids", "get_family", "split_family"]
+__all__ = [
+    "FAMILIES",
+    "REGRESSION_FAMILIES",
+    "DemoFamily",
+    "DemoSettings",
+    "RegressionFamily",
+    "class_ids",
+    "family_names",
+    "get_family",
+    "split_family",
+]
 
 #: Share of each training class's examples held out for validation (when the family has no
 #: validation classes); at least one episode's worth, and only from classes that keep one.
@@ -205,11 +222,106 @@ FAMILIES: dict[str, DemoFamily] = {
 }  # fmt: skip
 
 
-def get_family(name: str) -> DemoFamily:
+@dataclass(frozen=True)
+class RegressionFamily:
+    """A few-shot regression ``--family``: a numeric column of an embedded table, each group
+    of rows (a clinic) one task; meta-trained on some groups, validated on others, tested and
+    adapted on one group that is neither.
+
+    Attributes:
+        name, dataset, description, subject: as for :class:`DemoFamily`.
+        target: the column to predict; ``target_text`` says what it is.
+        group_by: the column whose values are the tasks.
+        train_groups, val_groups: the groups of meta-training and of validation.
+        test_group: the new task: evaluated, then adapted to (never trained or validated on).
+        shots: support sizes of the evaluations; the last is also the training episodes'
+            and the adapted task's.
+        eval_queries: query rows of a test episode.
+        members, level: the bootstrap ensemble's size and its interval's nominal coverage.
+        algorithm: the default method (``--algorithm`` any regression method).
+        input_text: the model's input in words (latency note); the report lists the
+            input columns from the model's encoding.
+        unit, group_noun: words of the messages and the report (``"patients"``,
+            ``"clinics"``).
+        caveats: notes on the data for the report.
+        full, quick: the run sizes (``queries`` are the training episodes' query rows).
+    """
+
+    name: str
+    dataset: str
+    description: str
+    subject: str
+    target: str
+    target_text: str
+    group_by: str
+    train_groups: tuple[str, ...]
+    val_groups: tuple[str, ...]
+    test_group: str
+    input_text: str
+    unit: str
+    group_noun: str
+    full: DemoSettings
+    quick: DemoSettings
+    shots: tuple[int, ...] = (5, 10)
+    eval_queries: int = 10
+    members: int = 10
+    level: float = 0.9
+    algorithm: str = "maml"
+    backbone_text: str = "MLP without batch norm (hidden layers {width})"
+    caveats: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def adapt_shots(self) -> int:
+        """Support rows of the training episodes and of the adapted task."""
+        return self.shots[-1]
+
+    def settings(self, quick: bool, steps: int | None, episodes: int | None) -> DemoSettings:
+        return (self.quick if quick else self.full).override(steps, episodes)
+
+    def line(self) -> str:
+        """One line of ``medmeta demo --help``: the data and the protocol."""
+        return (f"{self.dataset}: {self.target} per clinic ({self.group_by}), "
+                f"{len(self.train_groups)} training {self.group_noun}, {'/'.join(map(str, self.shots))}"
+                f"-shot on the new {self.test_group}, mlp backbone")  # fmt: skip
+
+
+REGRESSION_FAMILIES: dict[str, RegressionFamily] = {
+    "regression": RegressionFamily(
+        name="regression", dataset="thyroid",
+        description="thyroid: UCI thyroid disease, 9,172 patients x 23 clinical columns "
+        "(Quinlan 1986, UCI Machine Learning Repository, CC BY 4.0)",
+        subject="thyroid lab values", target="T3",
+        target_text="serum triiodothyronine (T3, the table's units)",
+        group_by="referral_source", train_groups=("other", "SVI", "SVHC"),
+        val_groups=("STMW",), test_group="SVHD",
+        input_text="encoded table-row",
+        unit="patients", group_noun="clinics",
+        full=DemoSettings("64,64", 600, 4, 10, 200, 100, 600, 200),
+        quick=DemoSettings("64,64", 40, 2, 10, 20, 20, 40, 20),
+        caveats=(
+            "T3 is the target because it is measured on its own: FTI is TT4 / T4U (to "
+            "rounding in this table), and TT4, T4U and FTI are all inputs, so TT4 or T4U as "
+            "the target would be given away (T4U = TT4 / FTI); TSH spans orders of magnitude "
+            "and would need its logarithm. FTI stays an input: it tells nothing about T3 that "
+            "TT4 and T4U do not.",
+            "TBG is 96% missing; its indicator is an input like the other labs'.",
+        ),
+    ),
+}  # fmt: skip
+
+
+def family_names() -> list[str]:
+    """Every ``--family`` value: the classification families, then the regression ones."""
+    return [*FAMILIES, *REGRESSION_FAMILIES]
+
+
+def get_family(name: str) -> DemoFamily | RegressionFamily:
     """The family called ``name``; an unknown name is a usage error listing the families."""
-    if name not in FAMILIES:
-        raise UsageError(f"--family must be one of {', '.join(FAMILIES)}, got {name!r}")
-    return FAMILIES[name]
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if name in REGRESSION_FAMILIES:
+        return REGRESSION_FAMILIES[name]
+    raise UsageError(f"--family must be one of {', '.join(family_names())}, got {name!r}")
 
 
 def class_ids(class_names: Any, chosen: tuple[str, ...], where: str) -> list[int]:

@@ -36,13 +36,14 @@ def _time(fn: Callable[[], Any], runs: int, budget_s: float = 2.0) -> tuple[floa
 
 
 def measure_latency(
-    adapted: torch.nn.Module, onnx_files: dict[str, Path], x: np.ndarray, runs: int
+    adapted: Callable[[torch.Tensor], Any], onnx_files: dict[str, Path], x: np.ndarray, runs: int
 ) -> list[dict[str, Any]]:
     """p50/p99 of one forward pass at batch 1 and 32: eager PyTorch (inference mode) and
     onnxruntime sessions with the same thread count.
 
     Args:
-        adapted: the adapted classifier (CPU, eval mode).
+        adapted: the adapted model's eager forward pass on a CPU batch (a classifier in
+            eval mode; a regressor's interval, the outputs its ONNX file computes).
         onnx_files: ``{runtime label: ONNX file}`` taking the same inputs.
         x: preprocessed inputs ``[n, *input_shape]``, repeated to fill a batch of 32.
         runs: timed calls per runtime and batch size.

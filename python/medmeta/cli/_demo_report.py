@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from medmeta.cli._demo import DemoRun
     from medmeta.report import ReportPaths
 
-__all__ = ["DemoReport", "write_demo_report"]
+__all__ = ["DemoReport", "versions", "write_demo_report"]
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,17 @@ def support_examples(run: DemoRun) -> dict[str, Any]:
             "example_features": None if names is None else list(names)}  # fmt: skip
 
 
-def _versions() -> dict[str, str]:
-    versions = {"medmeta": __version__, "torch": torch.__version__.split("+")[0],
-                "python": platform.python_version()}  # fmt: skip
+def versions() -> dict[str, str]:
+    """The versions of medmeta, torch, Python and onnxruntime (the report's reproducibility)."""
+    out = {"medmeta": __version__, "torch": torch.__version__.split("+")[0],
+           "python": platform.python_version()}  # fmt: skip
     try:
         import onnxruntime
 
-        versions["onnxruntime"] = onnxruntime.__version__
+        out["onnxruntime"] = onnxruntime.__version__
     except ImportError:  # pragma: no cover
         pass
-    return versions
+    return out
 
 
 def write_demo_report(
@@ -173,7 +174,7 @@ def write_demo_report(
         embedding_labels=a.query_y.numpy()[shown],
         prototypes=None if prototypes is None else prototypes.numpy(),
         class_names=a.class_names, adaptation=adaptation, export=export, latency=latency,
-        notes=_notes(run, quick), command=run.command, versions=_versions(),
+        notes=_notes(run, quick), command=run.command, versions=versions(),
         embedding_predictions=predictions, unit=f.unit, class_noun=f.task_noun,
         **support_examples(run),
     )  # fmt: skip

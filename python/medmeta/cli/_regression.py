@@ -330,8 +330,8 @@ def select_groups(data: RegressionData, spec: str | None, option: str) -> list[i
         ids = parse_classes(spec, data.group_names)
     except DataError as err:
         problem = err.problem
-        for word in ("class", "classes"):  # the task names are groups here
-            problem = problem.replace(f"{word} ", f"{word.replace('class', 'group')} ")
+        for word, group in (("class", "group"), ("classes", "groups")):  # tasks are groups
+            problem = problem.replace(f"{word} ", f"{group} ")
         raise DataError(problem, option) from None
     present = np.flatnonzero(data.counts() > 0).tolist()
     if ids is None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from medmeta.cli import _setup
-from medmeta.cli._demo_families import FAMILIES, get_family
+from medmeta.cli._demo_families import FAMILIES, REGRESSION_FAMILIES, family_names, get_family
 from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, parse_args
 
 #: Run times measured from a fresh clone (2026-12-03, 2-core AMD EPYC with AVX2, quiet
@@ -15,13 +15,16 @@ from medmeta.edge.cli.config import int_at_least, make_parser, output_folder, pa
 DEMO_TIME = "about 2.5 minutes"
 QUICK_TIME = "about 25 s"
 TIMED_ON = "a quiet 2-core CPU"
+#: --family regression: the command's wall time, full and --quick (2026-12-04, a 2-core
+#: machine busy with other jobs, load 5-6: 42-48 s and 18-22 s); the README states the same.
+REGRESSION_TIMES = ("about 45 s", "about 20 s")
 
 #: One line per --family: its data and protocol.
 FAMILY_LINES = "\n".join(
     f"  {f.name:<11} {f.dataset}: {len(f.train_classes)} training {f.class_noun}, {f.ways}-way "
     f"1/{f.shots}-shot on {len(f.novel_classes)} novel ones, {f.backbone} backbone"
     for f in FAMILIES.values()
-)
+) + "".join(f"\n  {f.name:<11} {f.line()}" for f in REGRESSION_FAMILIES.values())
 
 EPILOG = f"""examples:
   medmeta demo                       # {DEMO_TIME} on {TIMED_ON}; report in ./medmeta-demo/
@@ -30,6 +33,7 @@ EPILOG = f"""examples:
   medmeta demo --algorithm maml --out maml-demo
   medmeta demo --family signals --quick --out signals-demo   # pig_cvp recordings
   medmeta demo --family tables --quick --out tables-demo     # thyroid clinical table
+  medmeta demo --family regression --out t3-demo    # T3 at a new clinic, with intervals
 
 Meta-trains on 5 blood-cell types of the embedded PBC images (Acevedo et al. 2020,
 CC BY 4.0), evaluates 3-way 1-shot and 5-shot on the 3 held-out types (accuracy with 95% CI,
@@ -44,6 +48,14 @@ Full runs took about 3 minutes for signals and under 20 s for tables and express
 2-core CPU; --quick about 10-25 s each. The report's figure of the new task's support set
 follows the family: images per class, example traces per class, or the features that best
 separate the classes.
+
+--family regression meta-trains MAML (--algorithm: any regression method) to predict T3
+from a patient's other columns at the clinics other, SVI and SVHC (validated on STMW),
+evaluates K = 5 and 10 support rows at the new clinic SVHD against ridge and the support
+mean (paired differences), adapts a bootstrap ensemble to 10 SVHD patients, exports it with
+its 90% interval to ONNX, checks it on raw CSV rows without torch, and reports predicted
+against true values with intervals for the other SVHD patients. Rows without T3 are left
+out (the report says how many). A full run took {REGRESSION_TIMES[0]}, --quick {REGRESSION_TIMES[1]}.
 """
 
 
@@ -51,15 +63,19 @@ def build_parser(prog: str) -> object:
     p = make_parser(prog, "Run medmeta end to end on embedded real medical data.", EPILOG)
     p.add_argument(
         "--family", default="images",
-        help=f"the data: {', '.join(FAMILIES)} (default images: blood-cell microscopy)",
+        help=f"the data: {', '.join(family_names())} (default images: blood-cell microscopy)",
     )  # fmt: skip
     p.add_argument(
         "--quick", action="store_true", help=f"a small run ({QUICK_TIME}) for smoke tests"
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--algorithm", default="protonet", help="the method (default protonet)")
     p.add_argument(
-        "--steps", type=int_at_least(1), help="meta-training steps (default 300, quick 30)"
+        "--algorithm", help="the method (default protonet; maml for --family regression)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int_at_least(1),
+        help="meta-training steps (default 300, quick 30; regression 600, quick 40)",
     )
     p.add_argument(
         "--episodes", type=int_at_least(1), help="test episodes per setting (default 600, quick 40)"

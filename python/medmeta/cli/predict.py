@@ -45,10 +45,16 @@ def _read_parquet_inputs(path: Path) -> Inputs:
                   note=f"{path}: {len(rows)} table rows")  # fmt: skip
 
 
+def _is_wfdb(path: Path) -> bool:
+    """A WFDB record header or a folder of them (``*.hea``): ECG beats, not images."""
+    return path.suffix.lower() == ".hea" or (path.is_dir() and any(path.glob("*.hea")))
+
+
 def _read_inputs(items: Sequence[str]) -> Inputs:
     """Image files and folders as on a device; DICOM and NIfTI files; one ``.npz``, dataset
-    name or class folder of medical files through :mod:`medmeta.data` (labelled: the
-    accuracy is printed)."""
+    name, WFDB record (``.hea``) or folder of records, or class folder of medical files
+    through :mod:`medmeta.data` (labelled: the accuracy is printed; a beat of a record is
+    named ``record:sample``)."""
     paths = [Path(i) for i in items]
     if any(_medical.is_medical(p) for p in paths):
         if len(paths) == 1 and paths[0].is_dir() and any(p.is_dir() for p in paths[0].iterdir()):
@@ -69,14 +75,17 @@ def _read_inputs(items: Sequence[str]) -> Inputs:
         return _read_parquet_inputs(source)
     if len(items) == 1 and source.suffix.lower() == ".h5ad":
         return _read_h5ad_inputs(source)
-    if len(items) > 1 or source.suffix.lower() in IMAGE_EXTENSIONS or source.is_dir():
+    records = len(items) == 1 and _is_wfdb(source)
+    if not records and (len(items) > 1 or source.suffix.lower() in IMAGE_EXTENSIONS
+                        or source.is_dir()):  # fmt: skip
         return edge_predict.read_image_inputs(items)
     ds = _data.load_dataset(str(source))
-    ids = (
-        [str(f) for f in ds.extra["file"]]
-        if "file" in ds.extra
-        else [str(i) for i in range(len(ds))]
-    )
+    if "file" in ds.extra:
+        ids = [str(f) for f in ds.extra["file"]]
+    elif records:  # one window per annotated beat
+        ids = [f"{g}:{s}" for g, s in zip(ds.groups, ds.extra["sample"], strict=True)]
+    else:
+        ids = [str(i) for i in range(len(ds))]
     raw = ds.x if isinstance(ds.x, TableRows) else np.asarray(ds.x)  # a table stays rows
     return Inputs(raw, ids, ds.labels, list(ds.class_names),
                   feature_names=_gene_names(ds))  # fmt: skip

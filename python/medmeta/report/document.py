@@ -268,7 +268,9 @@ def _regression_tiles(data: ReportData) -> list[Tile]:
                  s.get("coverage_ci95")), where + f"; nominal {level}")]  # fmt: skip
 
 
-def _training_text(history: Sequence[Mapping[str, Any]]) -> str | None:
+def _training_text(history: Sequence[Mapping[str, Any]], regression: bool = False) -> str | None:
+    """The last step's loss and training score and the best validation score: accuracy,
+    or R² (and the validation MSE) for a regression."""
     rows = [r for r in history if not is_missing(r.get("loss"))]
     if not rows:
         return None
@@ -276,15 +278,22 @@ def _training_text(history: Sequence[Mapping[str, Any]]) -> str | None:
     text = (
         f"Meta-training ran to step {last['step']}: final training loss {fmt_float(last['loss'])}"
     )
+    if regression:
+        text += " (MSE of the episodes' standardised targets)"
     if not is_missing(last.get("accuracy")):
-        text += f", training-episode accuracy {fmt_pct(last['accuracy'], 1)}"
+        score = (f"R² {fmt_float(last['accuracy'])}" if regression
+                 else f"accuracy {fmt_pct(last['accuracy'], 1)}")  # fmt: skip
+        text += f", training-episode {score}"
     val = [r for r in history if not is_missing(r.get("val_accuracy"))]
     if val:
         best = max(val, key=lambda r: float(r["val_accuracy"]))
-        text += (
-            f"; best validation accuracy {fmt_ci(best['val_accuracy'], best.get('val_ci95'))} "
-            f"at step {best['step']}"
-        )
+        if regression:
+            score = f"R² {fmt_float_ci(best['val_accuracy'], best.get('val_ci95'))}"
+            if not is_missing(best.get("val_loss")):
+                score += f" (MSE {fmt_float(best['val_loss'], 4)})"
+        else:
+            score = f"accuracy {fmt_ci(best['val_accuracy'], best.get('val_ci95'))}"
+        text += f"; best validation {score} at step {best['step']}"
     return text + "."
 
 
@@ -501,15 +510,21 @@ def _summary_section(data: ReportData) -> Section:
 def _training_section(data: ReportData, figs: _Figures) -> Section:
     assert data.history
     sec = Section("training", "Meta-training")
-    text = _training_text(data.history)
+    regression = data.regression is not None
+    text = _training_text(data.history, regression)
     if text:
         sec.blocks.append(Paragraph(text))
-    fig = figs.get(
-        "learning_curves",
+    caption = (
         "Learning curves: training loss (left); accuracy on training episodes and on "
-        "validation episodes of held-out classes with its 95% CI (right).",
-        "learning curves",
+        "validation episodes of held-out classes with its 95% CI (right)."
     )
+    if regression:
+        caption = (
+            "Learning curves: training loss (left); MSE of the validation episodes in the "
+            "target's units (middle); R² of training episodes and of validation episodes of "
+            "held-out tasks with its 95% CI (right; 0 is predicting the queries' own mean)."
+        )
+    fig = figs.get("learning_curves", caption, "learning curves")
     if fig:
         sec.blocks.append(fig)
     return sec

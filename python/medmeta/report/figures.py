@@ -9,6 +9,7 @@ from medmeta.eval import plots
 from medmeta.report import family_figures
 from medmeta.report.data import ReportData
 from medmeta.report.embedding import EmbeddingMap, pca_map
+from medmeta.report.regression import plot_regression_curves
 
 __all__ = ["EXAMPLE_PLOTS", "PLOT_NAMES", "draw_examples", "draw_figures", "draw_regression"]
 
@@ -77,8 +78,9 @@ def draw_figures(
     """
     out: dict[str, Path] = {}
     rows = [r for r in data.history or () if r.get("loss") is not None]
-    if rows:
-        out["learning_curves"] = plots.plot_learning_curves(
+    if rows:  # a regression's history holds R² where a classifier's holds accuracy
+        draw = plot_regression_curves if data.regression is not None else plots.plot_learning_curves
+        out["learning_curves"] = draw(
             data.history, folder / "learning_curves.png", title="Meta-training"
         )
     if data.evaluations:

@@ -107,9 +107,24 @@ _LABELS = {
     "int8_float_accuracy": "Float32 accuracy (task queries)",
     "int8_int8_accuracy": "Int8 accuracy (task queries)",
     "int8_accuracy_change": "Int8 accuracy change (points)",
+    # regression
+    "mse": "MSE on the task's other rows",
+    "r2": "R² on the task's other rows",
+    "coverage": "Coverage of the interval on the task's other rows",
+    "interval_width": "Mean interval width",
+    "support_mean_mse": "MSE of the support mean (baseline)",
+    "noise_std": "Noise standard deviation (out-of-bag)",
+    "support_rows": "Support rows (shots)",
+    "export_check_max_abs_diff": "Export check: largest difference from PyTorch",
+    "edge_rows": "Edge runtime: rows checked (raw CSV)",
+    "edge_max_abs_diff": "Edge runtime: largest difference from PyTorch",
+    "edge_relative_diff": "Edge runtime: largest difference relative to the values",
+    "edge_mse": "Edge runtime: MSE",
+    "edge_coverage": "Edge runtime: coverage of the interval",
+    "torch_free": "Edge check ran where torch cannot load",
 }
 
-_PERCENT_HINTS = ("accuracy", "agreement", "sensitivity", "specificity", "rate")
+_PERCENT_HINTS = ("accuracy", "agreement", "sensitivity", "specificity", "rate", "coverage")
 
 
 def field_label(key: str) -> str:

@@ -1,5 +1,6 @@
 """The regression part of a report (``ReportData.regression``): its check, run with the
-other checks of :func:`~medmeta.report.data.check_report_data` before anything is written.
+other checks of :func:`~medmeta.report.data.check_report_data` before anything is written,
+and the learning curves of a regression meta-training (:func:`plot_regression_curves`).
 
 A few-shot regression shows predictions with predictive intervals (e.g. the deep ensemble of
 :mod:`medmeta.algorithms.ensemble_regressor`): the points of one adapted task (true value,
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medmeta.eval.plots import regression_point_stats
 
-__all__ = ["REGRESSION_KEYS", "SUMMARY_KEYS", "check_regression"]
+__all__ = ["REGRESSION_KEYS", "SUMMARY_KEYS", "check_regression", "plot_regression_curves"]
 
 #: Keys of ``ReportData.regression``: required, then optional.
 REGRESSION_KEYS = (("true", "pred", "lower", "upper", "level"), ("target", "points", "evaluations"))
@@ -96,3 +98,37 @@ def check_regression(value: Any) -> dict[str, Any]:
     out |= {"level": float(level), "target": value.get("target"), "points": value.get("points"),
             "evaluations": [_summary(i, p) for i, p in enumerate(evaluations)], "stats": stats}  # fmt: skip
     return out
+
+
+def plot_regression_curves(
+    history: Sequence[Mapping[str, Any]], path: Path, *, title: str | None = None
+) -> Path:
+    """Learning curves of a regression meta-training, from the rows of
+    :attr:`~medmeta.train.FitResult.history` of a regression learner: the training loss
+    (``loss``: MSE of the episodes' standardised targets), the validation MSE in the
+    target's units (``val_loss``), and the R² of training and validation episodes
+    (``accuracy``, ``val_accuracy`` with its 95% CI ``val_ci95``; not clipped: R² can be
+    below 0)."""
+    from medmeta.eval.plots import _figure, _save, _series
+
+    fig = _figure(13, 4)
+    ax_loss, ax_val, ax_r2 = fig.subplots(1, 3)
+    ax_loss.plot(*_series(history, "loss"), color="tab:blue")
+    ax_loss.set(xlabel="step", ylabel="training loss (MSE, standardised targets)")
+    ax_val.plot(*_series(history, "val_loss"), "o-", color="tab:orange")
+    ax_val.set(xlabel="step", ylabel="validation MSE (target units)")
+    ax_r2.plot(*_series(history, "accuracy"), color="tab:blue", label="training R²")
+    val = [r for r in history if r.get("val_accuracy") is not None
+           and math.isfinite(float(r["val_accuracy"]))]  # fmt: skip
+    if val:
+        ax_r2.errorbar([r["step"] for r in val], [float(r["val_accuracy"]) for r in val],
+                       yerr=[float(r.get("val_ci95") or 0.0) for r in val], fmt="o-",
+                       color="tab:orange", capsize=3, label="validation R² (95% CI)")  # fmt: skip
+    ax_r2.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax_r2.set(xlabel="step", ylabel="R² of the query rows")
+    ax_r2.legend(loc="lower right")
+    for ax in (ax_loss, ax_val, ax_r2):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
