@@ -132,6 +132,20 @@ def test_without_batch_norm_and_schedules_it_is_maml():
         torch.testing.assert_close(a, b)
 
 
+def test_one_inner_step_with_the_multi_step_loss_is_the_final_loss():
+    """With one inner step the multi-step loss has no earlier steps: its one weight is 1, so
+    the loss during annealing equals the final query loss (once crashed on an empty stack)."""
+    torch.manual_seed(0)
+    plus = MAMLPlusPlus(MLP(10, hidden=(16, 12), batch_norm=False), 3, feature_dim=12,
+                        inner_steps=1, msl_steps=20, first_order_steps=0).train()  # fmt: skip
+    batch = random_batch(3, 3, 2, 2, (10,), torch.float32)
+    assert msl_weights(1, 0, 20) == pytest.approx([1.0])
+    annealing, _ = plus.meta_loss(batch)
+    plus.meta_step.fill_(20)  # the schedule is over: the final loss alone
+    final, _ = plus.meta_loss(batch)
+    torch.testing.assert_close(annealing, final)
+
+
 def test_derivative_order_annealing_and_step_counter():
     torch.manual_seed(0)
     learner = MAMLPlusPlus(

@@ -298,7 +298,8 @@ class MAMLPlusPlus(FastWeightLearner):
         loss, accuracy = query_metrics(logits, batch.query_y)
         if weights is not None:
             tasks = batch.batch_size
-            loss = (torch.stack(step_losses).sum() / tasks) + weights[-1] * loss
+            earlier = torch.stack(step_losses).sum() / tasks if step_losses else 0.0  # 1 step
+            loss = earlier + weights[-1] * loss
         return loss, accuracy
 
     def meta_train_step(self, batch: EpisodeBatch, optimizer: torch.optim.Optimizer) -> StepResult:

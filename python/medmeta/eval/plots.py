@@ -12,6 +12,7 @@ PNG and returns its path.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from medmeta._files import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,10 +56,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, path: PathLike) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    """Render ``fig`` as PNG and write it atomically (never a half-written file)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def _history_rows(history: Any) -> list[Mapping[str, Any]]:

@@ -691,6 +691,13 @@ class _Run:
             elapsed=st.elapsed_now(),
         )
         atomic_save(ckpt, self.files.last)
+        self.write_log_json()
+
+    def write_log_json(self) -> None:
+        """``log.json`` from the state: after each ``last.pt``, and on resuming (a run killed
+        between the two finds it a step behind)."""
+        assert self.files is not None
+        st = self.state
         self.files.log.write_json(
             {"format": "medmeta.trainlog/1", "config": self.config, "step": st.step,
              "finished": st.step >= self.schedule.steps, "best": st.best, "history": st.history}
@@ -748,6 +755,7 @@ class _Run:
                 st.best = _no_best()
         if self.files.writes:
             self.files.log.reset(st.history)
+            self.write_log_json()
         logger.info("resuming from %s at step %d", last_path, st.step)
 
     # -- one step ------------------------------------------------------------------

@@ -11,11 +11,16 @@
 
 Privacy: patient-identifying attributes (names, ids, birth dates, addresses, UIDs, dates, ...)
 are never logged and never copied into outputs. The only patient-derived value that leaves
-this module is :func:`patient_key`: ``sha256(salt + PatientID)`` truncated to 16 hex digits,
-meant as the episode/split ``groups`` key. It is a pseudonym, not an anonymisation: with the
-default public salt anyone who knows a PatientID can recompute it, so set a secret salt
-(``salt=`` or the ``MEDMETA_PATIENT_SALT`` environment variable) for data that leaves your site.
-pydicom's own warnings are captured and only counted, because their text can quote values.
+this module is :func:`patient_key`: ``HMAC-SHA256(salt, PatientID)`` truncated to 16 hex
+digits, meant as the episode/split ``groups`` key. A dataset folder gets its own salt
+(:func:`dataset_salt`: ``HMAC-SHA256(secret, "medmeta-dataset:" + folder name)``), so one
+patient has unrelated keys in two datasets; the secret is ``$MEDMETA_PATIENT_SALT`` or a fixed
+public default. It is a pseudonym, not an anonymisation: with the public default anyone who
+knows a PatientID and the folder name can recompute the key, so set a secret
+(``MEDMETA_PATIENT_SALT``, or ``salt=``, then used as the dataset's salt as it is) for data that
+leaves your site. ``meta["patient_key"]`` of a loaded dataset says how its keys were made
+(scheme and a fingerprint of the salt, never the salt). pydicom's own warnings are captured
+and only counted, because their text can quote values.
 
 Sizes are checked before decoding: ``Rows x Columns x frames x samples x bytes`` above
 ``max_bytes`` raises :class:`DataError` without touching the pixel data, and native (not
@@ -24,11 +29,13 @@ compressed) pixel data shorter than the header implies is reported as truncated.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +58,7 @@ from ..errors import (
 __all__ = [
     "DicomImage",
     "DicomVolume",
+    "dataset_salt",
     "load_dicom_folder",
     "load_dicom_series",
     "patient_key",
@@ -71,17 +79,36 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def patient_key(patient_id: str | None, salt: str | None = None) -> str:
-    """A stable pseudonymous patient id: ``sha256(salt + PatientID)``, 16 hex digits.
+def _secret() -> str:
+    return os.environ.get(_SALT_ENV) or DEFAULT_SALT
 
-    ``salt`` defaults to ``$MEDMETA_PATIENT_SALT`` or a fixed public salt. A missing or empty
-    PatientID maps to one shared key (all such files then fall in one group, which is the safe
-    choice for patient-level splits).
+
+def patient_key(patient_id: str | None, salt: str | None = None) -> str:
+    """A stable pseudonymous patient id: ``HMAC-SHA256(salt, PatientID)``, 16 hex digits.
+
+    ``salt`` defaults to ``$MEDMETA_PATIENT_SALT`` or a fixed public salt (the folder
+    loaders pass the dataset's :func:`dataset_salt`). A missing or empty PatientID maps to
+    one shared key (all such files then fall in one group, which is the safe choice for
+    patient-level splits).
     """
-    if salt is None:
-        salt = os.environ.get(_SALT_ENV, DEFAULT_SALT)
-    digest = hashlib.sha256((salt + (patient_id or "")).encode("utf-8")).hexdigest()
-    return digest[:16]
+    key = (_secret() if salt is None else salt).encode("utf-8")
+    return hmac.new(key, (patient_id or "").encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+def dataset_salt(root: str | os.PathLike[str], secret: str | None = None) -> str:
+    """The salt of the patient keys of the dataset in folder ``root``:
+    ``HMAC-SHA256(secret, "medmeta-dataset:" + folder name)`` as hex, so the same patient gets
+    unrelated keys in differently named datasets while a dataset keeps its keys wherever it
+    is copied. ``secret``: ``$MEDMETA_PATIENT_SALT`` or a fixed public default."""
+    name = os.path.basename(os.path.normpath(os.fspath(root)))
+    key = (_secret() if secret is None else secret).encode("utf-8")
+    return hmac.new(key, f"medmeta-dataset:{name}".encode(), hashlib.sha256).hexdigest()
+
+
+def _key_info(salt: str, given: bool) -> dict[str, str]:
+    """``meta["patient_key"]``: how the keys were made, with a fingerprint of the salt."""
+    return {"scheme": "hmac-sha256/16", "salt": "given" if given else "per-dataset",
+            "salt_fingerprint": hashlib.sha256(salt.encode("utf-8")).hexdigest()[:8]}  # fmt: skip
 
 
 @dataclass(frozen=True, repr=False)
@@ -199,34 +226,47 @@ def _rescale_params(ds: Any, n_frames: int) -> tuple[np.ndarray, np.ndarray, boo
     return s_arr, i_arr, True
 
 
-def _positions(ds: Any, n_frames: int) -> np.ndarray | None:
+def _numbers(values: Any, n: int, name: str, path: str) -> np.ndarray | None:
+    """``values`` as ``n`` finite floats, ``None`` when absent or of another length; values
+    that are not numbers raise :class:`DataError` naming the attribute."""
+    if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        return None
+    if len(values) != n:
+        return None
+    try:
+        out = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise DataError(f"invalid {name}: expected {n} numbers ({err})", path) from err
+    if not np.isfinite(out).all():
+        raise DataError(f"invalid {name}: expected {n} finite numbers", path)
+    return out
+
+
+def _positions(ds: Any, n_frames: int, path: str) -> np.ndarray | None:
     per = _frame_values(ds, n_frames, "PlanePositionSequence", "ImagePositionPatient")
-    if per is not None and all(p is not None and len(p) == 3 for p in per):
-        return np.array([[float(c) for c in p] for p in per])
-    pos = ds.get("ImagePositionPatient")
-    if pos is not None and len(pos) == 3:
-        return np.tile(np.array([float(c) for c in pos]), (n_frames, 1)) if n_frames == 1 else None
-    return None
+    if per is not None:
+        rows = [_numbers(p, 3, "ImagePositionPatient", path) for p in per]
+        if all(r is not None for r in rows):
+            return np.stack(rows)  # type: ignore[arg-type]
+    pos = _numbers(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path)
+    return pos[None] if pos is not None and n_frames == 1 else None
 
 
-def _orientation(ds: Any, n_frames: int) -> np.ndarray | None:
+def _orientation(ds: Any, n_frames: int, path: str) -> np.ndarray | None:
     ori = ds.get("ImageOrientationPatient")
     if ori is None:
         per = _frame_values(ds, n_frames, "PlaneOrientationSequence", "ImageOrientationPatient")
         ori = per[0] if per else None
-    if ori is None or len(ori) != 6:
-        return None
-    return np.array([float(c) for c in ori])
+    return _numbers(ori, 6, "ImageOrientationPatient", path)
 
 
-def _spacing(ds: Any, n_frames: int) -> tuple[float, float] | None:
+def _spacing(ds: Any, n_frames: int, path: str) -> tuple[float, float] | None:
     sp = ds.get("PixelSpacing")
     if sp is None:
         per = _frame_values(ds, n_frames, "PixelMeasuresSequence", "PixelSpacing")
         sp = per[0] if per else None
-    if sp is None or len(sp) != 2:
-        return None
-    return float(sp[0]), float(sp[1])
+    values = _numbers(sp, 2, "PixelSpacing", path)
+    return None if values is None else (float(values[0]), float(values[1]))
 
 
 def _int_attr(ds: Any, name: str, path: str, default: int | None = None) -> int:
@@ -256,6 +296,44 @@ def _dcmread(path: str, force: bool) -> Any:
     return ds
 
 
+class _Muted(logging.Filter):
+    """Drops (and counts) log records: pydicom's quote element values, e.g. "Invalid value
+    for VR UI: '<the UID>'" when an attribute is first read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        return False
+
+
+def _quiet_pydicom(read: Callable[..., DicomImage]) -> Callable[..., DicomImage]:
+    """``read`` with pydicom's warnings and log records counted, never shown: elements are
+    decoded lazily, on first access, so this covers the whole read, not only ``dcmread``."""
+
+    @functools.wraps(read)
+    def quiet(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> DicomImage:
+        muted, caught = _Muted(), []
+        names = ["pydicom", *(n for n in logging.Logger.manager.loggerDict if n.startswith("pydicom."))]  # fmt: skip
+        loggers = [logging.getLogger(n) for n in names]
+        for log in loggers:
+            log.addFilter(muted)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                return read(path, *args, **kwargs)
+        finally:
+            for log in loggers:
+                log.removeFilter(muted)
+            if caught or muted.count:  # only counted: the text may quote names, ids, dates
+                logger.debug("pydicom warned %d times while reading %s", len(caught) + muted.count, os.fspath(path))  # fmt: skip
+
+    return quiet
+
+
+@_quiet_pydicom
 def read_dicom(
     path: str | os.PathLike[str],
     *,
@@ -349,7 +427,9 @@ def read_dicom(
     photometric = str(ds.get("PhotometricInterpretation", ""))
     pixels = raw.astype(np.float32)
     if invert_monochrome1 and photometric == "MONOCHROME1":
-        bits_stored = int(ds.get("BitsStored", bits) or bits)
+        bits_stored = _int_attr(ds, "BitsStored", p, bits)
+        if not 1 <= bits_stored <= bits:
+            raise DataError(f"invalid BitsStored={bits_stored} for BitsAllocated={bits}", p)
         if raw.dtype.kind == "u":
             pixels = np.float32(2**bits_stored - 1) - pixels
         else:
@@ -369,11 +449,11 @@ def read_dicom(
         pixels=pixels,
         modality=str(ds.get("Modality", "")),
         patient_key=patient_key(str(ds.get("PatientID", "") or ""), salt),
-        positions=_positions(ds, frames),
-        orientation=_orientation(ds, frames),
-        pixel_spacing=_spacing(ds, frames),
+        positions=_positions(ds, frames, p),
+        orientation=_orientation(ds, frames, p),
+        pixel_spacing=_spacing(ds, frames, p),
         slice_thickness=_float_or_none(ds.get("SliceThickness")),
-        instance_number=None if inst in (None, "") else int(inst),
+        instance_number=None if inst in (None, "") else _int_attr(ds, "InstanceNumber", p),
         rescaled=bool(rescale and rescaled),
         window=win,
         photometric=photometric,
@@ -409,7 +489,8 @@ def load_dicom_series(
 
     Args:
         source: folder or list of files.
-        rescale, window, max_bytes, salt: as for :func:`read_dicom`.
+        rescale, window, max_bytes: as for :func:`read_dicom`.
+        salt: salt of ``patient_key`` (default for a folder: its :func:`dataset_salt`).
         series: if the files hold several series, which one (index in order of SeriesNumber);
             by default several series raise :class:`DataError`.
         on_error: ``"skip"`` skips unreadable files and reports them in ``volume.skipped``.
@@ -424,6 +505,7 @@ def load_dicom_series(
             raise DataError("DICOM series folder not found", folder)
         files = _list_files(folder)
         where = folder
+        salt = dataset_salt(folder) if salt is None else salt
     else:
         files = [os.fspath(f) for f in source]
         where = "files"
@@ -550,12 +632,14 @@ def load_dicom_folder(
     """Read ``root/<class>/**/<DICOM file>`` into a dataset of 2-D slices.
 
     Every frame of every file becomes one example. ``groups`` holds the hashed patient key
-    (:func:`patient_key`) so that episodes and splits can keep a patient's slices together.
+    (:func:`patient_key` with the dataset's salt) so that episodes and splits can keep a
+    patient's slices together; ``meta["patient_key"]`` says how (never the salt itself).
     Neither the file names nor any patient attribute is stored in the dataset.
 
     Args:
         root: folder with one sub-folder per class (searched recursively inside each class).
-        rescale, window, max_bytes, salt: as for :func:`read_dicom`.
+        rescale, window, max_bytes: as for :func:`read_dicom`.
+        salt: salt of the patient keys (default: :func:`dataset_salt` of ``root``).
         size: resize slices to ``(H, W)``; by default sizes must match, and a mismatch raises
             :class:`DataError` naming the file.
         class_names: the class folders to load, in label order (default: all, sorted).
@@ -569,6 +653,7 @@ def load_dicom_folder(
 
     check_on_error(on_error)
     root_s = os.fspath(root)
+    given, salt = salt is not None, dataset_salt(root_s) if salt is None else salt
     if size is not None:
         size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     names = _list_classes(root_s, class_names)
@@ -623,6 +708,7 @@ def load_dicom_folder(
         "format": "dicom",
         "rescaled": rescale,
         "window": None if window is None else resolve_window(window),
+        "patient_key": _key_info(salt, given),
     }
     return ArrayDataset(
         np.stack(xs),

@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 EXIT_DATA = 3
 EXIT_MODEL = 4
 EXIT_CHECK = 5
+EXIT_WRITE = 6
 
 EXIT_CODES_HELP = """exit status:
   0  success
@@ -19,7 +20,8 @@ EXIT_CODES_HELP = """exit status:
   2  usage error: unknown option, bad value, bad config file
   3  data error: missing, corrupt or unsuitable data (the message names the file or class)
   4  model error: missing or invalid model folder, checkpoint or ONNX file
-  5  a verification failed (e.g. the exported model disagrees with PyTorch)"""
+  5  a verification failed (e.g. the exported model disagrees with PyTorch)
+  6  an output could not be written (full disk, read-only folder); the previous file is kept"""
 
 
 class CLIError(Exception):
@@ -48,11 +50,14 @@ class CheckFailed(CLIError):
 
 def exit_code_of(err: BaseException) -> int:
     """The exit status for an exception raised by a subcommand."""
+    from medmeta._files import WriteError
     from medmeta.edge.errors import DataError
     from medmeta.edge.schema import EdgeModelError
 
     if isinstance(err, CLIError):
         return err.code
+    if isinstance(err, WriteError):
+        return EXIT_WRITE
     if isinstance(err, EdgeModelError):
         return EXIT_MODEL
     if isinstance(err, (DataError, FileNotFoundError, IsADirectoryError, NotADirectoryError)):
