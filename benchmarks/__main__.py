@@ -21,6 +21,7 @@ SUITES: dict[str, str] = {
     "protocols": "benchmarks.protocols",
     "algorithms": "benchmarks.algorithms",
     "edge": "benchmarks.edge",
+    "federated": "benchmarks.federated",
     "distributed": "benchmarks.distributed",
 }
 #: The suites run when no suite is named.

@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("medmeta.cli.export", "export a trained or adapted model to ONNX (optionally int8)"),
     "predict": ("medmeta.cli.predict", "classify inputs with an ONNX model, without PyTorch; or segment them (masks)"),
     "datasets": ("medmeta.data.registry", "list the embedded real datasets, or describe one"),
+    "federate": ("medmeta.cli.federate", "federated meta-learning across sites on Flower (data stay at each site; optional DP)"),
     "bench": ("medmeta.cli.bench", "run the benchmark suites (ops, algorithms, edge)"),
 }  # fmt: skip
 
@@ -35,6 +36,8 @@ COMPUTE_COMMANDS = ("demo", "train", "eval", "adapt", "export")  # bench: in a c
 EPILOG = f"""examples:
   medmeta demo                                   # the whole pipeline on blood-cell images, report in ./medmeta-demo/
   medmeta demo --quick                           # the same in about 25 s (smoke test)
+  medmeta demo --family signals                  # pig_cvp recordings (also tables, expression)
+  medmeta demo --family regression               # T3 at a new clinic, with 90% intervals
   medmeta datasets                               # embedded datasets with their licenses
   medmeta train --data pbc_blood --classes 0-4 --algorithm protonet \\
                 --ways 3 --shots 5 --queries 15 --steps 400 --out runs/protonet
@@ -42,9 +45,12 @@ EPILOG = f"""examples:
   medmeta adapt --model runs/protonet --support pbc_blood --classes 5-7 --shots 5 --out runs/adapted
   medmeta export --model runs/adapted --out model.onnx --int8
   medmeta predict --model model.onnx --inputs images/ --json
+  medmeta train --task regression --data thyroid --target T3 --group-by referral_source \\
+                --classes other,SVI,SVHC --val-classes STMW --drop-missing-targets --out runs/t3
   medmeta train --task segmentation --data dsb_nuclei --out runs/nuclei   # Dice, 1-way 1-shot
   medmeta adapt --model runs/nuclei --support cells/ --out runs/cells     # cells/images, cells/masks
   medmeta predict --model runs/cells --inputs new_cells/ --out masks/     # one PNG mask per image
+  medmeta federate --sites a=pbc_blood@0-3,b=pbc_blood@4-7 --ways 3 --out runs/fed
   medmeta bench ops --quick
 
 Run `medmeta COMMAND --help` for the options of a command.

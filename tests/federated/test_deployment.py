@@ -1,0 +1,81 @@
+"""Flower's deployment engine on loopback: a ``flower-superlink`` and three
+``flower-supernode`` processes (one per site, each knowing only its site name and data),
+the run submitted with ``flwr run``. The model it writes must equal the federated
+algorithm written out in this process (the same local trainings, the weighted mean, the
+Reptile step), and no process may outlive the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medmeta.cli._model import load_model
+from medmeta.edge.preprocess import Preprocessing
+from medmeta.federated.deployment import run_deployment
+from medmeta.federated.planning import make_plan
+from medmeta.federated.server_app import initial_learner
+from medmeta.federated.site import Site
+from medmeta.federated.weights import federated_keys, floor_variances, to_numpy
+
+pytestmark = pytest.mark.slow  # 5 Flower processes and a ClientApp process per message
+
+
+def _ours(marker: str) -> list[int]:
+    """Processes whose command line mentions ``marker`` (this run's folder)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def _written_out(plan, sites) -> dict[str, np.ndarray]:
+    """The global weights after ``plan.rounds`` rounds, computed here without Flower."""
+    state = initial_learner(plan).state_dict()
+    theta = to_numpy(state, federated_keys(state))
+    for r in range(1, plan.rounds + 1):
+        updates = [s.update(plan, theta, r) for s in sites]
+        total = sum(u.examples for u in updates)
+        step = {k: sum(u.examples * u.delta[k].astype(np.float32).astype(np.float64) for u in updates) / total
+                for k in theta}  # fmt: skip
+        eta = plan.server_step(r)
+        theta = floor_variances({k: (theta[k] + eta * step[k]).astype(np.float32).astype(np.float64)
+                                 for k in theta})  # fmt: skip
+    return theta
+
+
+def test_superlink_and_three_supernodes_on_loopback(tmp_path: Path) -> None:
+    sites = [Site("A", "pbc_blood", "0-2"), Site("B", "pbc_blood", "2-4"),
+             Site("C", "pbc_blood", "4-7")]  # fmt: skip
+    plan = make_plan(
+        [s.name for s in sites], learner="protonet",
+        backbone={"name": "conv4", "input_shape": [3, 28, 28], "kwargs": {"hidden": 4}},
+        preprocessing=Preprocessing.for_images((3, 28, 28)).to_dict(), ways=3, shots=1,
+        queries=2, meta_batch=1, rounds=2, local_steps=2, algorithm="reptile", server_lr=0.7,
+    )  # fmt: skip
+    out = tmp_path / "deployed"
+    try:
+        card = run_deployment(plan, sites, out, command="test", timeout=480, start_timeout=120)
+        assert _ours(str(out)) == []  # the SuperLink, SuperNodes and their children are gone
+    finally:
+        for pid in _ours(str(out)):
+            os.kill(pid, signal.SIGKILL)
+    assert card["federated"]["engine"] == "flower deployment"
+    assert [h["sites"] for h in card["federated"]["history"]] == [["A", "B", "C"]] * 2
+    assert [s["examples"] for s in card["federated"]["sites"]] == [1800, 1800, 2400]
+    logs = {p.name for p in (out / "flower").iterdir()}
+    assert {"superlink.log", "supernode-0.log", "supernode-2.log", "flwr-run.log"} <= logs
+    model = load_model(out)
+    got = to_numpy(model.learner.state_dict(), federated_keys(model.learner.state_dict()))
+    expected = _written_out(plan, sites)
+    assert set(got) == set(expected)
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
