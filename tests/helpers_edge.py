@@ -120,3 +120,17 @@ def held_out_task(seed: int = 0, shots: int = SHOTS) -> HeldOutTask:
         query_x=x[np.concatenate(query)],
         query_y=torch.as_tensor(np.concatenate(query_y)),
     )
+
+
+def tamper_weights(src: Any, dst: Any) -> None:
+    """Write ``src`` (an ONNX file) to ``dst`` with its largest weight tensor nudged and its
+    metadata as exported: a model edited after export."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    init = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    array = numpy_helper.to_array(init).copy()
+    array.flat[0] += 1e-3
+    init.CopyFrom(numpy_helper.from_array(array, init.name))
+    onnx.save(model, str(dst))

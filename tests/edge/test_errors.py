@@ -10,6 +10,7 @@ import onnx
 import pytest
 import torch
 
+from helpers_edge import tamper_weights
 from medmeta.edge import EdgeModel, EdgeModelError
 
 
@@ -156,16 +157,6 @@ def test_explain_and_save_need_the_right_form(classifier, tmp_path):
         EdgeModel(classifier.path, ood_quantile=1.5)
 
 
-def _tamper_weights(src, dst) -> None:
-    """``src`` with its largest weight tensor nudged, metadata left as exported."""
-    model = onnx.load(str(src))
-    init = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
-    array = onnx.numpy_helper.to_array(init).copy()
-    array.flat[0] += 1e-3
-    init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
-    onnx.save(model, str(dst))
-
-
 @pytest.mark.parametrize("role", ["classifier", "embedder"])
 def test_weights_edited_after_export_are_refused(exported, tmp_path, role):
     source = getattr(exported, role)
@@ -174,6 +165,6 @@ def test_weights_edited_after_export_are_refused(exported, tmp_path, role):
     for f in (exported.classifier, exported.embedder, exported.head):
         (folder / f.name).write_bytes(f.read_bytes())
     EdgeModel(folder / source.name)  # the untouched copy loads
-    _tamper_weights(source, folder / source.name)
+    tamper_weights(source, folder / source.name)
     with pytest.raises(EdgeModelError, match="weights do not match the weights_sha256"):
         EdgeModel(folder / source.name)

@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 
+from helpers_edge import tamper_weights
 from medmeta.algorithms import build
 from medmeta.algorithms.ensemble_regressor import EnsembleRegressor, adapt_ensemble
 from medmeta.edge import EdgeModel, EdgeModelError, EdgeRegressor, Preprocessing
@@ -115,18 +116,9 @@ def test_metadata_describes_the_regressor(maml_file):
     assert (model.target, model.level, model.members) == ("TSH", 0.9, 4)
 
 
-def _tamper(src: Path, dst: Path) -> None:
-    model = onnx.load(str(src))
-    init = max(model.graph.initializer, key=lambda t: onnx.numpy_helper.to_array(t).size)
-    array = onnx.numpy_helper.to_array(init).copy()
-    array.flat[0] += 1e-3
-    init.CopyFrom(onnx.numpy_helper.from_array(array, init.name))
-    onnx.save(model, str(dst))
-
-
 def test_tampered_weights_are_refused(maml_file, tmp_path):
     _, result = maml_file
-    _tamper(result.path, tmp_path / "tampered.onnx")
+    tamper_weights(result.path, tmp_path / "tampered.onnx")
     assert not verify_weights(tmp_path / "tampered.onnx")
     with pytest.raises(EdgeModelError, match="weights do not match the weights_sha256"):
         EdgeRegressor(tmp_path / "tampered.onnx")

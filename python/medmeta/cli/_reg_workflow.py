@@ -220,28 +220,14 @@ def train_regressor(
 
 
 def _learning_curves(history: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training loss (standardised MSE), validation MSE (target units) and R² per step."""
+    """Training loss, validation MSE and R² per step (:func:`plot_regression_curves`)."""
     try:
-        from medmeta.eval.plots import _figure, _save, _series
-    except ImportError:  # pragma: no cover - matplotlib is optional
-        return None
-    try:
-        fig = _figure(13, 4)
-    except ImportError:
+        from medmeta.report.regression import plot_regression_curves
+
+        return plot_regression_curves(history, path)
+    except ImportError:  # matplotlib is optional
         logger.info("matplotlib is not installed; no learning-curve plot")
         return None
-    ax_loss, ax_val, ax_r2 = fig.subplots(1, 3)
-    ax_loss.plot(*_series(history, "loss"), color="tab:blue")
-    ax_loss.set(xlabel="step", ylabel="training loss (standardised MSE)")
-    ax_val.plot(*_series(history, "val_loss"), "o-", color="tab:orange")
-    ax_val.set(xlabel="step", ylabel="validation MSE (target units)")
-    ax_r2.plot(*_series(history, "accuracy"), color="tab:blue", label="training R²")
-    ax_r2.plot(*_series(history, "val_accuracy"), "o-", color="tab:orange", label="validation R²")
-    ax_r2.set(xlabel="step", ylabel="R² of the queries")
-    ax_r2.legend(loc="lower right")
-    for ax in (ax_loss, ax_val, ax_r2):
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- adaptation

@@ -74,6 +74,23 @@ def level_arg(text: str) -> float:
     return value
 
 
+def add_model_flags(parser: Any) -> None:
+    """The regression flags of the commands that take a trained model (``eval``, ``adapt``):
+    the data's task column and target (checked against the model's), missing targets, and
+    the bootstrap interval (default: the model's)."""
+    from medmeta.edge.cli.config import int_at_least
+
+    parser.add_argument("--group-by", metavar="COLUMN", help="regression on a table: the "
+                        "task column (default: the model's)")  # fmt: skip
+    parser.add_argument("--target", help="regression: the model's target column (checked)")
+    parser.add_argument("--drop-missing-targets", action="store_true",
+                        help="regression: leave out rows whose target is missing")  # fmt: skip
+    parser.add_argument("--members", type=int_at_least(2),
+                        help="regression: bootstrap ensemble size (default: the model's)")  # fmt: skip
+    parser.add_argument("--level", type=level_arg, help="regression: nominal coverage of the "
+                        "interval (default: the model's)")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class RegressionData:
     """Rows of a regression data source, each with a target and a task (group).

@@ -47,15 +47,7 @@ def build_parser(prog: str) -> object:
     )
     p.add_argument("--class-names", help="segmentation: names of the mask labels 1..N, "
                    "comma-separated or a text file (default: the folder's classes.txt)")  # fmt: skip
-    p.add_argument("--group-by", metavar="COLUMN", help="regression on a table: the task "
-                   "column (default: the model's)")  # fmt: skip
-    p.add_argument("--target", help="regression: the model's target column (checked)")
-    p.add_argument("--drop-missing-targets", action="store_true",
-                   help="regression: leave out rows whose target is missing")  # fmt: skip
-    p.add_argument("--members", type=int_at_least(2),
-                   help="regression: bootstrap ensemble size (default: the model's)")  # fmt: skip
-    p.add_argument("--level", type=_regression.level_arg,
-                   help="regression: nominal coverage of the interval (default: the model's)")  # fmt: skip
+    _regression.add_model_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seeds the choice of support examples")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--out", required=True, help="adapted model folder to write")

@@ -59,15 +59,7 @@ def build_parser(prog: str) -> object:
                    "(comma-separated or a text file), for folders of images and masks")  # fmt: skip
     p.add_argument("--report", metavar="DIR", help="segmentation: write report.html (query "
                    "images with outlines, per-class Dice, failure gallery) to DIR")  # fmt: skip
-    p.add_argument("--group-by", metavar="COLUMN", help="regression on a table: the task "
-                   "column (default: the model's)")  # fmt: skip
-    p.add_argument("--target", help="regression: the model's target column (checked)")
-    p.add_argument("--drop-missing-targets", action="store_true",
-                   help="regression: leave out rows whose target is missing")  # fmt: skip
-    p.add_argument("--members", type=int_at_least(2),
-                   help="regression: bootstrap ensemble size (default: the model's)")  # fmt: skip
-    p.add_argument("--level", type=_regression.level_arg,
-                   help="regression: nominal coverage of the interval (default: the model's)")  # fmt: skip
+    _regression.add_model_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes (default 0)")
     p.add_argument(
         "--temperature",
