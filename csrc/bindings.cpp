@@ -1,7 +1,11 @@
 // pybind11 module medmeta._C: one function per kernel entry. Arguments are raw data
 // pointers (integers from torch's data_ptr() or numpy's ctypes.data), sizes, dtype and
 // metric codes, and the device: index < 0 for the CPU, else a CUDA ordinal and the
-// caller's stream. The GIL is released around every kernel.
+// caller's stream. Every binding checks its sizes before it reads any data (common/sizes.h:
+// negative sizes, element counts past 2^56, the CUDA kernels' row limit, also in builds
+// without CUDA). The GIL is released for every kernel and data scan (call_guard: after the
+// arguments are converted to C++ values, until the result is converted back), so other
+// Python threads run meanwhile; no binding keeps state between calls.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +14,7 @@
 #include <vector>
 
 #include "common/cpu.h"
+#include "common/sizes.h"
 #include "common/validate.h"
 #include "ops/distance/distance.h"
 #include "ops/inner_update/inner_update.h"
@@ -52,6 +57,16 @@ int64_t first_nonfinite_rate(const Device& dev, bool check, int dt, const std::v
     if (bad >= 0) return static_cast<int64_t>(k);
   }
   return -1;
+}
+
+// Every tensor of an inner_update call: see check_update_tensor; their total stays below 2^56.
+void check_update_sizes(const char* op, const std::vector<uintptr_t>& lrs, const std::vector<int64_t>& numels,
+                        const std::vector<int64_t>& lr_numels) {
+  int64_t total = 0;
+  for (size_t k = 0; k < numels.size(); ++k) {
+    total += check_update_tensor(op, k, numels[k], lrs[k] != 0, lr_numels[k]);
+    MEDMETA_CHECK(total <= kMaxElements, std::string(op) + ": the tensors hold more than 2^56 elements");
+  }
 }
 
 int64_t first_empty_class(const Device& dev, bool check, int dt, uintptr_t mass, int64_t n) {
@@ -123,6 +138,11 @@ py::dict build_info() {
 #else
   d["openmp"] = false;
 #endif
+#if defined(MEDMETA_SANITIZE)
+  d["sanitize"] = true;  // ASan + UBSan: a test build, loaded with the runtimes preloaded
+#else
+  d["sanitize"] = false;
+#endif
   d["cpu_isa"] = cpu_isa();
   d["cpu_dtypes"] = py::make_tuple("float32", "float64");
   d["cuda_dtypes"] = py::make_tuple("float32", "float64", "float16", "bfloat16");
@@ -146,14 +166,16 @@ PYBIND11_MODULE(_C, m) {
   // CPU data check of the prototypes' weights (index, or -1 when all are fine). dt: 0 float32, 1 float64.
   // The other data checks run inside the forward bindings below.
   m.def("first_negative_or_nonfinite", [](uintptr_t v, int64_t n, int dt) {
+    checked_numel("first_negative_or_nonfinite", "v", {{"n", n}});
     return dt == 1 ? first_negative_or_nonfinite(ptr<const double>(v), n)
                    : first_negative_or_nonfinite(ptr<const float>(v), n);
-  }, py::arg("v"), py::arg("n"), py::arg("dt"));
+  }, py::arg("v"), py::arg("n"), py::arg("dt"), nogil);
 
   m.def(
       "distance_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t x, uintptr_t y, uintptr_t out, uintptr_t ws, int64_t B,
          int64_t Q, int64_t N, int64_t D, int metric) {
+        check_pairwise_sizes("pairwise_distance", dev >= 0, B, Q, N, D);
         MEDMETA_ON_DEVICE(device_of(dev, stream), distance_forward, DType(dt), ptr<const void>(x),
                           ptr<const void>(y), ptr<void>(out), ptr<void>(ws), B, Q, N, D, Metric(metric));
       },
@@ -163,6 +185,7 @@ PYBIND11_MODULE(_C, m) {
       "distance_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t x, uintptr_t y, uintptr_t out, uintptr_t gx,
          uintptr_t gy, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D, int metric) {
+        check_pairwise_sizes("pairwise_distance", dev >= 0, B, Q, N, D);
         MEDMETA_ON_DEVICE(device_of(dev, stream), distance_backward, DType(dt), ptr<const void>(g),
                           ptr<const void>(x), ptr<const void>(y), ptr<const void>(out), ptr<void>(gx),
                           ptr<void>(gy), ptr<void>(ws), B, Q, N, D, Metric(metric));
@@ -176,6 +199,7 @@ PYBIND11_MODULE(_C, m) {
       [](int dev, uintptr_t stream, int dt, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t loss, uintptr_t acc,
          uintptr_t dist, uintptr_t lse, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D, int metric,
          double inv_t, bool check) {
+        check_pairwise_sizes("prototypical_loss", dev >= 0, B, Q, N, D);
         const Device device = device_of(dev, stream);
         const int64_t bad = first_bad_label(device, check, t, B * Q, N);
         if (bad >= 0) return bad;  // nothing computed
@@ -193,6 +217,7 @@ PYBIND11_MODULE(_C, m) {
       [](int dev, uintptr_t stream, int dt, uintptr_t gl, uintptr_t q, uintptr_t p, uintptr_t t, uintptr_t dist,
          uintptr_t lse, uintptr_t gq, uintptr_t gp, uintptr_t ws, int64_t B, int64_t Q, int64_t N, int64_t D,
          int metric, double inv_t) {
+        check_pairwise_sizes("prototypical_loss", dev >= 0, B, Q, N, D);
         MEDMETA_ON_DEVICE(device_of(dev, stream), protoloss_backward, DType(dt), ptr<const void>(gl),
                           ptr<const void>(q), ptr<const void>(p), ptr<const int64_t>(t), ptr<const void>(dist),
                           ptr<const void>(lse), ptr<void>(gq), ptr<void>(gp), ptr<void>(ws), B, Q, N, D,
@@ -206,6 +231,7 @@ PYBIND11_MODULE(_C, m) {
       "prototypes_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t emb, uintptr_t labels, uintptr_t w, uintptr_t out,
          uintptr_t wsum, int64_t B, int64_t S, int64_t N, int64_t D, bool check) {
+        check_prototypes_sizes(dev >= 0, B, S, N, D);
         const Device device = device_of(dev, stream);
         const int64_t bad = first_bad_label(device, check, labels, B * S, N);
         if (bad >= 0) return std::pair<int64_t, int64_t>{bad, -1};  // nothing computed
@@ -222,6 +248,7 @@ PYBIND11_MODULE(_C, m) {
       "prototypes_backward",
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t emb, uintptr_t labels, uintptr_t w,
          uintptr_t out, uintptr_t wsum, uintptr_t gemb, uintptr_t gw, int64_t B, int64_t S, int64_t N, int64_t D) {
+        check_prototypes_sizes(dev >= 0, B, S, N, D);
         MEDMETA_ON_DEVICE(device_of(dev, stream), prototypes_backward, DType(dt), ptr<const void>(g),
                           ptr<const void>(emb), ptr<const int64_t>(labels), ptr<const void>(w),
                           ptr<const void>(out), ptr<const void>(wsum), ptr<void>(gemb), ptr<void>(gw), B, S, N, D);
@@ -234,6 +261,7 @@ PYBIND11_MODULE(_C, m) {
       "masked_prototypes_forward",
       [](int dev, uintptr_t stream, int dt, uintptr_t feat, uintptr_t masks, uintptr_t out, uintptr_t mass,
          int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW, bool check) {
+        check_masked_prototypes_sizes(dev >= 0, B, S, C, D, HW);
         const Device device = device_of(dev, stream);
         MEDMETA_ON_DEVICE(device, masked_prototypes_forward, DType(dt), ptr<const void>(feat),
                           ptr<const void>(masks), ptr<void>(out), ptr<void>(mass), B, S, C, D, HW);
@@ -247,6 +275,7 @@ PYBIND11_MODULE(_C, m) {
       [](int dev, uintptr_t stream, int dt, uintptr_t g, uintptr_t feat, uintptr_t masks, uintptr_t out,
          uintptr_t mass, uintptr_t gfeat, uintptr_t gmasks, int64_t B, int64_t S, int64_t C, int64_t D,
          int64_t HW) {
+        check_masked_prototypes_sizes(dev >= 0, B, S, C, D, HW);
         MEDMETA_ON_DEVICE(device_of(dev, stream), masked_prototypes_backward, DType(dt), ptr<const void>(g),
                           ptr<const void>(feat), ptr<const void>(masks), ptr<const void>(out),
                           ptr<const void>(mass), ptr<void>(gfeat), ptr<void>(gmasks), B, S, C, D, HW);
@@ -264,6 +293,7 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_CHECK(grads.size() == n && lrs.size() == n && outs.size() == n && numels.size() == n &&
                           lr_numels.size() == n,
                       "inner_update_forward: all lists must have one entry per tensor");
+        check_update_sizes("inner_update_forward", lrs, numels, lr_numels);
         const Device device = device_of(dev, stream);
         const int64_t bad = first_nonfinite_rate(device, check, dt, lrs, lr_numels);
         if (bad >= 0) return bad;  // nothing computed
@@ -290,6 +320,7 @@ PYBIND11_MODULE(_C, m) {
         MEDMETA_CHECK(grads.size() == n && lrs.size() == n && grad_grads.size() == n && grad_lrs.size() == n &&
                           numels.size() == n && lr_numels.size() == n && (partials.empty() || partials.size() == n),
                       "inner_update_backward: all lists must have one entry per tensor");
+        check_update_sizes("inner_update_backward", lrs, numels, lr_numels);
         std::vector<UpdateGradTensor> ts(n);
         for (size_t k = 0; k < n; ++k)
           ts[k] = {ptr<const void>(grad_outs[k]),

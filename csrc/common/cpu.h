@@ -13,8 +13,11 @@
 // One build serves every x86-64 CPU: GCC emits a clone per ISA and picks at load time.
 // Each string is one clone (a comma inside a string names two: "avx2,fma" made an AVX2 clone
 // without FMA, the one chosen on AVX2 machines). x86-64-v3 = AVX2 + FMA, v4 adds AVX-512.
-// Unoptimised builds (the sanitizer builds of tests/cuda_emulation) get one plain version.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__OPTIMIZE__) && __GNUC__ >= 12
+// Unoptimised builds (the sanitizer builds of tests/cuda_emulation) and ASan builds
+// (MEDMETA_SANITIZE: three clones would triple their compile time) get one plain version.
+#if defined(__SANITIZE_ADDRESS__)
+#define MEDMETA_CPU_CLONES
+#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__OPTIMIZE__) && __GNUC__ >= 12
 #define MEDMETA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__OPTIMIZE__)
 #define MEDMETA_CPU_CLONES __attribute__((target_clones("avx512f", "fma", "default")))

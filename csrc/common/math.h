@@ -97,14 +97,14 @@ template <typename A> MEDMETA_HD DistanceGrad<A> distance_grad(Metric m, A g, A 
 // Soft-max statistics of one query row with logits = -d * inv_temperature.
 template <typename A> struct RowStats {
   A lse;        // log-sum-exp of the logits
-  long argmin;  // predicted class: the smallest distance, first on ties (torch.argmax)
+  int64_t argmin;  // predicted class: the smallest distance, first on ties (torch.argmax)
 };
 
 template <typename A>
-MEDMETA_HD RowStats<A> row_stats(const A* d, long n, A inv_temperature) {
+MEDMETA_HD RowStats<A> row_stats(const A* d, int64_t n, A inv_temperature) {
   A best = d[0];
-  long arg = 0;
-  for (long i = 1; i < n; ++i) {
+  int64_t arg = 0;
+  for (int64_t i = 1; i < n; ++i) {
     if (d[i] < best) {
       best = d[i];
       arg = i;
@@ -112,7 +112,7 @@ MEDMETA_HD RowStats<A> row_stats(const A* d, long n, A inv_temperature) {
   }
   const A max_logit = -best * inv_temperature;
   A sum = A(0);
-  for (long i = 0; i < n; ++i) sum += m_exp(-d[i] * inv_temperature - max_logit);
+  for (int64_t i = 0; i < n; ++i) sum += m_exp(-d[i] * inv_temperature - max_logit);
   return {max_logit + m_log(sum), arg};
 }
 

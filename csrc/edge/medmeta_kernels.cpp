@@ -5,6 +5,7 @@
 #include <exception>
 #include <string>
 
+#include "common/sizes.h"
 #include "common/validate.h"
 #include "ops/distance/distance.h"
 #include "ops/prototypes/prototypes.h"
@@ -30,6 +31,13 @@ void check_sizes(std::initializer_list<int64_t> sizes, const char* fn) {
   for (int64_t s : sizes) MEDMETA_CHECK(s >= 0, std::string(fn) + ": sizes must be >= 0");
 }
 
+// A buffer of the sizes `dims`: its element count must not overflow (an error, not undefined
+// behaviour), and a non-empty buffer must not be NULL.
+void check_buffer(const char* fn, const char* what, const void* p, std::initializer_list<medmeta::SizeArg> dims) {
+  const int64_t n = medmeta::checked_numel(fn, what, dims);
+  MEDMETA_CHECK(n == 0 || p != nullptr, std::string(fn) + ": " + what + " is NULL");
+}
+
 }  // namespace
 
 extern "C" {
@@ -41,7 +49,12 @@ const char* medmeta_last_error(void) { return last_error.c_str(); }
 int medmeta_class_prototypes_f32(const float* embeddings, const int64_t* labels, int64_t n_examples,
                                  int64_t n_classes, int64_t dim, float* prototypes, float* counts) {
   return guarded([&] {
-    check_sizes({n_examples, n_classes, dim}, "medmeta_class_prototypes_f32");
+    const char* fn = "medmeta_class_prototypes_f32";
+    check_sizes({n_examples, n_classes, dim}, fn);
+    check_buffer(fn, "embeddings", embeddings, {{"n_examples", n_examples}, {"dim", dim}});
+    check_buffer(fn, "labels", labels, {{"n_examples", n_examples}});
+    check_buffer(fn, "prototypes", prototypes, {{"n_classes", n_classes}, {"dim", dim}});
+    check_buffer(fn, "counts", counts, {{"n_classes", n_classes}});
     int64_t bad = medmeta::first_out_of_range(labels, n_examples, n_classes);
     MEDMETA_CHECK(bad < 0, "medmeta_class_prototypes_f32: label " + std::to_string(bad < 0 ? 0 : labels[bad]) +
                                " at index " + std::to_string(bad) + " is outside [0, " +
@@ -54,7 +67,11 @@ int medmeta_class_prototypes_f32(const float* embeddings, const int64_t* labels,
 int medmeta_pairwise_distances_f32(const float* x, const float* y, int64_t batch, int64_t n_x,
                                    int64_t n_y, int64_t dim, int metric, float* out, float* workspace) {
   return guarded([&] {
-    check_sizes({batch, n_x, n_y, dim}, "medmeta_pairwise_distances_f32");
+    const char* fn = "medmeta_pairwise_distances_f32";
+    check_sizes({batch, n_x, n_y, dim}, fn);
+    check_buffer(fn, "x", x, {{"batch", batch}, {"n_x", n_x}, {"dim", dim}});
+    check_buffer(fn, "y", y, {{"batch", batch}, {"n_y", n_y}, {"dim", dim}});
+    check_buffer(fn, "out", out, {{"batch", batch}, {"n_x", n_x}, {"n_y", n_y}});
     MEDMETA_CHECK(metric >= MEDMETA_SQEUCLIDEAN && metric <= MEDMETA_DOT,
                   "medmeta_pairwise_distances_f32: metric must be 0..3, got " + std::to_string(metric));
     if (batch * n_x * n_y == 0) return;

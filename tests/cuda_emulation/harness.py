@@ -323,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the build folder")
     parser.add_argument("--verbose", action="store_true", help="print every case with its time")
     args = parser.parse_args(argv)
+    # Its binaries carry their own sanitizers; a runtime preloaded into the Python that started
+    # it (.ci/sanitize) would only slow the compilers down.
+    os.environ.pop("LD_PRELOAD", None)
 
     start = time.monotonic()
     why = missing_tools()

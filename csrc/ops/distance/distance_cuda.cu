@@ -6,6 +6,7 @@
 #include "ops/distance/distance.h"
 
 #include "common/cuda.cuh"
+#include "common/sizes.h"
 #include "ops/distance/pairwise_cuda.cuh"
 
 namespace medmeta {
@@ -91,8 +92,7 @@ template <typename T> struct DistanceCoef {
 };
 
 void check_sizes(int64_t B, int64_t Q, int64_t N, int64_t D) {
-  MEDMETA_CHECK(B >= 0 && Q >= 0 && N >= 0 && D >= 0, "pairwise_distance: negative size");
-  MEDMETA_CHECK(Q <= INT_MAX && N <= INT_MAX, "pairwise_distance: too many rows per episode for the CUDA kernels");
+  check_pairwise_sizes("pairwise_distance", true, B, Q, N, D);  // rows are ints in the kernels
 }
 
 }  // namespace

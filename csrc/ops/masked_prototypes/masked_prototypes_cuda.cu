@@ -7,6 +7,7 @@
 #include "ops/masked_prototypes/masked_prototypes.h"
 
 #include "common/cuda.cuh"
+#include "common/sizes.h"
 
 namespace medmeta {
 
@@ -237,8 +238,7 @@ void launch_forward(const T* feat, const T* masks, T* out, acc_t<T>* mass, int64
 }
 
 void check_sizes(int64_t B, int64_t S, int64_t C, int64_t D, int64_t HW) {
-  MEDMETA_CHECK(B >= 0 && S >= 0 && C >= 0 && D >= 0 && HW >= 0, "masked_prototypes: negative size");
-  MEDMETA_CHECK(C <= INT_MAX, "masked_prototypes: too many classes for the CUDA kernels");
+  check_masked_prototypes_sizes(true, B, S, C, D, HW);  // classes are ints in the kernels
 }
 
 unsigned stride_grid(int64_t total) {

@@ -8,6 +8,7 @@
 #include "ops/protoloss/protoloss.h"
 
 #include "common/cuda.cuh"
+#include "common/sizes.h"
 #include "ops/distance/pairwise_cuda.cuh"
 
 namespace medmeta {
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads)
     if (q < Q) {
       const int64_t row = b * Q + q;
       const A* d = dist + row * N;
-      const RowStats<A> st = row_stats(d, static_cast<long>(N), inv_t);
+      const RowStats<A> st = row_stats(d, static_cast<int64_t>(N), inv_t);
       lse[row] = st.lse;
       const int64_t t = targets[row];
       if (t >= 0 && t < N) {
@@ -178,8 +179,7 @@ template <typename T> struct ProtoCoef {
 };
 
 void check_sizes(int64_t B, int64_t Q, int64_t N, int64_t D) {
-  MEDMETA_CHECK(B >= 0 && Q >= 0 && N >= 0 && D >= 0, "prototypical_loss: negative size");
-  MEDMETA_CHECK(Q <= INT_MAX && N <= INT_MAX, "prototypical_loss: too many rows per episode for the CUDA kernels");
+  check_pairwise_sizes("prototypical_loss", true, B, Q, N, D);  // rows are ints in the kernels
 }
 
 }  // namespace

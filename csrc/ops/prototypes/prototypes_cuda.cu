@@ -7,6 +7,7 @@
 #include "ops/prototypes/prototypes.h"
 
 #include "common/cuda.cuh"
+#include "common/sizes.h"
 
 namespace medmeta {
 
@@ -158,8 +159,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_sizes(int64_t B, int64_t S, int64_t N, int64_t D) {
-  MEDMETA_CHECK(B >= 0 && S >= 0 && N >= 0 && D >= 0, "prototypes: negative size");
-  MEDMETA_CHECK(N <= INT_MAX, "prototypes: too many classes for the CUDA kernels");
+  check_prototypes_sizes(true, B, S, N, D);  // classes are ints in the kernels
 }
 
 }  // namespace

@@ -16,9 +16,12 @@ uint16 / float images, vectors, series), or -- with ``preprocessed=True`` -- flo
 arrays of exactly ``[n, *input_shape]``, which are checked and used as they are. The flag
 is explicit; the runtime never guesses which kind it got.
 
-Thread safety: predictions run concurrently (``InferenceSession.run`` is thread-safe and
-every call reads one immutable enrolment snapshot); enrolments are serialised by a lock
-and publish a new snapshot atomically.
+Thread safety: one model may be shared by threads. Predictions, explanations and saves run
+concurrently (``InferenceSession.run`` is thread-safe), each on the one immutable enrolment
+snapshot it read first; enrolments and :meth:`EdgeModel.load_enrolment` publish a new
+snapshot atomically under a lock, and an enrolment resolves its labels against the very
+state it replaces (its embeddings are computed before, outside the lock), so concurrent
+enrolments and loads apply one after another (tests/edge/test_thread_safety.py).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from medmeta.edge.schema import (
     SEGMENTATION_ROLES,
     EdgeModelError,
     decode_array,
-    parse_metadata,
+    session_metadata,
 )
 from medmeta.edge.weights import check_weights
 
@@ -89,7 +92,7 @@ def cpu_session(
 
 
 def _metadata(session: ort.InferenceSession, source: str) -> dict[str, Any]:
-    return parse_metadata(session.get_modelmeta().custom_metadata_map, source)
+    return session_metadata(session, source)
 
 
 def _check_io(session: ort.InferenceSession, meta: dict[str, Any], source: str) -> None:
@@ -465,49 +468,56 @@ class EdgeModel:
         """
         self._require_embedder("enrol")
         x = self.preprocess(raw_support, preprocessed=preprocessed)
-        names = self._label_names(labels, class_names, len(x), self._state)
+        self._label_names(labels, class_names, len(x), self._state)  # bad labels: before the model
         (emb,) = self._session.run(["embeddings"], {self._meta["input_name"]: x})
-        with self._lock:  # re-read the state: another enrolment may have landed meanwhile
+        with self._lock:  # one state in, one out: labels resolve against the state they change
             state = self._state
-            all_names = list(state.class_names) if state is not None else []
-            for name in names:
-                if name not in all_names:
-                    all_names.append(name)
-            index = {name: i for i, name in enumerate(all_names)}
-            new_labels = np.array([index[n] for n in names], np.int64)
-            dim = emb.shape[1]
-            if state is None:
-                old_emb, old_lab = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
-                fixed = np.zeros((len(all_names), dim), np.float32)
-            else:
-                touched = np.isin(state.labels, np.unique(new_labels))
-                keep = ~touched if replace else np.ones(len(state.labels), bool)
-                old_emb, old_lab = state.embeddings[keep], state.labels[keep]
-                if not replace:
-                    counts = state.counts
-                    for c in np.unique(new_labels):
-                        if c < len(counts) and counts[c] == 0:
-                            raise ValueError(
-                                f"class {all_names[c]!r} was exported without its support "
-                                "examples, so new examples cannot update its mean; re-enrol it "
-                                "with replace=True"
-                            )
-                fixed = np.zeros((len(all_names), dim), np.float32)
-                fixed[: len(state.prototypes)] = state.prototypes
-            quantile = state.ood_quantile if state is not None else DEFAULT_OOD_QUANTILE
-            self._state = build_enrolment(
-                all_names,
-                np.concatenate([old_emb, emb]),
-                np.concatenate([old_lab, new_labels]),
-                self._meta["metric"],
-                quantile=quantile,
-                fixed_prototypes=fixed,
-            )
+            names = self._label_names(labels, class_names, len(x), state)
+            new = self._enrolled(state, names, emb, replace)
+            self._state = new
         logger.info(
             "enrolled %d examples (%s); %d classes, OOD threshold %s",
-            len(x), ", ".join(sorted(set(names))), len(all_names), self._state.ood_threshold,
+            len(x), ", ".join(sorted(set(names))), len(new.class_names), new.ood_threshold,
         )  # fmt: skip
         return self
+
+    def _enrolled(
+        self, state: Enrolment | None, names: list[str], emb: np.ndarray, replace: bool
+    ) -> Enrolment:
+        """The enrolment after adding support embeddings ``emb [S, D]`` named ``names`` to
+        ``state`` (see :meth:`enrol`); ``state`` itself is not changed."""
+        all_names = list(state.class_names) if state is not None else []
+        for name in names:
+            if name not in all_names:
+                all_names.append(name)
+        index = {name: i for i, name in enumerate(all_names)}
+        new_labels = np.array([index[n] for n in names], np.int64)
+        dim = emb.shape[1]
+        fixed = np.zeros((len(all_names), dim), np.float32)
+        if state is None:
+            old_emb, old_lab = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
+        else:
+            touched = np.isin(state.labels, np.unique(new_labels))
+            keep = ~touched if replace else np.ones(len(state.labels), bool)
+            old_emb, old_lab = state.embeddings[keep], state.labels[keep]
+            if not replace:
+                counts = state.counts
+                for c in np.unique(new_labels):
+                    if c < len(counts) and counts[c] == 0:
+                        raise ValueError(
+                            f"class {all_names[c]!r} was exported without its support "
+                            "examples, so new examples cannot update its mean; re-enrol it "
+                            "with replace=True"
+                        )
+            fixed[: len(state.prototypes)] = state.prototypes
+        return build_enrolment(
+            all_names,
+            np.concatenate([old_emb, emb]),
+            np.concatenate([old_lab, new_labels]),
+            self._meta["metric"],
+            quantile=state.ood_quantile if state is not None else DEFAULT_OOD_QUANTILE,
+            fixed_prototypes=fixed,
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the current enrolment to an ``.npz`` (atomically) and return its path."""
