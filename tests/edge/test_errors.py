@@ -64,7 +64,10 @@ def test_inconsistent_or_newer_metadata(exported, tmp_path):
         "newer.onnx": (lambda m: m.update(schema_version=99), "newer than this runtime"),
         "format.onnx": (lambda m: m.update(format="other"), "metadata format"),
         "shape.onnx": (lambda m: m.update(input_shape=[3, 32, 32]), "does not match"),
-        "outputs.onnx": (lambda m: m.update(outputs=["logits"]), "differ from metadata"),
+        "outputs.onnx": (
+            lambda m: m.update(outputs=["probabilities", "x"]),
+            "differ from metadata",
+        ),
         "role.onnx": (lambda m: m.update(role="translator"), "role must be one of"),
         "missing.onnx": (lambda m: m.pop("class_names"), "lacks required keys"),
     }

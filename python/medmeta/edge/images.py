@@ -5,6 +5,7 @@ runtime's ``predict`` and :mod:`medmeta.data`'s image folders."""
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from typing import Any
 
@@ -18,6 +19,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 _TIFF = (".tif", ".tiff")
 #: Default cap on the pixel count of one image (about 11,585 x 11,585).
 DEFAULT_MAX_PIXELS = 2**27
+#: A TIFF's page chain is walked before tifffile reads it: more pages than this (one image
+#: per file is expected) or a chain that loops back is refused.
+MAX_TIFF_PAGES = 1024
 
 
 def _missing(package: str, pip_name: str, error: ImportError) -> ImportError:
@@ -47,11 +51,47 @@ def _check_pixels(h: int, w: int, max_pixels: int | None, path: str) -> None:
         )
 
 
+def _tiff_pages(path: str) -> int:
+    """The number of pages (IFDs) of a TIFF file, found by walking its chain of IFD offsets
+    (classic and BigTIFF). A chain that loops back on itself (tifffile would follow it
+    forever) or holds more than :data:`MAX_TIFF_PAGES` pages raises :class:`DataError`; the
+    walk stops where an offset points outside the file, as tifffile's does."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        order = {b"II": "<", b"MM": ">"}.get(head[:2])
+        version = struct.unpack(order + "H", head[2:4])[0] if order and len(head) >= 8 else 0
+        if version not in (42, 43) or (version == 43 and len(head) < 16):
+            raise DataError("not a TIFF file (no II*/MM* header)", path)
+        count, entry, pointer = ("H", 12, "I") if version == 42 else ("Q", 20, "Q")
+        offset = struct.unpack(order + pointer, head[4:8] if version == 42 else head[8:16])[0]
+        size, seen = os.fstat(f.fileno()).st_size, set()
+        while 8 <= offset < size:
+            if offset in seen:
+                raise DataError(f"the TIFF's page chain loops back to offset {offset}", path)
+            seen.add(offset)
+            if len(seen) > MAX_TIFF_PAGES:
+                raise DataError(
+                    f"TIFF holds more than {MAX_TIFF_PAGES} pages; expected one image per file",
+                    path,
+                )
+            f.seek(offset)
+            raw = f.read(struct.calcsize(count))
+            if len(raw) < struct.calcsize(count):
+                break
+            f.seek(offset + len(raw) + struct.unpack(order + count, raw)[0] * entry)
+            raw = f.read(struct.calcsize(pointer))
+            if len(raw) < struct.calcsize(pointer):
+                break
+            offset = struct.unpack(order + pointer, raw)[0]
+    return len(seen)
+
+
 def _read_tiff(path: str, max_pixels: int | None) -> np.ndarray:
     try:
         import tifffile
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise _missing("tifffile", "tifffile", err) from err
+    _tiff_pages(path)
     try:
         with tifffile.TiffFile(path) as tf:
             if not tf.series:

@@ -78,6 +78,7 @@ __all__ = [
     "decode_array",
     "encode_array",
     "parse_metadata",
+    "session_metadata",
 ]
 
 METADATA_KEY = "medmeta"
@@ -92,7 +93,18 @@ REGRESSION_ROLES = ("regressor",)
 ROLES = CLASSIFICATION_ROLES + SEGMENTATION_ROLES + REGRESSION_ROLES
 #: The outputs of a regressor, in graph order.
 REGRESSION_OUTPUTS = ("prediction", "lower", "upper", "member_std")
-_REQUIRED = ("role", "medmeta_version", "input_name", "outputs", "input_shape", "weights_sha256")
+_REQUIRED = ("role", "medmeta_version", "input_name", "outputs", "input_shape", "weights_sha256",
+             "preprocessing")  # fmt: skip
+#: Roles whose input is another graph's output: they carry no preprocessing (null).
+_HEAD_ROLES = ("head", "segmentation_head")
+#: The outputs each role's runtime reads (a classifier may have more).
+_ROLE_OUTPUTS = {
+    "classifier": ("probabilities",),
+    "embedder": ("embeddings",),
+    "head": ("probabilities", "distances"),
+    "encoder": ("features",),
+    "segmentation_head": ("logits", "labels"),
+}
 #: Keys required beyond :data:`_REQUIRED` by the roles that classify (or segment) ...
 _REQUIRED_CLASSES = ("class_names", "temperature")
 #: ... and by a regressor.
@@ -173,13 +185,81 @@ def parse_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
     missing = [k for k in required if k not in meta]
     if missing:
         raise EdgeModelError(f"{source}: metadata lacks required keys {missing}")
+    _check_common(meta, source)
     if regressor:
         _check_regressor(meta, source)
         return meta
     names = meta["class_names"]
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise EdgeModelError(f"{source}: metadata class_names must be a list of strings")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise EdgeModelError(f"{source}: metadata class_names must be a non-empty list of strings")
+    if not _number(meta["temperature"]) or meta["temperature"] <= 0:
+        raise EdgeModelError(f"{source}: metadata temperature must be a positive number, got "
+                             f"{_short(meta['temperature'])}")  # fmt: skip
     return meta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) and v for v in value)
+
+
+def _check_common(meta: dict[str, Any], source: str) -> None:
+    """The types of the keys every role's loader reads: names are non-empty strings, the
+    input shape positive ints, the weights hash 64 hex digits, the preprocessing an object
+    (null only for the heads), and the optional keys ``metric``, ``embedding_dim``,
+    ``feature_dim``, ``enrolment``, ``head_file`` of the right type when present."""
+    hexdigits = set("0123456789abcdef")
+    shape = meta["input_shape"]
+    sha = meta["weights_sha256"]
+    pre = meta["preprocessing"]
+    checks = [
+        ("medmeta_version", isinstance(meta["medmeta_version"], str), "a string"),
+        ("input_name", isinstance(meta["input_name"], str) and bool(meta["input_name"]),
+         "a non-empty string"),
+        ("outputs", _strings(meta["outputs"]), "a non-empty list of names"),
+        ("input_shape", isinstance(shape, list) and bool(shape) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape),
+         "a non-empty list of positive ints"),
+        ("weights_sha256", isinstance(sha, str) and len(sha) == 64 and set(sha) <= hexdigits,
+         "64 lowercase hex digits"),
+        ("preprocessing", isinstance(pre, dict) or (pre is None and meta["role"] in _HEAD_ROLES),
+         "an object" + (" or null" if meta["role"] in _HEAD_ROLES else "")),
+    ]  # fmt: skip
+    optional = {
+        "metric": (lambda v: v is None or isinstance(v, str), "a string or null"),
+        "embedding_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                  and v >= 1), "a positive int or null"),
+        "feature_dim": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                        "a positive int"),
+        "enrolment": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+        "head_file": (lambda v: isinstance(v, str), "a string"),
+    }  # fmt: skip
+    checks += [(k, test(meta[k]), what) for k, (test, what) in optional.items() if k in meta]
+    needed = _ROLE_OUTPUTS.get(meta["role"], ())
+    if _strings(meta["outputs"]):
+        outputs = meta["outputs"]
+        checks.append(("outputs", len(set(outputs)) == len(outputs) and set(needed) <= set(outputs),
+                       f"distinct names including {list(needed)} for a {meta['role']}"))  # fmt: skip
+    for key, ok, what in checks:
+        if not ok:
+            raise EdgeModelError(
+                f"{source}: metadata {key} must be {what}, got {_short(meta[key])}"
+            )
+
+
+def session_metadata(session: Any, source: str) -> dict[str, Any]:
+    """:func:`parse_metadata` of an onnxruntime session's ``custom_metadata_map`` (which
+    onnxruntime decodes as UTF-8 when asked for it: other bytes are an
+    :class:`EdgeModelError` naming ``source`` too)."""
+    try:
+        props = session.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError as err:
+        raise EdgeModelError(f"{source}: the model's metadata is not UTF-8 text ({err})") from err
+    return parse_metadata(props, source)
 
 
 def _number(value: Any) -> bool:

@@ -52,7 +52,7 @@ import onnxruntime as ort
 
 from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.runtime import _read_bytes, cpu_session
-from medmeta.edge.schema import EdgeModelError, decode_array, parse_metadata
+from medmeta.edge.schema import EdgeModelError, decode_array, session_metadata
 from medmeta.edge.weights import check_weights
 
 __all__ = [
@@ -430,7 +430,7 @@ class EdgeSegmenter:
         source = str(self.path)
         data = _read_bytes(self.path, "path")
         self._encoder = cpu_session(data, source, threads)
-        meta = parse_metadata(self._encoder.get_modelmeta().custom_metadata_map, source)
+        meta = session_metadata(self._encoder, source)
         if meta["role"] != ENCODER_ROLE:
             hint = (
                 "load its <stem>.encoder.onnx" if meta["role"] == HEAD_ROLE
@@ -469,7 +469,7 @@ class EdgeSegmenter:
         if hashlib.sha256(data).hexdigest() != self._meta.get("head_sha256"):
             raise EdgeModelError(f"{path}: SHA-256 differs from the one its encoder recorded")
         session = cpu_session(data, str(path), threads)
-        meta = parse_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+        meta = session_metadata(session, str(path))
         check_weights(data, meta, str(path))
         if meta["role"] != HEAD_ROLE or meta.get("encoder_weights_sha256") != self._meta.get(
             "weights_sha256"

@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MISSING", "TARGET_NAMES", "TableRows", "TableSpec", "read_csv_rows", "split_target"]
+__all__ = [
+    "MISSING",
+    "TARGET_NAMES",
+    "TEXT_BYTES_PER_FILE_BYTE",
+    "TableRows",
+    "TableSpec",
+    "read_csv_rows",
+    "split_target",
+    "text_values",
+]
 
 #: Cell texts read as missing (case-insensitive, after stripping blanks).
 MISSING = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "-"})
@@ -85,32 +94,61 @@ class TableRows:
         return TableRows(tuple(self.columns[i] for i in keep), self.values[:, keep])
 
 
+#: The rows of a table are held as fixed-width numpy text (4 bytes per character of the
+#: longest cell, for every cell): refused above this many times ``max_bytes``.
+TEXT_BYTES_PER_FILE_BYTE = 16
+
+
+def text_values(rows: Sequence[Sequence[str]], width: int, where: str,
+                limit: int | None) -> np.ndarray:  # fmt: skip
+    """``rows`` as a numpy ``str`` array ``[n, width]``, refused (``ValueError`` naming
+    ``where``) when that fixed-width array would take more than ``limit`` bytes: one long
+    cell widens every cell, so a small file can claim gigabytes."""
+    longest = max((len(c) for row in rows for c in row), default=0)
+    nbytes = len(rows) * width * max(longest, 1) * 4
+    if limit is not None and nbytes > limit:
+        raise ValueError(
+            f"{where}: {len(rows)} rows x {width} columns with cells of up to {longest:,} "
+            f"characters would take {nbytes:,} bytes as text, above the limit of {limit:,}"
+        )
+    return np.asarray(rows, dtype=str).reshape(len(rows), width)
+
+
 def read_csv_rows(path: str | Path, *, max_bytes: int | None = 200 << 20) -> TableRows:
     """A ``.csv`` / ``.tsv`` file (header row first) as :class:`TableRows`.
 
     Raises:
-        ValueError: no such file, too large, no header, or a row with the wrong number of
-            cells (named by its line number).
+        ValueError: no such file, too large (``max_bytes``, or its rows as text above
+            :data:`TEXT_BYTES_PER_FILE_BYTE` times it), not UTF-8, no header, a malformed
+            line or a row with the wrong number of cells (named by its line number).
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such table file")
     if max_bytes is not None and p.stat().st_size > max_bytes:
         raise ValueError(f"{p}: the table is larger than {max_bytes} bytes")
-    text = p.read_text(encoding="utf-8-sig")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{p}: not UTF-8 text ({err})") from None
     delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    header = next(reader, None)
-    if not header:
-        raise ValueError(f"{p}: the table is empty (no header row)")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise ValueError(f"{p}: line {line} has {len(row)} cells, the header has {len(header)}")
-        rows.append(row)
-    values = np.asarray(rows, dtype=str).reshape(len(rows), len(header))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{p}: the table is empty (no header row)")
+        rows = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{p}: line {reader.line_num} has {len(row)} cells, the "
+                                 f"header has {len(header)}")  # fmt: skip
+            rows.append(row)
+    except csv.Error as err:
+        raise ValueError(f"{p}: line {reader.line_num} is malformed ({err})") from None
+    limit = None if max_bytes is None else TEXT_BYTES_PER_FILE_BYTE * max_bytes
+    values = text_values(rows, len(header), str(p), limit)
     return TableRows(tuple(h.strip() for h in header), values)
 
 
@@ -281,6 +319,8 @@ def split_target(
             f"{int(missing[0])} (0-based); drop or label those rows"
         )
     names = sorted(set(text.tolist()))
+    if required and not names:
+        raise ValueError(f"class column {column!r} has no rows; a few-shot task needs examples")
     if required and len(names) < 2:
         raise ValueError(
             f"class column {column!r} has one class ({names[0]!r}); a few-shot task needs at "

@@ -81,6 +81,25 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, Any]]:
         yield field, wire, value
 
 
+def _msg(value: Any) -> memoryview:
+    """A length-delimited field's bytes; a field of another wire type where bytes belong
+    (e.g. a varint, which ``bytes(value)`` would turn into that many zero bytes) is
+    malformed."""
+    if not isinstance(value, memoryview):
+        raise _Malformed(f"expected a length-delimited field, got the number {value}")
+    return value
+
+
+def _text(value: Any) -> str:
+    return bytes(_msg(value)).decode()
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int):
+        raise _Malformed("expected a varint field, got bytes")
+    return value
+
+
 def _varints(chunks: list[tuple[int, Any]]) -> list[int]:
     """Repeated varint field values, packed (wire type 2) or not, as signed 64-bit ints."""
     out: list[int] = []
@@ -104,13 +123,13 @@ def _tensor(buf: memoryview, name: str | None = None) -> tuple[str, bytes]:
         if field == _T_DIMS:
             dims += _varints([(wire, value)])
         elif field == _T_TYPE:
-            dtype = value
+            dtype = _int(value)
         elif field == _T_NAME:
-            tname = bytes(value).decode()
+            tname = _text(value)
         elif field == _T_RAW:
-            raw = bytes(value)
+            raw = bytes(_msg(value))
         elif field == _T_LOCATION:
-            location = value
+            location = _int(value)
         elif field in (_T_FLOAT, _T_INT32, _T_INT64, _T_DOUBLE, _T_UINT64):
             typed.setdefault(field, []).append((wire, value))
     name = tname if name is None else name
@@ -124,7 +143,7 @@ def _tensor(buf: memoryview, name: str | None = None) -> tuple[str, bytes]:
     if raw is not None:
         data = raw
     elif field in (_T_FLOAT, _T_DOUBLE):
-        data = b"".join(bytes(v) for _, v in typed.get(field, []))
+        data = b"".join(bytes(_msg(v)) for _, v in typed.get(field, []))
     else:
         ints = np.asarray(_varints(typed.get(field, [])), dtype=np.int64)
         data = (ints.astype("<u2").tobytes() if dtype == 10  # float16: the bits
@@ -138,9 +157,9 @@ def _weights(graph: memoryview) -> list[tuple[str, bytes]]:
     tensors: list[tuple[str, bytes]] = []
     for field, _, value in _fields(graph):
         if field == _GRAPH_INITIALIZER:
-            tensors.append(_tensor(value))
+            tensors.append(_tensor(_msg(value)))
         elif field == _GRAPH_NODE:
-            tensors += _constant(value)
+            tensors += _constant(_msg(value))
     return tensors
 
 
@@ -149,18 +168,18 @@ def _constant(node: memoryview) -> list[tuple[str, bytes]]:
     op_type, outputs, attributes = "", [], []
     for field, _, value in _fields(node):
         if field == _NODE_OP_TYPE:
-            op_type = bytes(value).decode()
+            op_type = _text(value)
         elif field == _NODE_OUTPUT:
-            outputs.append(bytes(value).decode())
+            outputs.append(_text(value))
         elif field == _NODE_ATTRIBUTE:
-            attributes.append(value)
+            attributes.append(_msg(value))
     if op_type != "Constant":
         return []
     found = []
     for attr in attributes:
         parts = {f: v for f, _, v in _fields(attr)}
         if parts.get(_ATTR_TYPE) == _ATTR_TYPE_TENSOR and _ATTR_TENSOR in parts:
-            found.append(_tensor(parts[_ATTR_TENSOR], outputs[0] if outputs else ""))
+            found.append(_tensor(_msg(parts[_ATTR_TENSOR]), outputs[0] if outputs else ""))
     return found
 
 
@@ -175,7 +194,7 @@ def weights_sha256(data: bytes, source: str = "model") -> str:
     h = hashlib.sha256()
     try:
         tensors = [t for f, _, v in _fields(memoryview(data)) if f == _MODEL_GRAPH
-                   for t in _weights(v)]  # fmt: skip
+                   for t in _weights(_msg(v))]  # fmt: skip
     except (_Malformed, UnicodeDecodeError) as err:
         raise EdgeModelError(f"{source}: not a well-formed ONNX file ({err})") from err
     except EdgeModelError as err:
@@ -191,7 +210,7 @@ def metadata_props(data: bytes, source: str = "model") -> dict[str, str]:
     try:
         for field, _, value in _fields(memoryview(data)):
             if field == _MODEL_METADATA:
-                entry = {f: bytes(v).decode() for f, _, v in _fields(value)}
+                entry = {f: _text(v) for f, _, v in _fields(_msg(value))}
                 props[entry.get(1, "")] = entry.get(2, "")
     except (_Malformed, UnicodeDecodeError) as err:
         raise EdgeModelError(f"{source}: not a well-formed ONNX file ({err})") from err

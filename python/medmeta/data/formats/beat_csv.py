@@ -32,6 +32,9 @@ TIME_COLUMNS = ("time", "t", "time_s", "seconds", "sec", "elapsed time")
 SAMPLE_COLUMNS = ("sample", "sample #", "sample_index", "samp")
 SYMBOL_COLUMNS = ("symbol", "type")
 MISSING = ("", "nan", "na", "-")
+#: The most columns a signal or annotation file may have (a wider one is refused before it
+#: is parsed: a million one-sample "channels" would take seconds and hundreds of MB).
+MAX_COLUMNS = 1024
 
 Rows = list[tuple[int, list[str]]]  # (line number, cells)
 
@@ -50,10 +53,17 @@ def _rows(path: str, delimiter: str | None, max_bytes: int | None) -> Rows:
         raise DataError("the file is empty", path)
     if delimiter is None:
         delimiter = next((d for d in (",", "\t", ";") if d in lines[0][1]), " ")
+    width = len(lines[0][1].split()) if delimiter == " " else lines[0][1].count(delimiter) + 1
+    if width > MAX_COLUMNS:  # checked before the lines are parsed into cells
+        raise DataError(f"line {lines[0][0]} has about {width:,} columns; a CSV record holds "
+                        f"at most {MAX_COLUMNS} (channels and a time column)", path)  # fmt: skip
     if delimiter == " ":
         cells = [ln.split() for _, ln in lines]
-    else:
-        cells = list(csv.reader((ln for _, ln in lines), delimiter=delimiter))
+    else:  # line by line: a stray quote must not swallow the lines after it
+        try:
+            cells = [next(csv.reader([ln], delimiter=delimiter), []) for _, ln in lines]
+        except csv.Error as err:
+            raise DataError(f"malformed CSV ({err})", path) from err
     clean = [[c.strip(" \t'") for c in row] for row in cells]
     return [(n, row) for (n, _), row in zip(lines, clean, strict=True)]
 

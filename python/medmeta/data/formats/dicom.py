@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import logging
 import os
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -333,7 +334,28 @@ def _quiet_pydicom(read: Callable[..., DicomImage]) -> Callable[..., DicomImage]
     return quiet
 
 
+def _malformed_as_data_error(read: Callable[..., DicomImage]) -> Callable[..., DicomImage]:
+    """``read`` with the errors that pydicom raises while it decodes a malformed element on
+    first access (a number that is not one, a bad UID, a short value, ...) turned into a
+    :class:`DataError` naming the file. The element's text is left out: it may be a patient
+    identifier."""
+
+    @functools.wraps(read)
+    def checked(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> DicomImage:
+        try:
+            return read(path, *args, **kwargs)
+        except DataError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                NotImplementedError, struct.error, UnicodeError) as err:  # fmt: skip
+            raise DataError(f"malformed DICOM header ({type(err).__name__} while reading an "
+                            "element); the file is corrupt", os.fspath(path)) from err  # fmt: skip
+
+    return checked
+
+
 @_quiet_pydicom
+@_malformed_as_data_error
 def read_dicom(
     path: str | os.PathLike[str],
     *,
@@ -395,7 +417,10 @@ def read_dicom(
     check_size(stored, max_bytes, p, what)
     check_size(n_values * 4, max_bytes, p, f"decoded float32 {what}")
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    encapsulated = bool(tsyntax is not None and tsyntax.is_encapsulated)
+    try:
+        encapsulated = bool(tsyntax is not None and tsyntax.is_encapsulated)
+    except (ValueError, AttributeError) as err:
+        raise DataError("the file meta's TransferSyntaxUID is not a transfer syntax", p) from err
     if not encapsulated and "PixelData" in ds:
         have = len(ds.PixelData)
         if have < stored:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -67,7 +69,8 @@ def load_h5ad(
         genes: keep only these genes, in this order.
         group_key: an ``obs`` column of donor/sample ids used as ``groups``.
         class_names: fix the classes in label order; labels outside it raise.
-        max_bytes: refuse matrices whose dense float32 form would exceed this.
+        max_bytes: refuse files whose arrays (as their headers claim) or whose matrix in
+            dense float32 form would exceed this, before loading them.
         name: dataset name for ``meta["name"]``.
 
     Returns:
@@ -79,7 +82,7 @@ def load_h5ad(
         raise DataError("file not found", p)
     if layer is not None and use_raw:
         raise DataError("give layer= or use_raw=True, not both", "layer")
-    n_obs, n_vars, obs, layers = _header(p)
+    n_obs, n_vars, obs, layers = _header(p, max_bytes)
     check_size(n_obs * n_vars * 4, max_bytes, p, f"a dense {n_obs} x {n_vars} float32 matrix")
     for key, what in [(label_key, "label_key"), (group_key, "group_key")]:
         if key is not None and key not in obs.columns:
@@ -122,6 +125,7 @@ def load_h5ad(
         matrix, var_names = adata.X, list(map(str, adata.var_names))
     if matrix is None:
         raise DataError("the file has no expression matrix (X is empty)", p)
+    matrix = _checked(matrix, p)
     if genes is not None:
         pos = {g: i for i, g in enumerate(var_names)}
         missing = [g for g in genes if g not in pos]
@@ -142,6 +146,17 @@ def load_h5ad(
     return ArrayDataset(x, y, names, groups, meta=meta)
 
 
+def _checked(matrix: Any, path: str) -> Any:
+    """``matrix``, its sparse structure checked first: scipy's ``toarray`` and slicing trust
+    ``indptr``/``indices`` and write out of bounds (a segfault) when a file's are wrong."""
+    if hasattr(matrix, "check_format"):
+        try:
+            matrix.check_format(full_check=True)
+        except (ValueError, TypeError, IndexError, OverflowError) as err:
+            raise DataError(f"the sparse expression matrix is malformed ({err})", path) from err
+    return matrix
+
+
 def _dense(matrix: Any, path: str) -> np.ndarray:
     """A (sparse or dense) expression matrix as finite float32 ``[cells, genes]``."""
     x = matrix.toarray() if hasattr(matrix, "toarray") else np.asarray(matrix)
@@ -156,11 +171,65 @@ def _dense(matrix: Any, path: str) -> np.ndarray:
     return x
 
 
-def _header(path: str) -> tuple[int, int, Any, list[str]]:
+#: The structure of an HDF5 file (every object's header and attribute, and the sizes its
+#: datasets claim) is first read in a child process: libhdf5 is not hardened against hostile
+#: files (some hang or crash it), and a child that crashes, hangs or runs out of memory
+#: costs a :class:`DataError`, not the caller's process.
+_PROBE = """
+import sys
+import h5py
+import numpy as np
+total = 0
+def visit(name, obj):
+    global total
+    for key in obj.attrs:
+        obj.attrs[key]
+    if isinstance(obj, h5py.Dataset) and obj.shape is not None:
+        total += int(np.prod(obj.shape, dtype=object)) * obj.dtype.itemsize
+with h5py.File(sys.argv[1], "r") as f:
+    for key in f.attrs:
+        f.attrs[key]
+    f.visititems(visit)
+print(total)
+"""
+PROBE_SECONDS = 30
+PROBE_MEMORY = 2 << 30
+
+
+def _limit_memory() -> None:  # pragma: no cover - runs in the child
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (PROBE_MEMORY, PROBE_MEMORY))
+
+
+def _declared_bytes(path: str) -> int:
+    """The bytes that the datasets of the HDF5 file ``path`` claim (shape x item size, from
+    their headers: no data is read), found by a child process (see :data:`_PROBE`); anndata
+    reads every dataset, so a header claiming terabytes in a small file is caught here."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", _PROBE, path], capture_output=True, text=True,
+            timeout=PROBE_SECONDS, preexec_fn=_limit_memory if os.name == "posix" else None,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as err:
+        raise DataError(f"reading the HDF5 structure did not finish in {PROBE_SECONDS} s; "
+                        "the file is corrupt or hostile", path) from err  # fmt: skip
+    if done.returncode == 0 and done.stdout.strip().isdigit():
+        return int(done.stdout.strip())
+    lines = done.stderr.strip().splitlines()
+    why = lines[-1][:300] if done.returncode > 0 and lines else f"exit status {done.returncode}"
+    raise DataError(f"not a readable .h5ad (HDF5) file ({why}); the file is corrupt or "
+                    "truncated", path)  # fmt: skip
+
+
+def _header(
+    path: str, max_bytes: int | None = DEFAULT_MAX_BYTES
+) -> tuple[int, int, Any, list[str]]:
     """``(n_obs, n_vars, obs table, layer names)`` of an existing file, read in backed mode
-    (the matrix is not loaded)."""
+    (the matrix is not loaded) once the sizes its datasets claim fit ``max_bytes``."""
     if not os.path.isfile(path):
         raise DataError("file not found", path)
+    check_size(_declared_bytes(path), max_bytes, path, "the arrays the file holds")
     backed = _read(path, backed=True)
     try:
         return (int(backed.n_obs), int(backed.n_vars), backed.obs.copy(),
@@ -182,10 +251,10 @@ def read_h5ad_cells(
     ``(x [cells, genes] float32 from X, gene names, cell ids)``; a matrix whose dense form
     would exceed ``max_bytes`` is refused before it is loaded."""
     p = os.fspath(path)
-    n_obs, n_vars, _, _ = _header(p)
+    n_obs, n_vars, _, _ = _header(p, max_bytes)
     check_size(n_obs * n_vars * 4, max_bytes, p, f"a dense {n_obs} x {n_vars} float32 matrix")
     adata = _read(p, backed=False)
     if adata.X is None:
         raise DataError("the file has no expression matrix (X is empty)", p)
     genes, cells = [str(g) for g in adata.var_names], [str(c) for c in adata.obs_names]
-    return _dense(adata.X, p), genes, cells
+    return _dense(_checked(adata.X, p), p), genes, cells

@@ -55,12 +55,30 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., 0] if arr.ndim == 2 else out
 
 
+def _kind(entry: os.DirEntry) -> str:
+    """``"dir"``, ``"file"`` or ``"broken"`` (a link that loops or leads nowhere, an entry
+    that cannot be stat-ed): symlinks are followed once, never walked into recursively."""
+    try:
+        return "dir" if entry.is_dir() else "file" if entry.is_file() else "broken"
+    except OSError:  # ELOOP (a symlink loop), EACCES, ...
+        return "broken"
+
+
+def _scan(folder: str) -> dict[str, str]:
+    """``{name: kind}`` of the entries of ``folder`` (see :func:`_kind`)."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name: _kind(e) for e in entries}
+    except OSError as err:
+        raise DataError(f"cannot list the folder ({err.strerror or err})", folder) from err
+
+
 def _list_classes(root: str, class_names: Sequence[str] | None) -> list[str]:
     if not os.path.isdir(root):
         raise DataError(
             "image folder not found (expected a directory with one sub-folder per class)", root
         )
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    found = sorted(n for n, kind in _scan(root).items() if kind == "dir" and not n.startswith("."))
     if not found:
         raise DataError("no class sub-folders found (expected root/<class>/<image>)", root)
     if class_names is None:
@@ -126,10 +144,15 @@ def load_image_folder(
 
     for label, cname in enumerate(names):
         cdir = os.path.join(root_s, cname)
-        entries = sorted(e.name for e in os.scandir(cdir) if e.is_file())
+        scanned = _scan(cdir)
+        entries = sorted(n for n, kind in scanned.items() if kind != "dir")
         paths = []
         for fname in entries:
-            if fname.startswith(".") or not fname.lower().endswith(exts):
+            if scanned[fname] == "broken":
+                logger.warning("%s: a broken or looping link, not an image; ignored",
+                               os.path.join(cdir, fname))  # fmt: skip
+                ignored.append(os.path.join(cname, fname))
+            elif fname.startswith(".") or not fname.lower().endswith(exts):
                 ignored.append(os.path.join(cname, fname))
             else:
                 paths.append(os.path.join(cdir, fname))

@@ -95,16 +95,53 @@ def _load_image(path: str, max_bytes: int | None) -> Any:
     itemsize = img.header.get_data_dtype().itemsize
     n = int(np.prod(shape, dtype=object))
     check_size(n * max(itemsize, 4), max_bytes, path, f"a volume of shape {shape}")
-    if not path.endswith(".gz") and hasattr(img.header, "get_data_offset"):
-        need = int(img.header.get_data_offset()) + n * itemsize
-        have = os.path.getsize(path)
-        if have < need:
-            raise DataError(
-                f"file holds {have:,} bytes but the header (shape {shape}, {itemsize} bytes per "
-                f"voxel) implies {need:,}: the file is truncated or the header wrong",
-                path,
-            )
+    _check_data_size(img, path, shape, n * itemsize)
     return img
+
+
+#: Deflate inflates one byte to at most 1032: a ``.gz`` file of ``S`` bytes holds at most
+#: ``1032 * S`` bytes of voxels, whatever its header claims.
+_DEFLATE_MAX_RATIO = 1032
+_CHUNK = 1 << 20
+
+
+def _check_data_size(img: Any, path: str, shape: tuple[int, ...], nbytes: int) -> None:
+    """Refuse a header whose voxels (``nbytes`` after the data offset) cannot be in the data
+    file, before anything of that size is allocated: checked against the file size (plain
+    files), the deflate ratio bound then the inflated length counted in 1 MiB chunks
+    (compressed files; no more than one chunk is held at a time)."""
+    holder = getattr(img, "file_map", {}).get("image")
+    data_file = getattr(holder, "filename", None) or path
+    offset = int(img.header.get_data_offset()) if hasattr(img.header, "get_data_offset") else 0
+    need, have = offset + nbytes, os.path.getsize(data_file)
+    compressed = data_file.lower().endswith((".gz", ".mgz", ".bz2", ".zst"))
+    if compressed and data_file.lower().endswith((".gz", ".mgz")):
+        have = min(have * _DEFLATE_MAX_RATIO, need)
+    if compressed and have >= need:
+        have = _inflated_length(data_file, need)
+    if have < need:
+        raise DataError(
+            f"the data file holds {'at most ' if compressed else ''}{have:,} bytes but the "
+            f"header (shape {shape}, {nbytes:,} bytes of voxels after {offset} bytes) implies "
+            f"{need:,}: the file is truncated or the header wrong",
+            path,
+        )
+
+
+def _inflated_length(path: str, limit: int) -> int:
+    """How many bytes the compressed file ``path`` inflates to, counting up to ``limit``."""
+    try:
+        with _nib().openers.ImageOpener(path, "rb") as f:
+            total = 0
+            while total < limit:
+                chunk = f.read(min(_CHUNK, limit - total))
+                if not chunk:
+                    break
+                total += len(chunk)
+    except Exception as err:  # gzip/bz2/zstd errors on a corrupt stream
+        raise DataError(f"the compressed data cannot be read ({type(err).__name__}: {err}); "
+                        "the file is corrupt or truncated", path) from err  # fmt: skip
+    return total
 
 
 def _get_data(img: Any, path: str, dtype: Any) -> np.ndarray:
@@ -145,14 +182,20 @@ def read_nifti(
     img = _load_image(p, max_bytes)
     data = _get_data(img, p, dtype)
     affine = np.asarray(img.affine, dtype=np.float64)
-    if canonical:
-        ornt = nib.orientations.io_orientation(affine)
-        data = nib.orientations.apply_orientation(data, ornt)
-        affine = affine @ nib.orientations.inv_ornt_aff(ornt, img.header.get_data_shape()[:3])
+    try:
+        if canonical:
+            ornt = nib.orientations.io_orientation(affine)
+            data = nib.orientations.apply_orientation(data, ornt)
+            affine = affine @ nib.orientations.inv_ornt_aff(ornt, img.header.get_data_shape()[:3])
+        axcodes = tuple(nib.orientations.aff2axcodes(affine))
+    except (ValueError, np.linalg.LinAlgError, nib.orientations.OrientationError) as err:
+        raise DataError(
+            f"cannot orient the volume: the header's affine {affine.tolist()} is degenerate "
+            f"({type(err).__name__}: {err})",
+            p,
+        ) from err
     zooms = tuple(float(z) for z in img.header.get_zooms())
-    return NiftiVolume(
-        np.ascontiguousarray(data), affine, zooms, tuple(nib.orientations.aff2axcodes(affine))
-    )
+    return NiftiVolume(np.ascontiguousarray(data), affine, zooms, axcodes)
 
 
 def volume_to_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:

@@ -11,15 +11,19 @@ Layouts understood by :func:`load_npz`:
   :class:`~medmeta.data.dataset.SegmentationDataset`.
 
 Arrays are read member by member with ``allow_pickle=False``: the ``.npy`` header of each member
-is checked (dtype, claimed size against ``max_bytes`` and against the member's real size) before
-anything is allocated, so a hostile or truncated archive fails fast with a
+is checked (dtype, claimed size against ``max_bytes`` and against the member's real size) and
+the sizes of all the members read are added up against ``max_bytes`` before anything is
+allocated or inflated, so a hostile, truncated or zip-bomb archive fails fast with a
 :class:`~medmeta.data.errors.DataError` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import logging
+import lzma
 import os
+import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -39,6 +43,20 @@ _X_KEYS = ("images", "X", "x", "data")
 _GROUP_KEYS = ("groups", "source_ids", "patient_ids")
 
 
+#: What :mod:`zipfile`, :mod:`zlib`, :mod:`lzma` and :mod:`numpy.lib.format` raise on a corrupt
+#: or foreign archive (bad headers, encryption, unknown compression, truncated streams).
+_CORRUPT = (ValueError, OSError, EOFError, RuntimeError, NotImplementedError, KeyError,
+            IndexError, OverflowError, SyntaxError, struct.error, tokenize.TokenError, zlib.error,
+            lzma.LZMAError, zipfile.BadZipFile)  # fmt: skip
+
+
+#: numpy's reader of any ``.npy`` header version (private: ``np.lib.format`` in numpy 1,
+#: ``np.lib._format_impl`` in numpy 2); only format 3.0 (UTF-8 field names) needs it.
+_READ_ANY_HEADER = getattr(np.lib.format, "_read_array_header", None) or getattr(
+    getattr(np.lib, "_format_impl", None), "_read_array_header", None
+)
+
+
 def _read_header(f: Any, source: str, key: str) -> tuple[tuple[int, ...], np.dtype]:
     fmt = np.lib.format
     try:
@@ -47,19 +65,36 @@ def _read_header(f: Any, source: str, key: str) -> tuple[tuple[int, ...], np.dty
             shape, _fortran, dtype = fmt.read_array_header_1_0(f)
         elif version == (2, 0):
             shape, _fortran, dtype = fmt.read_array_header_2_0(f)
+        elif version == (3, 0) and _READ_ANY_HEADER is not None:
+            shape, _fortran, dtype = _READ_ANY_HEADER(f, version)
         else:
-            shape, _fortran, dtype = fmt._read_array_header(f, version)  # format 3.0
-    except (ValueError, OSError, EOFError, SyntaxError, zlib.error, zipfile.BadZipFile) as err:
+            raise DataError(f"array {key!r} has .npy format version {version}; expected 1.0, "
+                            "2.0 or 3.0", source)  # fmt: skip
+    except DataError:
+        raise
+    except _CORRUPT as err:
         raise DataError(f"array {key!r} has an invalid .npy header ({err})", source) from err
     return tuple(int(s) for s in shape), np.dtype(dtype)
 
 
-def _read_member(zf: zipfile.ZipFile, key: str, source: str, max_bytes: int | None) -> np.ndarray:
-    member = key + ".npy"
-    info = zf.getinfo(member)
-    with zf.open(info) as f:
-        shape, dtype = _read_header(f, source, key)
-        header_len = f.tell()
+def _member_header(
+    zf: zipfile.ZipFile, key: str, source: str, max_bytes: int | None
+) -> tuple[zipfile.ZipInfo, int]:
+    """The member of ``key`` and the bytes its array claims, checked before any is read:
+    no pickled objects, no negative sizes, at most ``max_bytes`` and at most what the member
+    holds (only the ``.npy`` header is inflated)."""
+    info = zf.getinfo(key + ".npy")
+    try:
+        with zf.open(info) as f:
+            shape, dtype = _read_header(f, source, key)
+            header_len = f.tell()
+    except DataError:
+        raise
+    except _CORRUPT as err:
+        raise DataError(
+            f"array {key!r} cannot be opened ({type(err).__name__}: {err}); the file is corrupt",
+            source,
+        ) from err
     if dtype.hasobject:
         raise DataError(
             f"array {key!r} holds pickled Python objects ({dtype}); refused "
@@ -77,14 +112,18 @@ def _read_member(zf: zipfile.ZipFile, key: str, source: str, max_bytes: int | No
             f"only {available:,} bytes of data (truncated or corrupt)",
             source,
         )
+    return info, nbytes
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, source: str) -> np.ndarray:
     try:
         with zf.open(info) as f:
-            arr = np.lib.format.read_array(f, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    except _CORRUPT as err:
         raise DataError(
-            f"array {key!r} could not be read ({err}); the file is corrupt", source
+            f"array {key!r} could not be read ({type(err).__name__}: {err}); the file is corrupt",
+            source,
         ) from err
-    return arr
 
 
 def read_npz(
@@ -95,10 +134,15 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """Read arrays from an ``.npz`` file safely (no pickles, sizes checked before allocation).
 
+    Every requested member's ``.npy`` header is read first (a few hundred bytes inflated
+    each); nothing more is inflated unless each array and all of them together fit
+    ``max_bytes``, so a zip bomb (members that inflate to far more) is refused up front.
+
     Args:
         path: the ``.npz`` file.
         keys: the arrays to read (default: all).
-        max_bytes: refuse any single array whose header claims more bytes than this.
+        max_bytes: refuse an archive whose requested arrays claim more bytes than this, one
+            or together.
 
     Returns:
         ``{key: array}``.
@@ -108,7 +152,7 @@ def read_npz(
         raise DataError("file not found", source)
     try:
         zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+    except _CORRUPT as err:
         raise DataError(
             f"not a valid .npz (zip) archive ({err}); the file may be truncated or corrupt", source
         ) from err
@@ -119,14 +163,17 @@ def read_npz(
         missing = [k for k in keys if k not in available]
         if missing:
             raise DataError(f"missing arrays {missing}; the archive holds {available}", source)
-        return {k: _read_member(zf, k, source, max_bytes) for k in keys}
+        headers = {k: _member_header(zf, k, source, max_bytes) for k in keys}
+        total = sum(nbytes for _, nbytes in headers.values())
+        check_size(total, max_bytes, source, f"the {len(headers)} arrays together")
+        return {k: _read_member(zf, info, k, source) for k, (info, _) in headers.items()}
 
 
 def _keys(source: str) -> list[str]:
     try:
         with zipfile.ZipFile(source) as zf:
             return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+    except _CORRUPT as err:
         raise DataError(
             f"not a valid .npz (zip) archive ({err}); the file may be truncated or corrupt", source
         ) from err
@@ -161,7 +208,8 @@ def load_npz(
             ``X``, ``x``, ``data`` present).
         labels_key: the key of the labels in the flat layout.
         class_names: names of the classes, overriding a ``class_names`` array in the file.
-        max_bytes: refuse any array whose header claims more bytes than this.
+        max_bytes: refuse a file whose arrays claim more bytes than this (one array, or all
+            the arrays read, together), before any is inflated.
         name: a dataset name recorded in ``meta["name"]``.
 
     Returns:
@@ -192,7 +240,10 @@ def load_npz(
         for s in wanted:
             if f"{s}_labels" not in keys:
                 raise DataError(f"'{s}_images' has no matching '{s}_labels' array", source)
-            arrs = read_npz(source, [f"{s}_images", f"{s}_labels"], max_bytes=max_bytes)
+        names_key = ["class_names"] if "class_names" in keys else []
+        arrs = read_npz(source, [f"{s}_{part}" for s in wanted for part in ("images", "labels")]
+                        + names_key, max_bytes=max_bytes)  # fmt: skip
+        for s in wanted:
             x, y = arrs[f"{s}_images"], arrs[f"{s}_labels"]
             if y.ndim == 2 and y.shape[1] != 1:
                 raise DataError(
@@ -211,12 +262,7 @@ def load_npz(
         shapes = {x.shape[1:] for x in xs}
         if len(shapes) > 1:
             raise DataError(f"splits have different image shapes {sorted(shapes)}", source)
-        extra_names = (
-            read_npz(source, ["class_names"], max_bytes=max_bytes)["class_names"]
-            if ("class_names" in keys)
-            else None
-        )
-        names = _class_names(extra_names, class_names)
+        names = _class_names(arrs.get("class_names"), class_names)
         try:
             return ArrayDataset(
                 np.concatenate(xs),
@@ -241,6 +287,8 @@ def load_npz(
             f"or MedMNIST 'train_images'; the file holds {keys}",
             source,
         )
+    if "masks" not in keys and labels_key not in keys:
+        raise DataError(f"no labels array {labels_key!r}; the file holds {keys}", source)
     arrays = read_npz(source, max_bytes=max_bytes)
     x = arrays[xk]
     n = len(x) if x.ndim else 0

@@ -19,8 +19,10 @@ A NaN in the target column, an unknown target column or an unreadable file raise
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -29,7 +31,7 @@ import numpy as np
 from ..dataset import ArrayDataset, _check_labels, _index_array, _Labelled
 from ..errors import DEFAULT_MAX_BYTES, DataError, check_size, missing_extra
 
-__all__ = ["ClinicalTable", "TableEncoder", "read_table"]
+__all__ = ["MAX_COLUMNS", "ClinicalTable", "TableEncoder", "read_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -282,7 +284,33 @@ class ClinicalTable(_Labelled):
         )
 
 
-def _read_frame(path: str, max_bytes: int | None) -> Any:
+#: Default cap on the columns of a table (``max_columns=``): a header with more is refused
+#: before pandas parses it (a few bytes per column make a 1-million-column file of 10 MB that
+#: pandas takes minutes and gigabytes to parse).
+MAX_COLUMNS = 100_000
+_HEADER_BYTES = 64 << 20
+
+
+def _count_columns(path: str, sep: str, max_columns: int | None) -> None:
+    """Refuse a header line with more than ``max_columns`` separators-plus-one (an upper
+    bound of its columns: quoted separators count too), read without pandas."""
+    if max_columns is None:
+        return
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            line = f.readline(_HEADER_BYTES)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"cannot read the table's header ({err})", path) from err
+    count = line.count(sep.encode()) + 1
+    if count > max_columns:
+        raise DataError(
+            f"the header has about {count:,} columns, above the limit of {max_columns:,} "
+            "(max_columns=)",
+            path,
+        )
+
+
+def _read_frame(path: str, max_bytes: int | None, max_columns: int | None) -> Any:
     pd = _pd()
     if not os.path.isfile(path):
         raise DataError("file not found", path)
@@ -291,14 +319,19 @@ def _read_frame(path: str, max_bytes: int | None) -> Any:
     try:
         if lower.endswith((".parquet", ".pq")):
             try:
-                import pyarrow  # noqa: F401
+                import pyarrow.parquet as pq
             except ImportError as err:  # pragma: no cover - depends on the environment
                 raise missing_extra("pyarrow", err) from err
+            count = pq.read_metadata(path).num_columns
+            if max_columns is not None and count > max_columns:
+                raise DataError(f"the table has {count:,} columns, above the limit of "
+                                f"{max_columns:,} (max_columns=)", path)  # fmt: skip
             return pd.read_parquet(path)
         if lower.endswith((".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz")):
             sep = "\t" if ".tsv" in lower else ","
+            _count_columns(path, sep, max_columns)
             return pd.read_csv(path, sep=sep)
-    except ImportError:
+    except (ImportError, DataError):
         raise
     except Exception as err:
         raise DataError(
@@ -325,6 +358,7 @@ def read_table(
     group_column: str | None = None,
     class_names: Sequence[str] | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    max_columns: int | None = MAX_COLUMNS,
     name: str | None = None,
 ) -> ClinicalTable:
     """Read a clinical table with one row per example.
@@ -341,11 +375,13 @@ def read_table(
         group_column: a column of patient/source ids, used as ``groups``.
         class_names: the classes in label order; target values outside it raise.
         max_bytes: refuse files larger than this.
+        max_columns: refuse tables with more columns than this (checked on the header line,
+            before parsing).
         name: dataset name for ``meta["name"]``.
     """
     pd = _pd()
     p = os.fspath(path)
-    frame = _read_frame(p, max_bytes)
+    frame = _read_frame(p, max_bytes, max_columns)
     available = [str(c) for c in frame.columns]
     for col, what in [(target, "target"), (group_column, "group_column")]:
         if col is not None and col not in frame.columns:
@@ -376,17 +412,16 @@ def read_table(
     y = np.array([lookup[v] for v in values], dtype=np.int64)
     exclude = {target, *drop} | ({group_column} if group_column else set())
     feats = list(columns) if columns is not None else [c for c in frame.columns if c not in exclude]
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))  # one lookup per column
+    numeric = {c for c, t in dtypes.items()
+               if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)}  # fmt: skip
     if categorical is None:
-        cat = [
-            c
-            for c in feats
-            if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
-        ]
+        cat = [c for c in feats if c not in numeric]
     else:
         cat = [c for c in feats if c in set(categorical)]
     num = [c for c in feats if c not in set(cat)]
     for c in num:
-        if not pd.api.types.is_numeric_dtype(frame[c]):
+        if not pd.api.types.is_numeric_dtype(dtypes[c]):
             raise DataError(f"column {c!r} is declared numeric but holds text values", p)
     groups = None
     if group_column is not None:
@@ -394,7 +429,8 @@ def read_table(
         if g.isna().any():
             raise DataError(f"group column {group_column!r} has missing values", p)
         groups = g.map(_fmt_value).to_numpy().astype(str)
-    missing = {c: int(frame[c].isna().sum()) for c in feats if frame[c].isna().any()}
+    na_counts = dict(zip(frame.columns, frame.isna().sum().to_numpy().tolist(), strict=True))
+    missing = {c: int(na_counts[c]) for c in feats if na_counts[c]}
     meta = {
         "name": name or os.path.splitext(os.path.basename(p))[0],
         "format": "table",

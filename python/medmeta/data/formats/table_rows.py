@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from medmeta.edge.table import TARGET_NAMES, TableRows, read_csv_rows, split_target
+from medmeta.edge.table import (
+    TARGET_NAMES,
+    TEXT_BYTES_PER_FILE_BYTE,
+    TableRows,
+    read_csv_rows,
+    split_target,
+    text_values,
+)
 
 from ..dataset import _index_array, _Labelled
 from ..errors import DataError, missing_extra
@@ -64,6 +71,11 @@ class LabelledTable(_Labelled):
         )
 
 
+#: The most bytes a Parquet table's cells may take as fixed-width text (as for a CSV file of
+#: the default 200 MiB limit of :func:`~medmeta.edge.table.read_csv_rows`).
+MAX_TEXT_BYTES = TEXT_BYTES_PER_FILE_BYTE * (200 << 20)
+
+
 def _parquet_rows(path: str) -> TableRows:
     try:
         import pyarrow.parquet as pq
@@ -71,15 +83,19 @@ def _parquet_rows(path: str) -> TableRows:
         raise missing_extra("pyarrow", err) from err
     try:
         table = pq.read_table(path)
-    except Exception as err:
+        columns = [str(c) for c in table.column_names]
+        data = table.to_pydict()
+        cells = [["" if v is None else _text(v) for v in data[c]] for c in table.column_names]
+    except Exception as err:  # pyarrow's ArrowInvalid, OSError, UnicodeDecodeError, ...
         raise DataError(
             f"cannot read the Parquet file ({type(err).__name__}: {err})", path
         ) from err
-    columns = table.column_names
-    data = table.to_pydict()
-    cells = [["" if v is None else _text(v) for v in data[c]] for c in columns]
-    values = np.asarray(cells, dtype=str).T.reshape(table.num_rows, len(columns))
-    return TableRows(tuple(columns), values)
+    rows = [list(r) for r in zip(*cells, strict=True)] if cells else []
+    try:
+        values = text_values(rows, len(columns), path, MAX_TEXT_BYTES)
+    except ValueError as err:
+        raise DataError(str(err), path) from None
+    return TableRows(tuple(columns), values.reshape(table.num_rows, len(columns)))
 
 
 def _text(value: Any) -> str:

@@ -67,8 +67,12 @@ def find_wfdb_records(path: str | os.PathLike[str]) -> list[Path]:
 def _check_signal_files(header: Any, hea: Path, max_bytes: int | None) -> None:
     """Refuse a missing or truncated signal file, or a record too large, before reading."""
     n_sig, sig_len = int(header.n_sig or 0), int(header.sig_len or 0)
-    if n_sig < 1:
+    if n_sig < 1 or not header.file_name:
         raise DataError("the header declares no signals", str(hea))
+    for fname in header.file_name:  # signal files sit beside the header, nowhere else
+        if not isinstance(fname, str) or not fname or Path(fname).name != fname or fname == "..":
+            raise DataError(f"signal file name {fname!r} is not a file beside the header",
+                            str(hea))  # fmt: skip
     check_size(sig_len * n_sig * 8, max_bytes, hea, "the record")
     frame: dict[str, float] = {}
     for i, fname in enumerate(header.file_name):
