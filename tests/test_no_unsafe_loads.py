@@ -30,9 +30,6 @@ CODEGEN = {
     "python/medmeta/ops/_register.py": "compiles the op wrappers it generates from op schemas",
     "python/medmeta/ops/_native.py": "compiles the bindings it generates for the native ops",
 }
-#: np.load calls without an explicit allow_pickle=False that are known and reported (not
-#: unsafe: numpy's default is False), to be fixed by their owners; a fixed one must leave.
-PENDING = {"python/medmeta/cli/_demo_edge.py"}
 
 
 def _name(node: ast.AST) -> str:
@@ -80,15 +77,14 @@ def test_torch_load_only_with_weights_only_true():
 
 
 def test_np_load_only_with_allow_pickle_false():
-    bad, pending = [], set()
+    bad = []
     for f, line, name, call in _calls(PACKAGE):
         given = [kw for kw in call.keywords if kw.arg == "allow_pickle"]
         if any(_keyword(call, "allow_pickle") is not False for _ in given):
             bad.append(f"{f}:{line} {name}(allow_pickle=<not False>)")  # read_array too
         elif name in ("np.load", "numpy.load") and not given:
-            (pending.add(f) if f in PENDING else bad.append(f"{f}:{line}"))
+            bad.append(f"{f}:{line}")
     assert not bad, f"np.load without allow_pickle=False: {bad}"
-    assert pending == PENDING, f"fixed, remove from PENDING: {sorted(PENDING - pending)}"
 
 
 def test_no_code_executing_deserializer_in_the_package():

@@ -93,7 +93,7 @@ def predict_without_torch(model: Path, inputs: Path, extra: list[str], out: Path
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode
         raise CheckFailed(f"`medmeta predict` without torch failed on the {label} model: {last}")
-    return np.load(out)
+    return np.load(out, allow_pickle=False)
 
 
 def edge_check(
