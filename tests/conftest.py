@@ -3,6 +3,8 @@ embedded blood-cell images."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -35,6 +37,16 @@ def blood():
     from medmeta.data import load
 
     return load("pbc_blood")
+
+
+@pytest.fixture(autouse=True)
+def _logging_levels_of_the_cli_do_not_leak() -> object:
+    """A command run in-process sets the ``medmeta`` logger's level (``configure_logging``):
+    restore it, so that a later test's ``caplog`` sees the records it expects."""
+    logger = logging.getLogger("medmeta")
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

@@ -196,10 +196,13 @@ PROBE_SECONDS = 30
 PROBE_MEMORY = 2 << 30
 
 
-def _limit_memory() -> None:  # pragma: no cover - runs in the child
+def _limit_child() -> None:  # pragma: no cover - runs in the child
+    """Memory and CPU-time limits of the probe: it ends on its own even if the reading
+    process dies before its timeout kills it (no orphan spinning on a hostile file)."""
     import resource
 
     resource.setrlimit(resource.RLIMIT_AS, (PROBE_MEMORY, PROBE_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (PROBE_SECONDS, PROBE_SECONDS + 5))
 
 
 def _declared_bytes(path: str) -> int:
@@ -209,7 +212,7 @@ def _declared_bytes(path: str) -> int:
     try:
         done = subprocess.run(
             [sys.executable, "-I", "-c", _PROBE, path], capture_output=True, text=True,
-            timeout=PROBE_SECONDS, preexec_fn=_limit_memory if os.name == "posix" else None,
+            timeout=PROBE_SECONDS, preexec_fn=_limit_child if os.name == "posix" else None,
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:
         raise DataError(f"reading the HDF5 structure did not finish in {PROBE_SECONDS} s; "
