@@ -373,3 +373,11 @@ def test_learns_nuclei_of_unseen_images_through_the_cli(nuclei, tmp_path: Path, 
     share = nuclei.masks[200:].mean((1, 2))
     all_foreground = float(np.mean(2 * share / (1 + share)))
     assert dice > all_foreground + 0.06, (dice, all_foreground)
+
+
+def test_a_corrupt_npz_is_a_data_error(tmp_path: Path, capsys):
+    bad = tmp_path / "scans.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip archive")
+    got, err = _error(["train", "--task", "segmentation", "--data", str(bad), *TINY, "--out",
+                       str(tmp_path / "m")], capsys)  # fmt: skip
+    assert got == 3 and "not a valid .npz (zip) archive" in err and str(bad) in err, err

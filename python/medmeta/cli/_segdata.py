@@ -109,10 +109,9 @@ def _from_dataset(ds: SegmentationDataset, source: str) -> SegData:
 
 
 def _from_npz(path: Path) -> SegData:
-    from medmeta.data.formats.npz import load_npz, read_npz
+    from medmeta.data.formats.npz import load_npz, npz_keys, read_npz
 
-    with np.load(path, allow_pickle=False) as z:
-        keys = list(z.files)
+    keys = npz_keys(str(path))
     if "masks" in keys:
         ds = load_npz(path)
         assert isinstance(ds, SegmentationDataset)

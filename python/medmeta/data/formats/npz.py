@@ -34,7 +34,7 @@ import numpy as np
 from ..dataset import ArrayDataset, SegmentationDataset
 from ..errors import DEFAULT_MAX_BYTES, DataError, check_size
 
-__all__ = ["load_npz", "read_npz"]
+__all__ = ["load_npz", "npz_keys", "read_npz"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,9 @@ def read_npz(
         return {k: _read_member(zf, info, k, source) for k, (info, _) in headers.items()}
 
 
-def _keys(source: str) -> list[str]:
+def npz_keys(source: str) -> list[str]:
+    """The array names of an ``.npz`` archive (no array read); a corrupt archive is a
+    :class:`DataError`."""
     try:
         with zipfile.ZipFile(source) as zf:
             return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
@@ -220,7 +222,7 @@ def load_npz(
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise DataError("file not found", source)
-    keys = _keys(source)
+    keys = npz_keys(source)
     meta: dict[str, Any] = {
         "name": name or os.path.splitext(os.path.basename(source))[0],
         "file": os.path.basename(source),
