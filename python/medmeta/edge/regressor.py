@@ -30,7 +30,7 @@ import numpy as np
 
 from medmeta.edge.preprocess import Preprocessing, check_finite
 from medmeta.edge.results import RegressionPrediction
-from medmeta.edge.runtime import _check_io, _metadata, _read_bytes, cpu_session
+from medmeta.edge.runtime import _check_io, _metadata, _read_bytes, check_threads, cpu_session
 from medmeta.edge.schema import REGRESSION_OUTPUTS, REGRESSION_ROLES, EdgeModelError
 from medmeta.edge.weights import check_weights
 
@@ -52,10 +52,7 @@ class EdgeRegressor:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        check_threads(threads)
         self.path = Path(path)
         source = str(self.path)
         data = _read_bytes(self.path, "path")

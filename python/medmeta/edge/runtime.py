@@ -66,6 +66,14 @@ def _read_bytes(path: Path, what: str) -> bytes:
     return path.read_bytes()
 
 
+def check_threads(threads: int | None) -> None:
+    """``threads`` (onnxruntime intra-op threads) is a positive int or None."""
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+
+
 def cpu_session(
     model: bytes | str | os.PathLike[str], source: str, threads: int | None
 ) -> ort.InferenceSession:
@@ -140,10 +148,7 @@ class EdgeModel:
         enrolment: str | os.PathLike[str] | None = None,
         ood_quantile: float | None = None,
     ) -> None:
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        check_threads(threads)
         if ood_quantile is not None and not 0.0 < ood_quantile <= 1.0:
             raise ValueError(f"ood_quantile: expected a value in (0, 1], got {ood_quantile!r}")
         self.path = Path(path)

@@ -51,7 +51,7 @@ import numpy as np
 import onnxruntime as ort
 
 from medmeta.edge.preprocess import Preprocessing, check_finite
-from medmeta.edge.runtime import _read_bytes, cpu_session
+from medmeta.edge.runtime import _read_bytes, check_threads, cpu_session
 from medmeta.edge.schema import EdgeModelError, decode_array, session_metadata
 from medmeta.edge.weights import check_weights
 
@@ -422,10 +422,7 @@ class EdgeSegmenter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise ValueError(f"threads: expected a positive int or None, got {threads!r}")
+        check_threads(threads)
         self.path = Path(path)
         source = str(self.path)
         data = _read_bytes(self.path, "path")
