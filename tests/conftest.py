@@ -41,12 +41,14 @@ def blood():
 
 @pytest.fixture(autouse=True)
 def _logging_levels_of_the_cli_do_not_leak() -> object:
-    """A command run in-process sets the ``medmeta`` logger's level (``configure_logging``):
-    restore it, so that a later test's ``caplog`` sees the records it expects."""
+    """A command run in-process sets the ``medmeta`` logger's level (``configure_logging``)
+    and a fuzz harness disables logging (``logging.disable``): restore both, so that a later
+    test's ``caplog`` sees the records it expects."""
     logger = logging.getLogger("medmeta")
-    level = logger.level
+    level, disabled = logger.level, logging.root.manager.disable
     yield
     logger.setLevel(level)
+    logging.disable(disabled)
 
 
 @pytest.fixture(autouse=True)

@@ -76,6 +76,14 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path: Path) -> None:
     model = load_model(out)
     got = to_numpy(model.learner.state_dict(), federated_keys(model.learner.state_dict()))
     expected = _written_out(plan, sites)
+    start = initial_learner(plan).state_dict()
+    theta0 = to_numpy(start, federated_keys(start))
     assert set(got) == set(expected)
+    # The SuperNodes train in processes whose thread count may differ from this one's: the
+    # reassociated float sums, amplified by Adam's first steps on near-zero gradients
+    # (docs/distributed.md), move weights by ~1e-3 (seen in CI), far below the ~1e-1 a round
+    # moves them; a wrong aggregate (unweighted, other server step) is far outside this.
     for k in expected:
-        np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(got[k], expected[k], rtol=0.05, atol=3e-3, err_msg=k)
+    moved = max(float(np.abs(expected[k] - theta0[k]).max()) for k in expected)
+    assert moved > 0.03  # the tolerance is small against what training changed

@@ -96,7 +96,12 @@ def test_pydicom_messages_that_quote_values_are_muted(tmp_path, caplog):
     first access: read_dicom shows neither, only a DEBUG line with their count."""
     path = _invalid_values(M.write_marked(tmp_path / "a.dcm", patient=0, shift=0, index=0))
     caplog.clear()  # pydicom logged the values as they were written
-    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+    levels = (
+        caplog.at_level(logging.DEBUG),
+        caplog.at_level(logging.DEBUG, logger="medmeta"),
+        caplog.at_level(logging.DEBUG, logger="pydicom"),
+    )  # whatever earlier tests set
+    with levels[0], levels[1], levels[2], warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         image = read_dicom(path)
     assert image.pixels.shape == (1, 128, 128)
