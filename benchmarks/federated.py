@@ -5,15 +5,17 @@ Protocols (real embedded data; each site keeps its examples, only weight updates
 
 * **classmix** -- one blood-cell set (``pbc_blood``) split by class mix into three labs
   that see different cell types (A: basophil, eosinophil, erythroblast; B: erythroblast,
-  immature granulocyte, lymphocyte; C: basophil, immature granulocyte, lymphocyte); the new
-  site sees cell types no lab has (monocyte, neutrophil, platelet).
+  immature granulocyte, lymphocyte; C: basophil, immature granulocyte, lymphocyte). A new
+  lab joins with two tasks: its own images of the five cell types the labs cover between
+  them (5-way; 20% of those images, held out from every lab; no lab has seen all five), and
+  cell types no lab has (monocyte, neutrophil, platelet; 3-way).
 * **modalities** -- three hospitals with different imaging: two blood labs (``pbc_blood``
   classes 0-3 and 4-7, microscopy) and a knee clinic (``knee_xray_kl``, X-ray, Kellgren-
   Lawrence grades); the new site is a brain MRI centre (``brain_tumor_mri``), a modality
-  no site holds. Images are converted to 3 x 32 x 32.
+  no site holds (3-way). Images are converted to 3 x 32 x 32.
 
 Models, all ProtoNet on Conv4 from the same seeded initialisation, all scored on the same
-seeded N-way 5-shot episodes of the new site (accuracy, 95% CI over episodes):
+seeded N-way 5-shot episodes of each new-site task (accuracy, 95% CI over episodes):
 
 * ``federated (fedavg)``, ``federated (reptile)`` (``--algorithms``): Flower's simulation
   engine, every site every round, ``--local-steps`` local meta-updates per site per round
@@ -55,24 +57,38 @@ PROTOCOL_NAMES = ("classmix", "modalities")
 
 
 @dataclass(frozen=True)
+class Target:
+    """A new-site task: ``ways``-way 5-shot episodes of ``data`` (a site spec, or ``None``:
+    the examples held out from the sites' classes, see :attr:`Protocol.holdout`)."""
+
+    name: str
+    ways: int
+    data: str | None = None
+
+
+@dataclass(frozen=True)
 class Protocol:
-    """Sites (``NAME=DATA@CLASSES`` specs), the new site, episode size and image geometry."""
+    """Sites (``NAME=DATA@CLASSES`` specs), the new site's tasks, the image geometry and the
+    ways of the sites' training episodes. ``holdout`` is the share of every site class's examples kept from all sites for the
+    new site (the target whose ``data`` is ``None``)."""
 
     name: str
     sites: tuple[str, ...]
-    new_site: str
-    ways: int
+    targets: tuple[Target, ...]
     image: tuple[int, int, int]
+    holdout: float = 0.0
+    ways: int = 3
 
 
 PROTOCOLS = {
     "classmix": Protocol(
         "classmix", ("A=pbc_blood@0+1+2", "B=pbc_blood@2+3+4", "C=pbc_blood@0+3+4"),
-        new_site="pbc_blood@5-7", ways=3, image=(3, 28, 28),
+        targets=(Target("the labs' 5 cell types", 5), Target("3 new cell types", 3, "pbc_blood@5-7")),
+        image=(3, 28, 28), holdout=0.2,
     ),
     "modalities": Protocol(
         "modalities", ("blood-a=pbc_blood@0-3", "blood-b=pbc_blood@4-7", "knee=knee_xray_kl"),
-        new_site="brain_tumor_mri", ways=3, image=(3, 32, 32),
+        targets=(Target("brain MRI, a new modality", 3, "brain_tumor_mri"),), image=(3, 32, 32),
     ),
 }  # fmt: skip
 
@@ -88,10 +104,13 @@ def _preprocess(raw: Any, image: tuple[int, int, int]) -> Any:
     return preprocess_dataset(raw, Preprocessing.for_images(image))
 
 
-def site_indices(protocol: Protocol, seed: int) -> list[tuple[str, str, np.ndarray]]:
-    """``(site name, data name, example indices into the data)`` per site. A class several
-    sites hold has its examples split between them (seeded): no two sites hold the same
-    example."""
+def split(
+    protocol: Protocol, seed: int
+) -> tuple[list[tuple[str, str, np.ndarray]], dict[str, np.ndarray]]:
+    """``([(site name, data name, example indices into the data)], {data name: held-out
+    indices})``. ``protocol.holdout`` of every site class's examples is held out for the new
+    site; a class several sites hold has the rest of its examples split between them
+    (seeded): no two sites hold the same example, and no site a held-out one."""
     from medmeta.cli import _data
     from medmeta.edge.cli.classes import parse_classes
     from medmeta.federated.site import site_from_spec
@@ -102,13 +121,26 @@ def site_indices(protocol: Protocol, seed: int) -> list[tuple[str, str, np.ndarr
                 range(labels[s.data].num_classes)) for s in sites]  # fmt: skip
     rng = np.random.default_rng(seed)
     keep: list[list[np.ndarray]] = [[] for _ in sites]
+    kept_out: dict[str, list[np.ndarray]] = {d: [] for d in labels}
     for data, ds in labels.items():
         for label in range(ds.num_classes):
             holders = [i for i, s in enumerate(sites) if s.data == data and label in held[i]]
             order = rng.permutation(np.flatnonzero(ds.labels == label))
+            if holders:
+                n_out = round(protocol.holdout * len(order))
+                kept_out[data].append(order[:n_out])
+                order = order[n_out:]
             for part, i in zip(np.array_split(order, max(len(holders), 1)), holders, strict=False):
                 keep[i].append(part)
-    return [(s.name, s.data, np.sort(np.concatenate(k))) for s, k in zip(sites, keep, strict=True)]
+    sites_out = [
+        (s.name, s.data, np.sort(np.concatenate(k))) for s, k in zip(sites, keep, strict=True)
+    ]
+    return sites_out, {d: np.sort(np.concatenate(v)) for d, v in kept_out.items()}
+
+
+def site_indices(protocol: Protocol, seed: int) -> list[tuple[str, str, np.ndarray]]:
+    """``(site name, data name, example indices into the data)`` per site (see :func:`split`)."""
+    return split(protocol, seed)[0]
 
 
 def site_data(protocol: Protocol, seed: int) -> list[tuple[str, str, Any]]:
@@ -195,26 +227,46 @@ def _noises(text: str) -> list[float]:
     return [float(t) for t in _names(text) if t.lower() != "none"]
 
 
-def run_protocol(protocol: Protocol, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Every model of one protocol, scored on the same new-site episodes."""
-    from medmeta.eval import evaluate
-    from medmeta.federated.server_app import initial_learner
+def _targets(protocol: Protocol, seed: int) -> list[tuple[Target, Any]]:
+    """Each new-site task with its examples (preprocessed)."""
+    from medmeta.cli import _data
     from medmeta.federated.site import site_from_spec
 
-    new_site = _preprocess(site_from_spec(protocol.new_site).raw(), protocol.image)
+    _, held = split(protocol, seed)
+    out = []
+    for target in protocol.targets:
+        if target.data is not None:
+            raw = site_from_spec(target.data).raw()
+        else:
+            (data, index), *more = [(d, i) for d, i in held.items() if len(i)]
+            if more:
+                raise ValueError(f"{protocol.name}: held-out examples of several data sets")
+            raw = _data.load_dataset(data).subset(index)
+        out.append((target, _preprocess(raw, protocol.image)))
+    return out
+
+
+def run_protocol(protocol: Protocol, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Every model of one protocol, scored on the same episodes of each new-site task."""
+    from medmeta.eval import evaluate
+    from medmeta.federated.server_app import initial_learner
+
+    targets = _targets(protocol, args.seed)
     data = site_data(protocol, args.seed)
     names = [name for name, _, _ in data]
     rows: list[dict[str, Any]] = []
 
     def score(model: str, kind: str, learner: Any, seconds: float, **extra: Any) -> None:
-        res = evaluate(learner, new_site, ways=protocol.ways, shots=5, queries=args.queries,
-                       episodes=args.episodes, seed=args.seed + 1000)  # fmt: skip
-        rows.append({"protocol": protocol.name, "model": model, "kind": kind,
-                     "accuracy": res.accuracy, "ci95": res.ci95, "episodes": args.episodes,
-                     "ways": protocol.ways, "shots": 5, "chance": 1 / protocol.ways,
-                     "train_seconds": round(seconds, 1), **extra})  # fmt: skip
-        print(f"{protocol.name:10s} {model:34s} {100 * res.accuracy:5.1f} ± {100 * res.ci95:4.1f}"
-              + (f"  (epsilon {extra['epsilon']:.3g})" if extra.get("epsilon") else ""), flush=True)  # fmt: skip
+        for target, examples in targets:
+            res = evaluate(learner, examples, ways=target.ways, shots=5, queries=args.queries,
+                           episodes=args.episodes, seed=args.seed + 1000)  # fmt: skip
+            rows.append({"protocol": protocol.name, "model": model, "kind": kind,
+                         "target": target.name, "accuracy": res.accuracy, "ci95": res.ci95,
+                         "episodes": args.episodes, "ways": target.ways, "shots": 5,
+                         "chance": 1 / target.ways, "train_seconds": round(seconds, 1), **extra})  # fmt: skip
+            print(f"{protocol.name:10s} {model:34s} {target.name:28s} {100 * res.accuracy:5.1f} "
+                  f"± {100 * res.ci95:4.1f}" + (f"  (epsilon {extra['epsilon']:.3g})"
+                                                if extra.get("epsilon") else ""), flush=True)  # fmt: skip
 
     algorithms = _names(args.algorithms)
     plan = _plan(protocol, names, args, algorithms[0])
@@ -240,25 +292,40 @@ def run_protocol(protocol: Protocol, args: argparse.Namespace, work: Path) -> li
     return rows
 
 
+def _table(protocol: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One protocol's rows as a markdown table: a model a row, a new-site task a column."""
+    targets = list(dict.fromkeys((r["target"], r["ways"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["target"]): r for r in rows}
+    lines = [f"**{protocol}** (new-site accuracy %, mean ± 95% CI)", "",
+             "| model | " + " | ".join(f"{t} ({w}-way)" for t, w in targets) + " | ε at δ |",
+             "|---|" + "---|" * (len(targets) + 1)]  # fmt: skip
+    for model in models:
+        first = cell[(model, targets[0][0])]
+        eps = f"{first['epsilon']:.3g} at {first['delta']:g}" if first.get("epsilon") else "—"
+        accs = [f"{100 * cell[(model, t)]['accuracy']:.1f} ± {100 * cell[(model, t)]['ci95']:.1f}"
+                for t, _ in targets]  # fmt: skip
+        lines.append(f"| {model} | " + " | ".join(accs) + f" | {eps} |")
+    return [*lines, ""]
+
+
 def markdown(report: dict[str, Any]) -> str:
     env, s = report["environment"], report["settings"]
-    lines = ["# medmeta federated meta-learning: a new site's 5-shot task", ""]
-    lines += H.provenance_lines(env)
-    lines += ["", "| protocol | model | new-site accuracy (%) | ε at δ |", "|---|---|---|---|"]
-    for r in report["results"]:
-        eps = f"{r['epsilon']:.3g} at {r['delta']:g}" if r.get("epsilon") else "—"
-        lines.append(f"| {r['protocol']} | {r['model']} | {100 * r['accuracy']:.1f} ± "
-                     f"{100 * r['ci95']:.1f} | {eps} |")  # fmt: skip
-    lines += ["", f"{s['ways']}-way 5-shot, {s['queries']} queries per class, mean ± 95% CI over "
-              f"{s['episodes']} seeded episodes of the new site (the same for every model). "
-              f"Federated: {s['rounds']} rounds x {s['local_steps']} local meta-updates per site "
-              f"(meta-batch {s['meta_batch']}, Adam lr {s['lr']:g}); fedavg: the sites' mean "
-              f"weighted by examples; reptile: a step towards it from {s['server_lr']:g} annealed "
-              f"linearly to 0. DP: each site's update clipped to L2 norm {s['dp_clip']:g}, "
-              "Gaussian noise sigma x clip on their sum, site-level epsilon from Opacus's RDP "
-              "accountant. Local only: rounds x local steps meta-updates on one site; pooled: "
-              "all data in one place (what federation avoids), as many updates as all sites "
-              f"together; initialisation: untrained. ProtoNet, Conv4-{s['width']}."]  # fmt: skip
+    lines = ["# medmeta federated meta-learning: a new site's 5-shot tasks", ""]
+    lines += [*H.provenance_lines(env), ""]
+    for protocol in dict.fromkeys(r["protocol"] for r in report["results"]):
+        lines += _table(protocol, [r for r in report["results"] if r["protocol"] == protocol])
+    lines += [f"5-shot, {s['queries']} queries per class, mean ± 95% CI over {s['episodes']} "
+              "seeded episodes of each new-site task (the same for every model). Federated: "
+              f"{s['rounds']} rounds x {s['local_steps']} local meta-updates per site "
+              f"({s['ways']}-way episodes, meta-batch {s['meta_batch']}, Adam lr {s['lr']:g}); "
+              "fedavg: the sites' mean weighted by examples; reptile: a step towards it from "
+              f"{s['server_lr']:g} annealed linearly to 0. DP: each site's update clipped to L2 "
+              f"norm {s['dp_clip']:g}, Gaussian noise sigma x clip on their sum, site-level "
+              "epsilon from Opacus's RDP accountant. Local only: rounds x local steps "
+              "meta-updates on one site; pooled: all data in one place (what federation "
+              "avoids), as many updates as all sites together; initialisation: untrained. "
+              f"ProtoNet, Conv4-{s['width']}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
