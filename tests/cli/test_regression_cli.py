@@ -345,6 +345,7 @@ def test_classifier_flags_on_a_regression_model_are_refused(
     _fails([*ev, "--plots", str(tmp_path)], capsys, 2, "--plots does not apply")
     _fails([*ev, "--target", "TT4"], capsys, 2, "this model predicts 'T4U'")
     _fails([*ev, "--classes", "SVHD"], capsys, 3, "'T4U' has 809 missing values")
+    _fails([*ev, "--nproc", "2"], capsys, 2, "--nproc: a regression model is evaluated in one")
     _fails(["adapt", "--model", str(t4u_model), "--support", "thyroid", "--class-names", "a",
             "--out", str(tmp_path / "a")], capsys, 2, "--class-names applies to segmentation")  # fmt: skip
     _fails(["adapt", "--model", str(t4u_model), "--support", "thyroid", "--drop-missing-targets",

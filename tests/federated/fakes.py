@@ -89,3 +89,23 @@ class DropsOutSite(Site):
         if server_round >= self.fail_from:
             raise ConnectionError(f"site {self.name} lost its connection in round {server_round}")
         return super().update(plan, weights, server_round)
+
+
+def written_out(plan: FederatedPlan, sites: list[Site]) -> dict[str, np.ndarray]:
+    """The global weights after ``plan.rounds`` rounds, computed here without Flower: every
+    site trains each round from the global weights, their updates travel as float32, the
+    server takes the weighted mean and the plan's server step (no differential privacy)."""
+    from medmeta.federated.server_app import initial_learner
+    from medmeta.federated.weights import federated_keys, floor_variances, to_numpy
+
+    state = initial_learner(plan).state_dict()
+    theta = to_numpy(state, federated_keys(state))
+    for r in range(1, plan.rounds + 1):
+        updates = [s.update(plan, theta, r) for s in sites]
+        total = sum(u.examples for u in updates)
+        step = {k: sum(u.examples * u.delta[k].astype(np.float32).astype(np.float64) for u in updates) / total
+                for k in theta}  # fmt: skip
+        eta = plan.server_step(r)
+        theta = floor_variances({k: (theta[k] + eta * step[k]).astype(np.float32).astype(np.float64)
+                                 for k in theta})  # fmt: skip
+    return theta

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from federated.fakes import written_out
 from medmeta.cli._model import load_model
 from medmeta.edge.preprocess import Preprocessing
 from medmeta.federated.deployment import run_deployment
 from medmeta.federated.planning import make_plan
 from medmeta.federated.server_app import initial_learner
 from medmeta.federated.site import Site
-from medmeta.federated.weights import federated_keys, floor_variances, to_numpy
+from medmeta.federated.weights import federated_keys, to_numpy
 
 pytestmark = pytest.mark.slow  # 5 Flower processes and a ClientApp process per message
 
@@ -35,21 +36,6 @@ def _ours(marker: str) -> list[int]:
         if marker in cmd and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
-
-
-def _written_out(plan, sites) -> dict[str, np.ndarray]:
-    """The global weights after ``plan.rounds`` rounds, computed here without Flower."""
-    state = initial_learner(plan).state_dict()
-    theta = to_numpy(state, federated_keys(state))
-    for r in range(1, plan.rounds + 1):
-        updates = [s.update(plan, theta, r) for s in sites]
-        total = sum(u.examples for u in updates)
-        step = {k: sum(u.examples * u.delta[k].astype(np.float32).astype(np.float64) for u in updates) / total
-                for k in theta}  # fmt: skip
-        eta = plan.server_step(r)
-        theta = floor_variances({k: (theta[k] + eta * step[k]).astype(np.float32).astype(np.float64)
-                                 for k in theta})  # fmt: skip
-    return theta
 
 
 def test_superlink_and_three_supernodes_on_loopback(tmp_path: Path) -> None:
@@ -75,7 +61,7 @@ def test_superlink_and_three_supernodes_on_loopback(tmp_path: Path) -> None:
     assert {"superlink.log", "supernode-0.log", "supernode-2.log", "flwr-run.log"} <= logs
     model = load_model(out)
     got = to_numpy(model.learner.state_dict(), federated_keys(model.learner.state_dict()))
-    expected = _written_out(plan, sites)
+    expected = written_out(plan, sites)
     start = initial_learner(plan).state_dict()
     theta0 = to_numpy(start, federated_keys(start))
     assert set(got) == set(expected)

@@ -7,7 +7,8 @@ also imported by the test, which runs them in one process as the reference.
 Scenarios:
 
 * ``suite``: train ProtoNet, second-order MAML and Reptile (:data:`LEARNERS`), evaluate
-  sharded, validate a segmenter sharded, train 3 steps afresh in ``OUT/grow`` and resume ``OUT/shrink`` (3 steps written
+  sharded, validate a segmenter and a MAML regressor sharded (and train the regressor 2
+  steps), train 3 steps afresh in ``OUT/grow`` and resume ``OUT/shrink`` (3 steps written
   by one process) to 6; every process saves what it ends with as ``OUT/<job>.rank<r>.pt``.
 * ``exit`` / ``hang``: rank 1 exits abruptly / stops answering inside its third step;
   rank 0 must fail with a clear error (the test checks how fast, and the message).
@@ -15,6 +16,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -27,6 +29,7 @@ import torch
 from medmeta.algorithms import create
 from medmeta.data import load
 from medmeta.data.episodes import split_classes
+from medmeta.data.regression_tasks import RegressionTask, RegressionTasks
 from medmeta.eval import evaluate
 from medmeta.nn import MLP
 from medmeta.train import meta_fit
@@ -42,6 +45,9 @@ LEARNERS: dict[str, dict[str, Any]] = {
 STEPS = 4
 META_BATCH = 3  # uneven shards over 2 processes (2 + 1 episodes)
 EVAL = {"ways": 2, "shots": 2, "queries": 3, "episodes": 7, "seed": 5, "batch_size": 2}
+REG_FEATURES = 4
+#: regression validation: 5 episodes, uneven shards over 2 processes (3 + 2)
+REG = {"shots": 5, "queries": 4, "episodes": 5, "seed": 7, "batch_size": 2}
 
 
 @functools.cache
@@ -105,6 +111,59 @@ def segmentation_validation(ctx=None) -> torch.Tensor:
     return torch.tensor(_validate_segmentation(learner, sampler, 7, 5, torch.device("cpu"), ctx))
 
 
+@functools.cache
+def regression_tasks() -> RegressionTasks:
+    """6 tiny linear tasks ``y = x @ w_t + 0.1 noise`` (4 features, 20 rows each)."""
+    g = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in range(6):
+        x = torch.randn(20, REG_FEATURES, generator=g)
+        y = x @ torch.randn(REG_FEATURES, generator=g) + 0.1 * torch.randn(20, generator=g)
+        tasks.append(RegressionTask(f"t{t}", x, y))
+    return RegressionTasks(tasks, name="toy regression")
+
+
+def build_regressor(seed: int = 0):
+    torch.manual_seed(seed)
+    backbone = MLP(REG_FEATURES, hidden=(8,), batch_norm=False)
+    return create("maml", backbone, 1, task="regression", input_shape=(REG_FEATURES,),
+                  inner_steps=2, inner_lr=0.3)  # fmt: skip
+
+
+def regression_validation(ctx=None) -> dict[str, torch.Tensor]:
+    """(mean R², CI, MSE) of an untrained MAML regressor on 5 episodes (shared by the
+    processes of ``ctx``), as meta_fit validates regressors, and the predictions
+    (pred, target, support_y, tasks) of the same episodes, sharded and gathered or not."""
+    from medmeta.eval.regression import predict_regression_episodes, predict_regression_sharded
+    from medmeta.train.fit import _validate_regression
+
+    learner, cpu = build_regressor(), torch.device("cpu")
+    sampler = regression_tasks().episode_sampler(1, REG["shots"], REG["queries"], generator=0)
+    args = (learner, sampler, REG["episodes"], REG["batch_size"])
+    val = _validate_regression(*args[:2], REG["seed"], *args[2:], cpu, ctx)
+    sampler.generator.manual_seed(REG["seed"])
+    preds = predict_regression_episodes(*args, cpu) if ctx is None else predict_regression_sharded(*args, ctx)  # fmt: skip
+    return {"validation": torch.tensor(val, dtype=torch.float64), **dataclasses.asdict(preds)}
+
+
+def regression_fit(distributed: bool | None = None) -> dict[str, Any]:
+    """2 steps of meta_fit of the MAML regressor, validated at step 2 on 5 episodes;
+    with how many validation episodes this process predicted itself."""
+    learner = build_regressor()
+    predicted, predict = [], learner.predict
+
+    def counting(support_x, support_y, query_x):
+        predicted.append(int(support_x.shape[0]))
+        return predict(support_x, support_y, query_x)
+
+    learner.predict = counting
+    fit = meta_fit(learner, regression_tasks(), regression_tasks(), ways=1, shots=REG["shots"],
+                   queries=REG["queries"], steps=2, meta_batch=META_BATCH, seed=0, val_every=2,
+                   val_episodes=REG["episodes"], log_every=1, progress=False, optimizer=sgd,
+                   distributed=distributed)  # fmt: skip
+    return outcome(fit) | {"predicted": sum(predicted)}
+
+
 def suite(out: Path, rank: int) -> None:
     from medmeta.train.distributed import init_from_env
 
@@ -112,6 +171,8 @@ def suite(out: Path, rank: int) -> None:
         torch.save(outcome(train(name)), out / f"{name}.rank{rank}.pt")
     torch.save(evaluation("protonet"), out / f"evaluate.rank{rank}.pt")
     torch.save(segmentation_validation(init_from_env()), out / f"segmentation.rank{rank}.pt")
+    torch.save(regression_validation(init_from_env()), out / f"regression.rank{rank}.pt")
+    torch.save(regression_fit(), out / f"regression_fit.rank{rank}.pt")
     torch.save(outcome(train("protonet", steps=3, out_dir=out / "grow")), out / f"grow.rank{rank}.pt")  # fmt: skip
     resumed = train("protonet", steps=6, out_dir=out / "shrink")
     torch.save(outcome(resumed) | {"resumed_from": resumed.resumed_from}, out / f"shrink.rank{rank}.pt")  # fmt: skip

@@ -1,8 +1,9 @@
 """Distributed meta-training (medmeta.train.distributed) with 2 gloo processes on loopback:
 the same model as one process for ProtoNet, second-order MAML and Reptile; sharded
-validation and evaluation equal to one process's; resume with another number of processes;
-a process that dies or hangs makes the other stop with a clear error; the ``--nproc``
-launcher. The processes run tests/train/dist_worker.py with torchrun's environment."""
+validation (classification, segmentation, regression) and evaluation equal to one
+process's; resume with another number of processes; a process that dies or hangs makes the
+other stop with a clear error; the ``--nproc`` launcher. The processes run
+tests/train/dist_worker.py with torchrun's environment."""
 
 from __future__ import annotations
 
@@ -148,6 +149,35 @@ def test_sharded_segmentation_validation_equals_single_process(suite: Path) -> N
         torch.testing.assert_close(_load(suite, "segmentation", rank), ref, rtol=1e-6, atol=1e-9)
 
 
+def test_sharded_regression_validation_equals_single_process(suite: Path) -> None:
+    ref = W.regression_validation()
+    r2, ci, mse = ref["validation"].tolist()
+    assert ci > 0 and mse > 0 and -1 < r2 < 1  # (mean R², CI, MSE) of 5 episodes
+    assert len(set(ref["tasks"].tolist())) > 1  # episodes of several tasks
+    for rank in (0, 1):
+        got = _load(suite, "regression", rank)
+        # the 3 + 2 episodes of the shards gathered in episode order: the same rows
+        for key in ("target", "support_y", "tasks"):
+            assert got[key].dtype == ref[key].dtype and torch.equal(got[key], ref[key]), key
+        torch.testing.assert_close(got["pred"], ref["pred"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["validation"], ref["validation"], rtol=0, atol=1e-12)
+
+
+def test_regression_training_validates_sharded(suite: Path) -> None:
+    """meta_fit of a regressor with 2 processes: each predicts its share of the 5
+    validation episodes (3 + 2), and the validation equals one process's."""
+    ref = W.regression_fit(distributed=False)
+    assert ref["predicted"] == W.REG["episodes"] and ref["processes"] == 1
+    ours = [_load(suite, "regression_fit", rank) for rank in (0, 1)]
+    assert [got["predicted"] for got in ours] == [3, 2]
+    for got in ours:
+        assert got["processes"] == 2
+        _assert_same_weights(got["state"], ref["state"])
+        a, b = got["history"][-1], ref["history"][-1]
+        for key in ("val_accuracy", "val_ci95", "val_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
 # -- checkpoints and resume with another number of processes ---------------------------
 
 
@@ -246,6 +276,22 @@ def test_selected_episodes_are_those_of_the_full_stream() -> None:
     sampler = EpisodeSampler(W.splits()[2], 2, 2, 3, batch_size=1, generator=3)
     empty = predict_episodes(W.build("protonet"), sampler, 1, 2, torch.device("cpu"), select=range(0))  # fmt: skip
     assert (empty.logits.shape, empty.labels.shape, empty.classes.shape) == ((0, 6, 2), (0, 6), (0, 2))  # fmt: skip
+
+
+def test_selected_regression_episodes_are_those_of_the_full_stream() -> None:
+    from medmeta.eval.regression import predict_regression_episodes
+
+    def predict(select=None):
+        sampler = W.regression_tasks().episode_sampler(1, 5, 4, generator=3)
+        return predict_regression_episodes(W.build_regressor(), sampler, 5, 2, torch.device("cpu"), select=select)  # fmt: skip
+
+    full, shard = predict(), predict(range(3, 5))
+    for key in ("pred", "target", "support_y", "tasks"):
+        torch.testing.assert_close(getattr(shard, key), getattr(full, key)[3:5], rtol=0, atol=1e-6)
+    # a process with no episode (fewer episodes than processes) predicts an empty shard
+    empty = predict(range(0))
+    shapes = [tuple(getattr(empty, k).shape) for k in ("pred", "target", "support_y", "tasks")]
+    assert shapes == [(0, 4), (0, 4), (0, 5), (0,)] and empty.tasks.dtype == torch.int64
 
 
 def test_distributed_training_without_torchrun_names_the_missing_variables(

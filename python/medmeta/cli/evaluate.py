@@ -72,7 +72,8 @@ def build_parser(prog: str) -> object:
                    "reliability plots to DIR")  # fmt: skip
     p.add_argument("--nproc", type=int_at_least(1), default=1,
                    help="evaluate with N processes (torchrun), the episodes sharded: the same "
-                   "result as one process, see docs/distributed.md")  # fmt: skip
+                   "result as one process, see docs/distributed.md (classification and "
+                   "segmentation models)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -97,11 +98,15 @@ def _temperature(flag: str, card_value: float | None) -> float | None:
 def main(argv: Sequence[str], prog: str = "medmeta eval") -> int:
     args = parse_args(build_parser(prog), argv)  # type: ignore[arg-type]
     from medmeta.cli import _launch, _workflow
+    from medmeta.cli._seg_predict import folder_task
 
+    if args.nproc > 1 and folder_task(args.model) == "regression":
+        raise UsageError("--nproc: a regression model is evaluated in one process (its "
+                         "bootstrap intervals draw from one generator across the episodes); "
+                         f"got --nproc {args.nproc}")  # fmt: skip
     if _launch.should_relaunch(args.nproc):
         return _launch.relaunch_under_torchrun(["eval", *argv], args.nproc)
     from medmeta.cli._model import load_model
-    from medmeta.cli._seg_predict import folder_task
 
     _setup.set_threads(args.threads)
     device = _setup.resolve_device(args.device)

@@ -37,7 +37,9 @@ in the log. --dp-clip C clips each site's update to L2 norm C and adds Gaussian 
 standard deviation --dp-noise x C to their sum (at the server); the privacy budget
 (epsilon at --delta, Opacus RDP accountant, site level) is printed and kept in the model
 card. Images of different sizes or colours are converted to --image-size and --channels
-(default: the first site's). Needs pip install medmeta[federated]."""
+(default: the first site's). The server saves its state in --out after every round: the same
+command again goes on after the last finished round (--fresh starts over). Needs pip
+install medmeta[federated]."""
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -53,6 +55,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                    help="where the sites train: cpu, cuda, cuda:N or auto")  # fmt: skip
     p.add_argument("--threads", type=int_at_least(1), help="CPU threads for torch")
     p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--fresh", action="store_true",
+                   help="start at round 1 even if --out holds an unfinished run of this plan")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no data summary, no Flower round log")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     return p
@@ -174,6 +178,22 @@ def _plan(args: Any, sites: list[Any]) -> Any:
         raise UsageError(f"{err}") from None
 
 
+def _resume_note(args: Any, plan: Any) -> None:
+    """Say where an unfinished run in ``--out`` goes on from (a usage error if it is a
+    run of another plan)."""
+    from medmeta.federated.round_state import load_round_state
+
+    if args.fresh:
+        return
+    try:
+        state = load_round_state(args.out, plan)
+    except ValueError as err:
+        raise UsageError(f"--out: {err} (or add --fresh)") from None
+    if state is not None and not args.quiet:
+        print(f"resuming the run in {args.out} after round {state.round} of {plan.rounds}",
+              file=sys.stderr)  # fmt: skip
+
+
 def main(argv: Sequence[str], prog: str = "medmeta federate") -> int:
     args = parse_args(build_parser(prog), argv)
     output_folder(args.out)
@@ -187,15 +207,18 @@ def main(argv: Sequence[str], prog: str = "medmeta federate") -> int:
     sites = _sites(args.sites, device)
     plan = _plan(args, sites)
     command = " ".join(["medmeta federate", *argv])
+    _resume_note(args, plan)
     start = time.perf_counter()
     if args.mode == "deployment":
         from medmeta.federated.deployment import run_deployment
 
-        card = run_deployment(plan, sites, args.out, command=command, timeout=args.timeout)
+        card = run_deployment(plan, sites, args.out, command=command, timeout=args.timeout,
+                              resume=not args.fresh)  # fmt: skip
     else:
         from medmeta.federated.simulation import run_simulation
 
-        card = run_simulation(plan, sites, args.out, workers=args.workers, command=command)
+        card = run_simulation(plan, sites, args.out, workers=args.workers, command=command,
+                              resume=not args.fresh)  # fmt: skip
     summary = _summary(card, args.out, time.perf_counter() - start)
     print(json.dumps(summary, indent=2) if args.json else _describe(summary))
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from medmeta.data.regression_tasks import MIN_SCALE
 from medmeta.eval.evaluate import iter_episodes
@@ -27,6 +28,7 @@ __all__ = [
     "mse",
     "paired_difference",
     "predict_regression_episodes",
+    "predict_regression_sharded",
     "r2",
     "summarize_regression",
 ]
@@ -141,24 +143,41 @@ class RegressionPredictions:
     tasks: torch.Tensor
 
 
-def _batches(sampler: Any, episodes: int, batch_size: int) -> Iterator[Any]:
+def _batches(sampler: Any, episodes: int, batch_size: int, select: range | None) -> Iterator[Any]:
     sampler_batch = getattr(sampler, "batch_size", 1)
     if sampler_batch != 1:
         raise ValueError("predict_regression_episodes needs a sampler with batch_size=1")
-    return iter_episodes(sampler, episodes, batch_size)
+    return iter_episodes(sampler, episodes, batch_size, select)
+
+
+def _empty(sampler: Any) -> RegressionPredictions:
+    """No episode (an empty shard): ``[0, Q]``, ``[0, Q]``, ``[0, K]``, ``[0]``."""
+    q, k = torch.empty(0, sampler.queries), torch.empty(0, sampler.shots)
+    return RegressionPredictions(q, q.clone(), k, torch.empty(0, dtype=torch.int64))
 
 
 def predict_regression_episodes(
-    learner: Any, sampler: Any, episodes: int, batch_size: int, device: torch.device
+    learner: Any,
+    sampler: Any,
+    episodes: int,
+    batch_size: int,
+    device: torch.device,
+    progress: bool = False,
+    select: range | None = None,
 ) -> RegressionPredictions:
     """``learner.predict`` (in eval mode) on ``episodes`` episodes of a ``batch_size=1``
     regression sampler (:class:`~medmeta.data.regression_tasks.RegressionEpisodeSampler`),
-    stacked ``batch_size`` at a time (the episodes do not depend on ``batch_size``)."""
+    stacked ``batch_size`` at a time (the episodes do not depend on ``batch_size``); only
+    those of ``select`` when given (see :func:`~medmeta.eval.evaluate.iter_episodes`).
+    ``progress`` shows a tqdm bar over episodes."""
     was_training = learner.training
     learner.eval()
     preds, targets, supports, tasks = [], [], [], []
+    total = episodes if select is None else len(select)
+    bar = tqdm(total=total, desc="evaluate", unit="episode", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
     try:
-        for batch in _batches(sampler, episodes, batch_size):
+        for batch in _batches(sampler, episodes, batch_size, select):
             b = batch.to(device)
             out = learner.predict(b.support_x, b.support_y, b.query_x)
             if tuple(out.shape) != tuple(b.query_y.shape):
@@ -170,7 +189,41 @@ def predict_regression_episodes(
             targets.append(batch.query_y.float())
             supports.append(batch.support_y.float())
             tasks.append(batch.classes[:, 0])
+            bar.update(batch.batch_size)
     finally:
+        bar.close()
         learner.train(was_training)
+    if not preds:
+        return _empty(sampler)
     return RegressionPredictions(torch.cat(preds), torch.cat(targets), torch.cat(supports),
                                  torch.cat(tasks))  # fmt: skip
+
+
+def predict_regression_sharded(
+    learner: Any,
+    sampler: Any,
+    episodes: int,
+    batch_size: int,
+    ctx: Any,
+    progress: bool = False,
+) -> RegressionPredictions:
+    """:func:`predict_regression_episodes` with the episodes shared by the processes of
+    ``ctx`` (a :class:`~medmeta.train.distributed.DistContext`): each predicts its
+    contiguous shard (every episode is still drawn, so the episodes are those of one
+    process), then the rows are all-gathered in episode order, so every process holds the
+    same ``pred``, ``target`` ``[E, Q]``, ``support_y`` ``[E, K]`` and ``tasks`` ``[E]`` as
+    one process computes. Every process must call it."""
+    from medmeta.train.distributed import all_gather_rows
+
+    mine = predict_regression_episodes(learner, sampler, episodes, batch_size, ctx.device,
+                                       progress and ctx.is_main, range(*ctx.shard(episodes)))  # fmt: skip
+    q, k = mine.pred.shape[1], mine.support_y.shape[1]
+    rows = torch.cat([mine.pred.double(), mine.target.double(), mine.support_y.double(),
+                      mine.tasks.double()[:, None]], 1)  # fmt: skip
+    rows = all_gather_rows(ctx, rows, ctx.counts(episodes), "the all-gather of the regression predictions").cpu()  # fmt: skip
+    return RegressionPredictions(
+        pred=rows[:, :q].float(),
+        target=rows[:, q : 2 * q].float(),
+        support_y=rows[:, 2 * q : 2 * q + k].float(),
+        tasks=rows[:, 2 * q + k].long(),
+    )

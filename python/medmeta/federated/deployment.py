@@ -28,6 +28,7 @@ from typing import Any
 
 from medmeta.federated import app_files, processes
 from medmeta.federated.plan import FederatedPlan
+from medmeta.federated.round_state import prepare_output
 from medmeta.federated.site import Site
 
 __all__ = ["run_deployment"]
@@ -90,6 +91,7 @@ def run_deployment(
     command: str | None = None,
     timeout: float = 3600.0,
     start_timeout: float = 120.0,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Run ``plan`` in Flower's deployment engine on loopback, one SuperNode per site, and
     write the model folder ``out``; returns its card.
@@ -98,8 +100,11 @@ def run_deployment(
         sites: the sites, their ``data`` a dataset name, .npz or folder each.
         timeout: seconds allowed for the whole run (``flwr run``).
         start_timeout: seconds allowed for the SuperLink to listen and the sites to connect.
+        resume: go on after the last round finished in ``out`` by an earlier start of
+            the same plan (:mod:`medmeta.federated.round_state`); ``False``: start over.
 
     Raises:
+        ValueError: ``out`` holds the state of a run with another plan (with ``resume``).
         RuntimeError: a process failed or the run ended without a model (the message holds
             the end of the logs, kept in ``out/flower/``).
     """
@@ -108,8 +113,7 @@ def run_deployment(
                          f"{list(plan.sites)}")  # fmt: skip
     folder = Path(out).resolve()
     work = folder / "flower"
-    for stale in ("model.json", "last.pt"):
-        (folder / stale).unlink(missing_ok=True)
+    prepare_output(folder, plan, resume)
     app = app_files.write_app(work / "app")
     env = _environment(work / "home")
     run_config = app_files.write_run(work / "run.json", {

@@ -6,7 +6,8 @@ episodes, training summary), plus:
 
 * ``federated``: the engine, the server algorithm and step, rounds, local steps, the sites
   (name, examples, class names), sites per round and the per-round history (who was
-  aggregated, who was left out and why, the local loss and accuracy, the update norms);
+  aggregated, who was left out and why, the local loss and accuracy, the update norms) and
+  ``resumed_after``, the rounds after which the run was stopped and started again;
 * ``privacy``: ``None``, or the mechanism, ``clip`` ``C``, ``noise_multiplier`` ``sigma``,
   ``sample_rate``, ``rounds``, ``delta`` and ``epsilon`` from Opacus's RDP accountant.
 
@@ -62,6 +63,7 @@ def privacy_card(plan: FederatedPlan) -> dict[str, Any] | None:
 def _card(
     plan: FederatedPlan, sites: Sequence[Mapping[str, Any]], history: list[dict[str, Any]],
     engine: str, evaluation: list[dict[str, Any]], command: str | None,
+    resumed_after: list[int],
 ) -> dict[str, Any]:  # fmt: skip
     import flwr
 
@@ -84,6 +86,7 @@ def _card(
             "algorithm": plan.algorithm, "server_lr": plan.server_lr, "rounds": plan.rounds,
             "local_steps": plan.local_steps, "sites_per_round": plan.per_round,
             "sites": [dict(s) for s in sites], "history": history, "evaluation": evaluation,
+            "resumed_after": resumed_after,
         },
         "privacy": privacy_card(plan),
         "temperature": None,
@@ -104,6 +107,7 @@ def write_model_folder(
     engine: str,
     evaluation: list[dict[str, Any]] | None = None,
     command: str | None = None,
+    resumed_after: list[int] | None = None,
 ) -> dict[str, Any]:
     """Write ``last.pt`` (``learner``'s weights) and ``model.json`` to ``out``; returns
     the card."""
@@ -119,7 +123,8 @@ def write_model_folder(
          "torch_version": str(torch.__version__)},
         folder / CHECKPOINT,
     )  # fmt: skip
-    card = jsonable(_card(plan, sites, history, engine, evaluation or [], command))
+    card = jsonable(_card(plan, sites, history, engine, evaluation or [], command,
+                          list(resumed_after or [])))  # fmt: skip
     text = json.dumps(card, indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(folder / CARD, text.encode())
     logger.info("federated model written to %s", folder)

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from medmeta.federated import messages
 from medmeta.federated.model_folder import write_model_folder
 from medmeta.federated.plan import FederatedPlan
+from medmeta.federated.round_state import RoundState, load_round_state, save_round_state
 from medmeta.federated.strategy import MetaFedStrategy
 from medmeta.federated.weights import (
     build_learner,
@@ -90,6 +91,41 @@ def discover_sites(grid: Grid, expected: int, timeout: float) -> dict[int, dict[
     return found
 
 
+class _AfterRound:
+    """Flower's server-side evaluation hook (``evaluate_fn``, called before the first round
+    and after every round with the global weights): evaluates the global model with
+    ``evaluate`` and, after a round, saves the run's state (:mod:`.round_state`). Flower's
+    round ``r`` is the run's round ``done + r`` in a resumed run."""
+
+    def __init__(
+        self, plan: FederatedPlan, out: str | Path, learner: Any, evaluate: EvaluateFn | None,
+        resumed: RoundState | None,
+    ) -> None:  # fmt: skip
+        self.plan, self.out, self.learner, self.evaluate = plan, out, learner, evaluate
+        state = learner.state_dict()
+        self.start = resumed.weights if resumed else to_numpy(state, federated_keys(state))
+        self.done = resumed.round if resumed else 0
+        self.history = list(resumed.history) if resumed else []
+        self.evaluation: list[dict[str, Any]] = list(resumed.evaluation) if resumed else []
+        self.resumed_after = [*resumed.resumed_after, self.done] if resumed else []
+        self.strategy: MetaFedStrategy | None = None
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and self.done:  # evaluated before the run stopped
+            return None
+        weights, now = from_record(arrays), self.done + server_round
+        scores = None
+        if self.evaluate is not None:
+            self.learner.load_state_dict(merge_state(self.learner.state_dict(), weights))
+            scores = self.evaluate(now, self.learner)
+        if scores:
+            self.evaluation.append({"round": now, **{k: float(v) for k, v in scores.items()}})
+        if server_round and self.strategy is not None:
+            save_round_state(self.out, self.plan, RoundState(
+                now, weights, self.strategy.history, self.evaluation, self.resumed_after))  # fmt: skip
+        return MetricRecord({k: float(v) for k, v in scores.items()}) if scores else None
+
+
 def run_server(
     grid: Grid,
     plan: FederatedPlan,
@@ -101,7 +137,9 @@ def run_server(
     connect_timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Run the federated rounds on ``grid`` and write the model folder ``out``; returns
-    its card. Sites not named in ``plan.sites`` are not sampled (logged)."""
+    its card. Sites not named in ``plan.sites`` are not sampled (logged). The state is
+    saved in ``out`` after every round, and a run whose state is there goes on after its
+    last finished round (:mod:`medmeta.federated.round_state`)."""
     found = discover_sites(grid, len(plan.sites), connect_timeout)
     names = {n: s["name"] for n, s in found.items() if s["name"] in plan.sites}
     for node, site in found.items():
@@ -111,29 +149,24 @@ def run_server(
     for missing in sorted(set(plan.sites) - set(names.values())):
         logger.warning("site %s never connected", missing)
     learner = initial_learner(plan)
-    state = learner.state_dict()
-    start = to_numpy(state, federated_keys(state))
-    strategy = MetaFedStrategy(plan, names)
-    evaluation: list[dict[str, Any]] = []
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        learner.load_state_dict(merge_state(state, from_record(arrays)))
-        scores = evaluate(server_round, learner) if evaluate is not None else None
-        if scores:
-            evaluation.append({"round": server_round, **{k: float(v) for k, v in scores.items()}})
-            return MetricRecord({k: float(v) for k, v in scores.items()})
-        return None
-
-    result = strategy.start(
-        grid=grid, initial_arrays=to_record(start), num_rounds=plan.rounds,
-        timeout=plan.round_timeout, train_config=ConfigRecord(),
-        evaluate_fn=evaluate_fn if evaluate is not None else None,
-    )  # fmt: skip
-    final = from_record(result.arrays) if len(result.arrays) else start
-    learner.load_state_dict(merge_state(state, final))
+    resumed = load_round_state(out, plan)
+    if resumed:
+        logger.info("resuming the federated run in %s after round %d of %d", out,
+                    resumed.round, plan.rounds)  # fmt: skip
+    hook = _AfterRound(plan, out, learner, evaluate, resumed)
+    strategy = hook.strategy = MetaFedStrategy(plan, names, hook.done, hook.history)
+    final = hook.start
+    if hook.done < plan.rounds:
+        result = strategy.start(
+            grid=grid, initial_arrays=to_record(hook.start), num_rounds=plan.rounds - hook.done,
+            timeout=plan.round_timeout, train_config=ConfigRecord(), evaluate_fn=hook,
+        )  # fmt: skip
+        final = from_record(result.arrays) if len(result.arrays) else hook.start
+    learner.load_state_dict(merge_state(learner.state_dict(), final))
     sites = [found[n] for n in sorted(names, key=lambda n: plan.sites.index(names[n]))]
     return write_model_folder(out, plan, learner, sites=sites, history=strategy.history,
-                              engine=engine, evaluation=evaluation, command=command)  # fmt: skip
+                              engine=engine, evaluation=hook.evaluation, command=command,
+                              resumed_after=hook.resumed_after)  # fmt: skip
 
 
 def make_server_app(

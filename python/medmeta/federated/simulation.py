@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medmeta.federated.plan import FederatedPlan
+from medmeta.federated.round_state import prepare_output
 from medmeta.federated.server_app import EvaluateFn
 from medmeta.federated.site import Site
 
@@ -42,6 +43,7 @@ def run_simulation(
     evaluate: EvaluateFn | None = None,
     workers: int = 1,
     command: str | None = None,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """Run ``plan`` with ``sites`` (in ``plan.sites`` order or any order; names must match)
     in Flower's simulation engine and write the model folder ``out``; returns its card.
@@ -50,12 +52,18 @@ def run_simulation(
         evaluate: called on the global learner before round 1 and after every round
             (``evaluate(round, learner) -> {metric: value}``), recorded in the card.
         workers: Ray actors (CPU cores) running the sites' ClientApps concurrently.
+        resume: go on after the last round finished in ``out`` by an earlier start of
+            the same plan (:mod:`medmeta.federated.round_state`); ``False``: start over.
+
+    Raises:
+        ValueError: ``out`` holds the state of a run with another plan (with ``resume``).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     names = [s.name for s in sites]
     if sorted(names) != sorted(plan.sites):
         raise ValueError(f"the sites {names} do not match the plan's {list(plan.sites)}")
+    prepare_output(out, plan, resume)
     try:
         from flwr.simulation import run_simulation as flower_run
     except ImportError as err:  # pragma: no cover - flwr is in the federated extra
@@ -69,8 +77,6 @@ def run_simulation(
                              command=command)  # fmt: skip
     client = make_client_app(lambda context: ordered[int(context.node_config["partition-id"])])
     folder = Path(out)
-    for stale in ("model.json", "last.pt"):
-        (folder / stale).unlink(missing_ok=True)
     saved = os.environ.get("PYTHONPATH")  # the Ray backend rewrites it for its workers
     try:
         flower_run(server_app=server, client_app=client, num_supernodes=len(ordered),

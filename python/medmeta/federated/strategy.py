@@ -50,6 +50,9 @@ class MetaFedStrategy(FedAvg):
     Args:
         plan: the run's :class:`FederatedPlan`.
         names: node id -> site name of the connected sites (the server's query).
+        rounds_done: rounds finished before this start (a resumed run): Flower's round
+            ``r`` is the run's round ``rounds_done + r`` (seeds, sampling, server step).
+        history: the history of those rounds.
 
     Attributes:
         history: one dict per round: ``round``, ``sites`` (aggregated), ``left_out``
@@ -61,7 +64,10 @@ class MetaFedStrategy(FedAvg):
             loss or accuracy: only the noised aggregate is private.
     """
 
-    def __init__(self, plan: FederatedPlan, names: Mapping[int, str]) -> None:
+    def __init__(
+        self, plan: FederatedPlan, names: Mapping[int, str], rounds_done: int = 0,
+        history: list[dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(
             fraction_train=plan.sample_rate, fraction_evaluate=0.0,
             min_train_nodes=plan.per_round, min_evaluate_nodes=0,
@@ -71,7 +77,8 @@ class MetaFedStrategy(FedAvg):
         )  # fmt: skip
         self.plan = plan
         self.names = dict(names)
-        self.history: list[dict[str, Any]] = []
+        self.rounds_done = rounds_done
+        self.history: list[dict[str, Any]] = list(history or [])
         self._global: Weights = {}
         self._sent: list[int] = []
 
@@ -102,6 +109,7 @@ class MetaFedStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Train messages to the sampled sites: the global weights and the plan."""
+        server_round += self.rounds_done
         self._global = from_record(arrays)
         self._sent = self.sample(server_round, grid.get_node_ids())
         logger.info("round %d: training at %s", server_round,
@@ -117,6 +125,7 @@ class MetaFedStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The new global weights from the round's replies (the screened, weighted,
         optionally clipped and noised mean of the updates, times the round's server step)."""
+        server_round += self.rounds_done
         shapes = {k: v.shape for k, v in self._global.items()}
         accepted, rejected = screen(replies, shapes, self.names, self._sent, server_round)
         accepted.sort(key=lambda a: self.plan.sites.index(a.site))  # a fixed summation order

@@ -27,7 +27,7 @@ from medmeta.data.segmentation_episodes import SegmentationEpisodeSampler
 from medmeta.eval import regression
 from medmeta.eval.evaluate import predict_episodes, predict_sharded
 from medmeta.eval.metrics import mean_ci95
-from medmeta.eval.regression import predict_regression_episodes
+from medmeta.eval.regression import predict_regression_episodes, predict_regression_sharded
 from medmeta.train import distributed as D
 from medmeta.train.checkpoint import (
     FORMAT,
@@ -156,11 +156,16 @@ def _validate_regression(
     episodes: int,
     batch_size: int,
     device: torch.device,
+    ctx: D.DistContext | None = None,
 ) -> tuple[float, float, float]:
     """(mean query R², its 95% CI half-width, query MSE) on the same ``episodes``
-    validation episodes; R² over the episodes where it is defined (0 if none is)."""
+    validation episodes (shared by the processes of ``ctx``, their predictions gathered);
+    R² over the episodes where it is defined (0 if none is)."""
     sampler.generator.manual_seed(seed)
-    preds = predict_regression_episodes(learner, sampler, episodes, batch_size, device)
+    if ctx is not None:
+        preds = predict_regression_sharded(learner, sampler, episodes, batch_size, ctx)
+    else:
+        preds = predict_regression_episodes(learner, sampler, episodes, batch_size, device)
     per_r2 = regression.r2(preds.pred.numpy(), preds.target.numpy())
     defined = per_r2[np.isfinite(per_r2)]
     r2_mean, r2_ci = mean_ci95(defined) if defined.size else (0.0, 0.0)
@@ -809,7 +814,7 @@ class _Run:
         if learner.task == "segmentation":
             val = _validate_segmentation(learner, self.val_sampler, sc.val_seed, sc.val_episodes, dev, ctx)  # fmt: skip
         elif learner.task == "regression":
-            val = _validate_regression(learner, self.val_sampler, sc.val_seed, sc.val_episodes, sc.meta_batch, dev)  # fmt: skip
+            val = _validate_regression(learner, self.val_sampler, sc.val_seed, sc.val_episodes, sc.meta_batch, dev, ctx)  # fmt: skip
         else:
             val = _validate(learner, self.val_sampler, sc.val_seed, sc.val_episodes, sc.meta_batch, dev, ctx)  # fmt: skip
         acc, ci, loss = val
