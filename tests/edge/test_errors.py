@@ -120,7 +120,9 @@ def test_bad_preprocessed_inputs(classifier):
         classifier.predict(np.zeros((2, 3, 28, 28)), preprocessed=True)
     with pytest.raises(TypeError, match="got dtype uint8"):
         classifier.predict(np.zeros((2, 3, 28, 28), np.uint8), preprocessed=True)
-    with pytest.raises(ValueError, match=r"needs shape \[n, 3, 28, 28\], got \[2, 28, 28, 3\]"):
+    with pytest.raises(
+        ValueError, match=r"needs shape \[n, 3, 28, 28\] with n >= 1, got \[2, 28, 28, 3\]"
+    ):
         classifier.predict(np.zeros((2, 28, 28, 3), np.float32), preprocessed=True)
     x = np.zeros((3, 3, 28, 28), np.float32)
     x[2, 1, 4, 4] = np.inf

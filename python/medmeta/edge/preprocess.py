@@ -91,6 +91,36 @@ def check_finite(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def model_inputs(
+    raw: Any, input_shape: tuple[int, ...], *, name: str = "raw", single: bool = True
+) -> np.ndarray:
+    """``raw`` checked as model inputs (``preprocessed=True`` in the edge runtimes):
+    float32 ``[n, *input_shape]`` with ``n >= 1`` and finite values, contiguous; with
+    ``single`` one example ``input_shape`` is taken as ``[1, *input_shape]``.
+
+    Raises:
+        TypeError: another dtype than float32.
+        ValueError: another shape, an empty batch, NaN or infinite values (``name`` names
+            the argument in the messages).
+    """
+    x = np.asarray(raw)
+    if x.dtype != np.float32:
+        raise TypeError(
+            f"{name}: preprocessed=True needs float32 model inputs, got dtype {x.dtype}; pass "
+            "raw data with preprocessed=False to apply the model's preprocessing"
+        )
+    if single and tuple(x.shape) == tuple(input_shape):
+        x = x[None]
+    if tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
+        shape = ", ".join(map(str, input_shape))
+        raise ValueError(f"{name}: preprocessed=True needs shape [n, {shape}] with n >= 1, "
+                         f"got {list(np.shape(raw))}")  # fmt: skip
+    try:
+        return np.ascontiguousarray(check_finite(x))
+    except ValueError as err:
+        raise ValueError(str(err).replace("raw: ", f"{name}: ", 1)) from None
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How raw inputs become model inputs (see the module docstring for each step).

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from medmeta.edge.preprocess import Preprocessing, check_finite
+from medmeta.edge.preprocess import Preprocessing, model_inputs
 from medmeta.edge.results import RegressionPrediction
 from medmeta.edge.runtime import _check_io, _metadata, _read_bytes, check_threads, cpu_session
 from medmeta.edge.schema import REGRESSION_OUTPUTS, REGRESSION_ROLES, EdgeModelError
@@ -133,17 +133,7 @@ class EdgeRegressor:
             raw = np.asarray(raw)[:, self.preprocessing.feature_order(features)]
         if not preprocessed:
             return self.preprocessing(raw)
-        x = np.asarray(raw)
-        if x.dtype != np.float32:
-            raise TypeError(
-                f"raw: preprocessed=True needs float32 model inputs, got dtype {x.dtype}; pass "
-                "raw data with preprocessed=False to apply the model's preprocessing"
-            )
-        if tuple(x.shape[1:]) != self.input_shape or len(x) == 0:
-            shape = ", ".join(map(str, self.input_shape))
-            raise ValueError(f"raw: preprocessed=True needs shape [n, {shape}] with n >= 1, got "
-                             f"{list(x.shape)}")  # fmt: skip
-        return np.ascontiguousarray(check_finite(x))
+        return model_inputs(raw, self.input_shape, single=False)
 
     def predict(
         self,

@@ -42,7 +42,7 @@ import onnxruntime as ort
 from medmeta._files import atomic_write_bytes
 from medmeta.edge.enrol import DEFAULT_OOD_QUANTILE, Enrolment, build_enrolment
 from medmeta.edge.kernels import check_label_range, pairwise_distances
-from medmeta.edge.preprocess import Preprocessing, check_finite
+from medmeta.edge.preprocess import Preprocessing, model_inputs
 from medmeta.edge.results import Explanation, Neighbour, Prediction
 from medmeta.edge.schema import (
     REGRESSION_ROLES,
@@ -295,21 +295,7 @@ class EdgeModel:
         """
         if not preprocessed:
             return self.preprocessing(raw)
-        x = np.asarray(raw)
-        if x.dtype != np.float32:
-            raise TypeError(
-                f"raw: preprocessed=True needs float32 model inputs, got dtype {x.dtype}; pass "
-                "raw data with preprocessed=False to apply the model's preprocessing"
-            )
-        shape = self.input_shape
-        if tuple(x.shape) == shape:
-            x = x[None]
-        if tuple(x.shape[1:]) != shape or len(x) == 0:
-            raise ValueError(
-                f"raw: preprocessed=True needs shape [n, {', '.join(map(str, shape))}], got "
-                f"{list(np.shape(raw))}"
-            )
-        return np.ascontiguousarray(check_finite(x))
+        return model_inputs(raw, self.input_shape)
 
     def _run(self, x: np.ndarray, state: Enrolment | None) -> dict[str, np.ndarray]:
         """Graph outputs by name for model inputs ``x``."""

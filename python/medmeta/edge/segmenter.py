@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from medmeta.edge.preprocess import Preprocessing, check_finite
+from medmeta.edge.preprocess import Preprocessing, model_inputs
 from medmeta.edge.runtime import _read_bytes, check_threads, cpu_session
 from medmeta.edge.schema import EdgeModelError, decode_array, session_metadata
 from medmeta.edge.weights import check_weights
@@ -513,19 +513,7 @@ class EdgeSegmenter:
         checked as given."""
         if not preprocessed:
             return self.preprocessing(raw)
-        x = np.asarray(raw)
-        if x.dtype != np.float32:
-            raise TypeError(
-                f"images: preprocessed=True needs float32 model inputs, got dtype {x.dtype}"
-            )
-        if x.shape == self.input_shape:
-            x = x[None]
-        if x.shape[1:] != self.input_shape or len(x) == 0:
-            shape = ", ".join(map(str, self.input_shape))
-            raise ValueError(
-                f"images: preprocessed=True needs shape [n, {shape}], got {list(np.shape(raw))}"
-            )
-        return np.ascontiguousarray(check_finite(x))
+        return model_inputs(raw, self.input_shape, name="images")
 
     def features(self, images: Any, *, preprocessed: bool = False) -> np.ndarray:
         """Encoder features ``[n, D, h, w]`` float32 of ``images``."""

@@ -303,32 +303,46 @@ def _unknown_categories(model: Any, raw: Any) -> list[list[str]] | None:
     return unknown
 
 
-def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> None:
+def write_rows(
+    path: Path, rows: list[dict[str, Any]], empty_fields: list[str],
+    npz_arrays: Callable[[], dict[str, Any]],
+) -> None:  # fmt: skip
+    """Write ``rows`` to ``path`` atomically by its suffix: ``.csv`` (one row per input,
+    ``None`` as an empty cell; ``empty_fields`` as the header when there is no row),
+    ``.json`` (the rows), or ``.npz`` (the arrays of ``npz_arrays()``)."""
     from medmeta._files import atomic_write_bytes
 
     suffix = path.suffix.lower()
     if suffix == ".csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["input"])
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else empty_fields,
+                                lineterminator="\n")  # fmt: skip
         writer.writeheader()
         writer.writerows(rows)
         data = buffer.getvalue().encode()
     elif suffix == ".json":
         data = (json.dumps(rows, indent=2) + "\n").encode()
     elif suffix == ".npz":
-        arrays: dict[str, Any] = {"probabilities": pred.probabilities, "labels": pred.labels,
-                                  "classes": np.asarray(pred.classes)}  # fmt: skip
-        if pred.ood is not None:
-            arrays.update(ood=pred.ood, distance=pred.distance)
-        protos = getattr(model, "prototypes", None)
-        if protos is not None:
-            arrays["prototypes"] = np.asarray(protos)
         buffer_b = io.BytesIO()
-        np.savez(buffer_b, **arrays)
+        np.savez(buffer_b, **npz_arrays())
         data = buffer_b.getvalue()
     else:
         raise UsageError(f"--out must end in .csv, .json or .npz, got {path.name}")
     atomic_write_bytes(path, data)
+
+
+def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> None:
+    def arrays() -> dict[str, Any]:
+        out: dict[str, Any] = {"probabilities": pred.probabilities, "labels": pred.labels,
+                               "classes": np.asarray(pred.classes)}  # fmt: skip
+        if pred.ood is not None:
+            out.update(ood=pred.ood, distance=pred.distance)
+        protos = getattr(model, "prototypes", None)
+        if protos is not None:
+            out["prototypes"] = np.asarray(protos)
+        return out
+
+    write_rows(path, rows, ["input"], arrays)
 
 
 def _read_note(note: str, model: Any) -> str:

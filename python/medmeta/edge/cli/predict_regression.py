@@ -16,9 +16,7 @@ truth for that row. With truth, the summary has the MSE, R² and the interval's 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import sys
@@ -36,6 +34,7 @@ from medmeta.edge.cli.predict import (
     _unknown_categories,
     in_model_order,
     table_ids,
+    write_rows,
 )
 from medmeta.edge.errors import DataError
 from medmeta.edge.regressor import EdgeRegressor
@@ -135,33 +134,18 @@ def _rows(pred: RegressionPrediction, ids: list[str], truth: np.ndarray | None,
 
 def _write(path: Path, rows: list[dict[str, Any]], pred: RegressionPrediction,
            truth: np.ndarray | None) -> None:  # fmt: skip
-    from medmeta._files import atomic_write_bytes
-
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        buffer = io.StringIO()
-        fields = list(rows[0]) if rows else ["input", "prediction", "lower", "upper"]
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
-        data = buffer.getvalue().encode()
-    elif suffix == ".json":
-        data = (json.dumps(rows, indent=2) + "\n").encode()
-    elif suffix == ".npz":
-        arrays: dict[str, Any] = {
+    def arrays() -> dict[str, Any]:
+        out: dict[str, Any] = {
             "ids": np.asarray([r["input"] for r in rows], dtype=str),
             "prediction": pred.prediction, "lower": pred.lower, "upper": pred.upper,
             "member_std": pred.member_std, "level": np.asarray(pred.level),
             "target": np.asarray(pred.target),
         }  # fmt: skip
         if truth is not None:
-            arrays["true"] = truth
-        buffer_b = io.BytesIO()
-        np.savez(buffer_b, **arrays)
-        data = buffer_b.getvalue()
-    else:
-        raise UsageError(f"--out must end in .csv, .json or .npz, got {path.name}")
-    atomic_write_bytes(path, data)
+            out["true"] = truth
+        return out
+
+    write_rows(path, rows, ["input", "prediction", "lower", "upper"], arrays)
 
 
 def _print_text(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
