@@ -7,15 +7,15 @@ Trained learners are cached per process (``lru_cache``): tests must not train th
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from helpers import torch_threads
 from medmeta import algorithms
 from medmeta.algorithms.base import MetaLearner, build
 from medmeta.data import ArrayDataset, EpisodeSampler, as_features, load, split_classes
@@ -75,16 +75,10 @@ def meta_trained_conv4(
     return learner.eval()
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
+def one_thread() -> contextlib.AbstractContextManager[None]:
     """Run torch on one thread: tiny models on a shared, loaded machine are faster so (two
     OpenMP threads waiting for a preempted sibling made ``maml.adapt`` ~5x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch_threads(1)
 
 
 @dataclass(frozen=True)
@@ -133,4 +127,19 @@ def tamper_weights(src: Any, dst: Any) -> None:
     array = numpy_helper.to_array(init).copy()
     array.flat[0] += 1e-3
     init.CopyFrom(numpy_helper.from_array(array, init.name))
+    onnx.save(model, str(dst))
+
+
+def edit_onnx_metadata(src: Any, dst: Any, edit: Any) -> None:
+    """Copy the ONNX file ``src`` to ``dst`` with its ``medmeta`` metadata changed in place
+    by ``edit(meta)`` (a tampered or hand-edited export)."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(src))
+    (prop,) = [p for p in model.metadata_props if p.key == "medmeta"]
+    meta = json.loads(prop.value)
+    edit(meta)
+    prop.value = json.dumps(meta)
     onnx.save(model, str(dst))

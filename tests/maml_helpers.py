@@ -11,33 +11,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from helpers import torch_threads  # noqa: F401  (the MAML tests import it from here)
 from medmeta.data import load
 from medmeta.data.episodes import EpisodeBatch, EpisodeSampler, split_classes
 
 Params = dict[str, torch.Tensor]
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads. The MAML tests use one: on a small shared
-    machine, OpenMP threads that wait for each other at every op make these many-small-op
-    loops up to 20x slower under load (measured 268 s vs 12 s for one test)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 Model = Callable[[Params, torch.Tensor], torch.Tensor]  # (params, x [n, ...]) -> logits [n, N]

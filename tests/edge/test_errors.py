@@ -3,14 +3,12 @@ message), never a crash or a silent wrong answer."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from helpers_edge import tamper_weights
+from helpers_edge import edit_onnx_metadata, tamper_weights
 from medmeta.edge import EdgeModel, EdgeModelError
 
 
@@ -50,15 +48,6 @@ def test_foreign_onnx_model_without_medmeta_metadata(tmp_path):
         EdgeModel.read_metadata(foreign)
 
 
-def _with_metadata(src, dst, edit) -> None:
-    model = onnx.load(str(src))
-    (prop,) = [p for p in model.metadata_props if p.key == "medmeta"]
-    meta = json.loads(prop.value)
-    edit(meta)
-    prop.value = json.dumps(meta)
-    onnx.save(model, str(dst))
-
-
 def test_inconsistent_or_newer_metadata(exported, tmp_path):
     cases = {
         "newer.onnx": (lambda m: m.update(schema_version=99), "newer than this runtime"),
@@ -72,7 +61,7 @@ def test_inconsistent_or_newer_metadata(exported, tmp_path):
         "missing.onnx": (lambda m: m.pop("class_names"), "lacks required keys"),
     }
     for name, (edit, match) in cases.items():
-        _with_metadata(exported.classifier, tmp_path / name, edit)
+        edit_onnx_metadata(exported.classifier, tmp_path / name, edit)
         with pytest.raises(EdgeModelError, match=match):
             EdgeModel(tmp_path / name)
     model = onnx.load(str(exported.classifier))

@@ -10,30 +10,14 @@ import textwrap
 import numpy as np
 import pytest
 
+from medmeta.cli._torchfree import BLOCK_TORCH
 from medmeta.data import load
 from medmeta.edge import EdgeModel
 
 pytestmark = pytest.mark.slow  # a child interpreter where torch cannot be imported
 
-CHILD = textwrap.dedent(
+CHILD = BLOCK_TORCH + textwrap.dedent(
     """
-    import importlib.abc
-    import sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError(f"torch is blocked in this process ({name})")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        raise SystemExit("the torch blocker does not work")
-
     import numpy as np
     from medmeta.edge import EdgeModel
 

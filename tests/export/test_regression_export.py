@@ -13,7 +13,7 @@ import onnx
 import pytest
 import torch
 
-from helpers_edge import tamper_weights
+from helpers_edge import edit_onnx_metadata, tamper_weights
 from medmeta.algorithms import build
 from medmeta.algorithms.ensemble_regressor import EnsembleRegressor, adapt_ensemble
 from medmeta.edge import EdgeModel, EdgeModelError, EdgeRegressor, Preprocessing
@@ -137,15 +137,6 @@ def test_each_runtime_refuses_the_other_kind_of_model(maml_file, tmp_path):
         EdgeRegressor(classifier)
 
 
-def _edit_metadata(src: Path, dst: Path, edit) -> None:
-    model = onnx.load(str(src))
-    (prop,) = [p for p in model.metadata_props if p.key == "medmeta"]
-    meta = json.loads(prop.value)
-    edit(meta)
-    prop.value = json.dumps(meta)
-    onnx.save(model, str(dst))
-
-
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
@@ -159,7 +150,7 @@ def _edit_metadata(src: Path, dst: Path, edit) -> None:
 )
 def test_invalid_regressor_metadata_is_refused(maml_file, tmp_path, edit, match):
     _, result = maml_file
-    _edit_metadata(result.path, tmp_path / "bad.onnx", edit)
+    edit_onnx_metadata(result.path, tmp_path / "bad.onnx", edit)
     with pytest.raises(EdgeModelError, match=match):
         EdgeRegressor(tmp_path / "bad.onnx")
 

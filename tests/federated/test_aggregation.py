@@ -10,7 +10,6 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from flwr.supercore.task_identity import TaskIdentity
 
 from federated.fakes import Grid, reply, toy_plan
 from medmeta.federated import privacy
@@ -20,11 +19,7 @@ from medmeta.federated.weights import from_record, to_record
 NAMES = {11: "a", 22: "b", 33: "c"}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages take their run id from the running task; here there is none."""
-    for attr, value in (("_run_id", 7), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a federation
 
 
 def _global(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ConfigRecord
-from flwr.supercore.task_identity import TaskIdentity
 
 from federated.fakes import Grid, reply, toy_plan, written_out
+from helpers import torch_threads
 from medmeta.cli import main
 from medmeta.federated import messages
 from medmeta.federated.round_state import (
@@ -36,11 +36,7 @@ from medmeta.federated.weights import from_record, to_record
 NAMES = {11: "a", 22: "b", 33: "c"}
 
 
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Messages take their run id from the running task; here there is none."""
-    for attr, value in (("_run_id", 7), ("_task_id", 1), ("_node_id", 0)):
-        monkeypatch.setattr(TaskIdentity, attr, value)
+pytestmark = pytest.mark.usefixtures("task_identity")  # messages built outside a federation
 
 
 def _weights(seed: int = 0) -> dict[str, np.ndarray]:
@@ -178,12 +174,8 @@ def test_federate_killed_after_a_round_resumes_to_the_same_model(tmp_path: Path)
     plan = FederatedPlan.from_dict(
         torch.load(out / "last.pt", weights_only=True)["config"]["federated_plan"]
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the simulation's sites train (one CPU per Ray actor)
-    try:
+    with torch_threads(1):  # as the simulation's sites train (one CPU per Ray actor)
         expected = written_out(plan, [site_from_spec(s) for s in SITES.split(",")])
-    finally:
-        torch.set_num_threads(threads)
     state = load_model(out).learner.state_dict()
     got = to_numpy(state, federated_keys(state))
     # bitwise equal here; the tolerance only allows another BLAS build, while a resumed run

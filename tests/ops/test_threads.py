@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
 
+from helpers import torch_threads
 from medmeta import ops
 
 THREADS = 4
 ROUNDS = 3
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _inputs(seed: int) -> dict[str, torch.Tensor]:
@@ -98,7 +88,7 @@ def _run_threads(n: int, work: Callable[[int], None]) -> None:
 @pytest.mark.parametrize("kernel_threads", [1, 2])
 def test_concurrent_calls_equal_serial_calls_bitwise(kernel_threads):
     data = [_inputs(seed) for seed in range(THREADS)]
-    with _torch_threads(kernel_threads):
+    with torch_threads(kernel_threads):
         serial = [_all_ops(d) for d in data]
         concurrent: list[list[list[torch.Tensor]]] = [[] for _ in range(THREADS)]
 
@@ -117,7 +107,7 @@ def test_concurrent_calls_equal_serial_calls_bitwise(kernel_threads):
 def test_same_inputs_from_every_thread_give_one_result():
     """Threads sharing the same input tensors (read concurrently) all get the serial result."""
     data = _inputs(7)
-    with _torch_threads(1):
+    with torch_threads(1):
         want = _all_ops(data)
         got: list[list[torch.Tensor]] = [[] for _ in range(THREADS)]
         _run_threads(THREADS, lambda i: got[i].extend(_all_ops(data)))
@@ -167,7 +157,7 @@ def _ticks_during(call: Callable[[], object]) -> tuple[int, float]:
 def test_a_long_kernel_lets_other_python_threads_run():
     """While one thread is inside a long native kernel, another thread runs Python code: with
     the GIL held it could not run at all between the kernel's start and end."""
-    with _torch_threads(1), torch.no_grad():
+    with torch_threads(1), torch.no_grad():
         x, y = _long_distance_call()
         for _ in range(3):  # a loaded machine may run the kernel faster than calibrated: retry
             inside, took = _ticks_during(lambda: ops.pairwise_distance(x, y))

@@ -16,7 +16,6 @@ for signals, tables and gene expression):
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ class DemoOutcome:
     report_html: Path
     report_md: Path
     onnx: Path
-    evaluations: dict[str, Any]
+    evaluations: dict[Any, Any]  # by evaluation name (by shots in the regression demo)
     adaptation: dict[str, Any]
     export: dict[str, Any]
     latency: list[dict[str, Any]]
@@ -245,8 +244,7 @@ def run_demo(
                               run.settings.latency_runs)  # fmt: skip
     run.stages.start("report", "writing the report")
     report = write_demo_report(run, checks, logits, latency, quick=quick, wall=wall)
-    run.stages.seconds["total"] = round(time.perf_counter() - wall, 2)
-    (folder / "timings.json").write_text(json.dumps(run.stages.seconds, indent=2) + "\n")
+    run.stages.finish(folder, wall)
     return DemoOutcome(report.paths.html, report.paths.markdown, run.exported.classifier,
                        run.evaluations, report.adaptation, report.export, latency,
                        run.stages.seconds, fam.name, fam.unit)  # fmt: skip

@@ -22,7 +22,6 @@ Rows without the target are left out (``--drop-missing-targets``); the report sa
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch
 
 from medmeta.cli import _regression as R
 from medmeta.cli import _setup
+from medmeta.cli._demo import DemoOutcome
 from medmeta.cli._demo_edge import regression_edge_check
 from medmeta.cli._demo_families import DemoSettings, RegressionFamily
 from medmeta.cli._demo_latency import measure_latency
@@ -110,21 +110,13 @@ class RegressionRun:
 
 
 @dataclass
-class RegressionOutcome:
-    """What the regression demo measured, for the terminal summary and the tests."""
+class RegressionOutcome(DemoOutcome):
+    """What the regression demo measured, for the terminal summary and the tests
+    (``evaluations`` by shots; ``target`` the predicted column, ``test_group`` the held-out
+    group)."""
 
-    report_html: Path
-    report_md: Path
-    onnx: Path
-    evaluations: dict[int, Any]
-    adaptation: dict[str, Any]
-    export: dict[str, Any]
-    latency: list[dict[str, Any]]
-    stage_seconds: dict[str, float]
-    family: str
-    target: str
-    test_group: str
-    unit: str
+    target: str = ""
+    test_group: str = ""
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -275,9 +267,8 @@ def run_regression_demo(
                               run.query_x[:32], run.settings.latency_runs)  # fmt: skip
     run.stages.start("report", "writing the report")
     report = write_regression_report(run, checks, latency, quick=quick, wall=wall)
-    run.stages.seconds["total"] = round(time.perf_counter() - wall, 2)
-    (folder / "timings.json").write_text(json.dumps(run.stages.seconds, indent=2) + "\n")
+    run.stages.finish(folder, wall)
     return RegressionOutcome(report.paths.html, report.paths.markdown, run.exported.path,
                              run.evaluations, report.adaptation, report.export, latency,
-                             run.stages.seconds, family.name, family.target, family.test_group,
-                             family.unit)  # fmt: skip
+                             run.stages.seconds, family.name, family.unit, target=family.target,
+                             test_group=family.test_group)  # fmt: skip

@@ -3,8 +3,12 @@ stage took, shared by the classification and the regression pipelines."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from medmeta._files import atomic_write_bytes
 
 __all__ = ["STAGES", "Stages"]
 
@@ -32,3 +36,12 @@ class Stages:
         if self._name is not None:
             self.seconds[self._name] = round(time.perf_counter() - self._start, 2)
             self._name = None
+
+    def finish(self, folder: Path, wall: float) -> None:
+        """Stop the running stage, record ``total`` (seconds since ``wall``, a
+        ``time.perf_counter()`` value) and write ``folder/timings.json`` atomically."""
+        self.stop()
+        self.seconds["total"] = round(time.perf_counter() - wall, 2)
+        atomic_write_bytes(
+            folder / "timings.json", (json.dumps(self.seconds, indent=2) + "\n").encode()
+        )

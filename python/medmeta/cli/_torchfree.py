@@ -8,7 +8,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-#: Python source that makes every ``import torch`` (and submodule) raise ImportError.
+#: Python source that makes every ``import torch`` (and submodule) raise ImportError, and
+#: exits at once if the block does not hold.
 BLOCK_TORCH = """
 import sys
 class _BlockTorch:
@@ -17,6 +18,12 @@ class _BlockTorch:
             raise ImportError("torch is blocked: this process must run without PyTorch")
         return None
 sys.meta_path.insert(0, _BlockTorch())
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("the torch blocker does not work")
 """
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from medmeta.edge.preprocess import Preprocessing, model_inputs
 from medmeta.edge.results import RegressionPrediction
-from medmeta.edge.runtime import _check_io, _metadata, _read_bytes, check_threads, cpu_session
+from medmeta.edge.runtime import _check_io, check_threads, open_onnx
 from medmeta.edge.schema import REGRESSION_OUTPUTS, REGRESSION_ROLES, EdgeModelError
 from medmeta.edge.weights import check_weights
 
@@ -55,9 +55,7 @@ class EdgeRegressor:
         check_threads(threads)
         self.path = Path(path)
         source = str(self.path)
-        data = _read_bytes(self.path, "path")
-        self._session = cpu_session(data, source, threads)
-        self._meta = _metadata(self._session, source)
+        data, self._session, self._meta = open_onnx(self.path, "path", threads)
         role = self._meta["role"]
         if role not in REGRESSION_ROLES:
             loader = "EdgeSegmenter" if self._meta.get("task") == "segmentation" else "EdgeModel"
@@ -155,8 +153,7 @@ class EdgeRegressor:
     @staticmethod
     def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         """The validated medmeta metadata of an exported file (any role)."""
-        p = Path(path)
-        return _metadata(cpu_session(_read_bytes(p, "path"), str(p), 1), str(p))
+        return open_onnx(Path(path), "path", 1)[2]
 
     def __repr__(self) -> str:
         return (

@@ -99,8 +99,14 @@ def cpu_session(
         ) from err
 
 
-def _metadata(session: ort.InferenceSession, source: str) -> dict[str, Any]:
-    return session_metadata(session, source)
+def open_onnx(
+    path: Path, what: str, threads: int | None
+) -> tuple[bytes, ort.InferenceSession, dict[str, Any]]:
+    """``(file bytes, CPU session, validated medmeta metadata)`` of the exported file
+    ``path`` (``what`` names the argument when the file is missing; errors name the file)."""
+    data = _read_bytes(path, what)
+    session = cpu_session(data, str(path), threads)
+    return data, session, session_metadata(session, str(path))
 
 
 def _check_io(session: ort.InferenceSession, meta: dict[str, Any], source: str) -> None:
@@ -153,9 +159,7 @@ class EdgeModel:
             raise ValueError(f"ood_quantile: expected a value in (0, 1], got {ood_quantile!r}")
         self.path = Path(path)
         source = str(self.path)
-        data = _read_bytes(self.path, "path")
-        self._session = cpu_session(data, source, threads)
-        self._meta = _metadata(self._session, source)
+        data, self._session, self._meta = open_onnx(self.path, "path", threads)
         role = self._meta["role"]
         if role in SEGMENTATION_ROLES:
             raise EdgeModelError(
@@ -196,7 +200,7 @@ class EdgeModel:
         if hashlib.sha256(data).hexdigest() != self._meta.get("head_sha256"):
             raise EdgeModelError(f"{path}: SHA-256 differs from the one its embedder recorded")
         session = cpu_session(data, str(path), threads)
-        meta = _metadata(session, str(path))
+        meta = session_metadata(session, str(path))
         check_weights(data, meta, str(path))
         owners = {self._meta["weights_sha256"], self._meta.get("float_weights_sha256")}
         if meta["role"] != "head" or meta.get("embedder_weights_sha256") not in owners:
@@ -240,8 +244,7 @@ class EdgeModel:
     @staticmethod
     def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         """The validated medmeta metadata of an exported file (any role)."""
-        p = Path(path)
-        return _metadata(cpu_session(_read_bytes(p, "path"), str(p), 1), str(p))
+        return open_onnx(Path(path), "path", 1)[2]
 
     # -- properties ----------------------------------------------------------------------
     @property

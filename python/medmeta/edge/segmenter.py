@@ -51,7 +51,7 @@ import numpy as np
 import onnxruntime as ort
 
 from medmeta.edge.preprocess import Preprocessing, model_inputs
-from medmeta.edge.runtime import _read_bytes, check_threads, cpu_session
+from medmeta.edge.runtime import _read_bytes, check_threads, cpu_session, open_onnx
 from medmeta.edge.schema import EdgeModelError, decode_array, session_metadata
 from medmeta.edge.weights import check_weights
 
@@ -425,9 +425,7 @@ class EdgeSegmenter:
         check_threads(threads)
         self.path = Path(path)
         source = str(self.path)
-        data = _read_bytes(self.path, "path")
-        self._encoder = cpu_session(data, source, threads)
-        meta = session_metadata(self._encoder, source)
+        data, self._encoder, meta = open_onnx(self.path, "path", threads)
         if meta["role"] != ENCODER_ROLE:
             hint = (
                 "load its <stem>.encoder.onnx" if meta["role"] == HEAD_ROLE

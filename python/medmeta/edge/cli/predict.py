@@ -331,6 +331,26 @@ def write_rows(
     atomic_write_bytes(path, data)
 
 
+def finish_output(
+    args: Any, rows: list[dict[str, Any]], summary: dict[str, Any],
+    unknown: list[list[str]] | None, write: Callable[[Path], None],
+    print_text: Callable[[list[dict[str, Any]], dict[str, Any]], None],
+) -> int:  # fmt: skip
+    """The end of ``predict``: count the rows with unknown categories, ``write`` the rows to
+    ``--out`` when given, and print them (``--json``: the summary and the rows as JSON;
+    else ``print_text``); returns the exit status 0."""
+    if unknown is not None:
+        summary["rows_with_unknown_categories"] = sum(bool(u) for u in unknown)
+    if args.out:
+        write(Path(args.out))
+        summary["out"] = args.out
+    if args.json:
+        print(json.dumps({**summary, "predictions": rows}, indent=2))
+    else:
+        print_text(rows, summary)
+    return 0
+
+
 def _write(path: Path, rows: list[dict[str, Any]], pred: Any, model: Any) -> None:
     def arrays() -> dict[str, Any]:
         out: dict[str, Any] = {"probabilities": pred.probabilities, "labels": pred.labels,
@@ -455,13 +475,5 @@ def main(
     for row, seen in zip(rows, unknown or [], strict=False):
         row["unknown"] = ";".join(seen)
     summary = _summary(args.model, model, pred, rows, inputs.note, truth)
-    if unknown is not None:
-        summary["rows_with_unknown_categories"] = sum(bool(u) for u in unknown)
-    if args.out:
-        _write(Path(args.out), rows, pred, model)
-        summary["out"] = args.out
-    if args.json:
-        print(json.dumps({**summary, "predictions": rows}, indent=2))
-    else:
-        _print_text(rows, summary)
-    return 0
+    return finish_output(args, rows, summary, unknown, lambda path: _write(path, rows, pred, model),
+                  _print_text)  # fmt: skip

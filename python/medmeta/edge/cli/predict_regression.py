@@ -17,7 +17,6 @@ truth for that row. With truth, the summary has the MSE, R² and the interval's 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from medmeta.edge.cli.predict import (
     Readers,
     _read_note,
     _unknown_categories,
+    finish_output,
     in_model_order,
     table_ids,
     write_rows,
@@ -191,13 +191,5 @@ def run(args: Any, readers: Readers) -> int:
     summary = {"model": args.model, "role": "regressor", **regression_summary(pred, truth)}
     if inputs.note:
         summary["read"] = _read_note(inputs.note, model)
-    if unknown is not None:
-        summary["rows_with_unknown_categories"] = sum(bool(u) for u in unknown)
-    if args.out:
-        _write(Path(args.out), rows, pred, truth)
-        summary["out"] = args.out
-    if args.json:
-        print(json.dumps({**summary, "predictions": rows}, indent=2))
-    else:
-        _print_text(rows, summary)
-    return 0
+    return finish_output(args, rows, summary, unknown, lambda path: _write(path, rows, pred, truth),
+                  _print_text)  # fmt: skip
