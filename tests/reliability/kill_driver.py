@@ -82,6 +82,23 @@ def _no_plots(*args: Any, **kwargs: Any) -> Any:
     raise ImportError("learning-curve plots are off in the kill driver")
 
 
+def _fresh_tqdm_lock() -> None:
+    """Give this child its own tqdm write lock. tqdm's default lock holds a multiprocessing
+    semaphore, which a fork shares with the parent and every other child: a child killed
+    while holding it (every bar takes it when created and closed) would leave every later
+    child waiting forever (seen in CI). A fresh interpreter, as a real re-run is, has its own."""
+    import threading
+
+    from tqdm import std
+
+    classes = [std.tqdm]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if cls is std.tqdm or "_lock" in vars(cls):
+            cls.set_lock(threading.RLock())
+
+
 def _child(argv: list[str], log: Path, note: Path, tear_at: int | None, plots: bool) -> None:
     """The command in this forked process; never returns."""
     code = 99
@@ -91,6 +108,7 @@ def _child(argv: list[str], log: Path, note: Path, tear_at: int | None, plots: b
         np.random.seed(None)  # noqa: NPY002 - a fresh interpreter's global states
         random.seed()
         torch.manual_seed(TORCH_DEFAULT_SEED)
+        _fresh_tqdm_lock()
         if not plots:
             medmeta.eval.plots._figure = _no_plots  # type: ignore[assignment]
             import medmeta.report.seg_figures as seg
